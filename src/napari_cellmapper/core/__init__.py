@@ -1,0 +1,1 @@
+"""The mapping engine: pure NumPy/SciPy/AnnData, no Qt, no napari."""

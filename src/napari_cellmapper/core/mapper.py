@@ -1,0 +1,456 @@
+"""CellMapper: neighbour search -> kernel -> transfer, with results written AnnData-style.
+
+>>> cmap = CellMapper(query, reference).fit(
+...     use_rep="X_joint", obs_keys="celltype", obsm_keys="X_umap", layer_key="X"
+... )
+
+The three steps also run one by one: search once with :meth:`CellMapper.compute_neighbors`, then
+change the kernel (:meth:`CellMapper.compute_mapping_matrix`) or transfer more keys
+(:meth:`CellMapper.transfer`) without searching again. Every step validates its inputs before
+heavy work and writes to the query only once all its results are computed, so a failed or
+cancelled run leaves the query as it was.
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from napari_cellmapper.core import validation as val
+from napari_cellmapper.core.joint_embedding import JointEmbedding, build_joint_embedding
+from napari_cellmapper.core.kernels import mapping_matrix, unmapped_rows
+from napari_cellmapper.core.neighbors import Neighbors, iter_search
+from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
+from napari_cellmapper.core.progress import Progress, Steps, run_steps
+from napari_cellmapper.core.transfer import (
+    UNMAPPED,
+    LabelTransfer,
+    category_codes,
+    iter_transfer_dense,
+    iter_transfer_expression,
+    iter_transfer_labels,
+    transfer_numeric,
+)
+
+JOINT_KEY = "X_cellmapper_joint"
+UNMAPPED_KEY = "cellmapper_unmapped"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("napari-cellmapper", "numpy", "scipy", "anndata", "faiss-cpu", "cupy-cuda12x"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    """Drop None values and make values writable to h5ad/zarr."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            out[key] = _clean(value)
+        elif isinstance(value, (list, tuple)):
+            out[key] = np.asarray([str(v) for v in value]) if value else np.asarray([], dtype=str)
+        else:
+            out[key] = value
+    return out
+
+
+class CellMapper:
+    """k-NN mapping of labels, embeddings and expression from a reference onto a query.
+
+    Parameters
+    ----------
+    query
+        Cells to annotate (e.g. a spatial sample's table).
+    reference
+        Annotated cells (e.g. a dissociated single-cell atlas).
+    """
+
+    def __init__(self, query: AnnData, reference: AnnData) -> None:
+        for role, adata in (("query", query), ("reference", reference)):
+            if not isinstance(adata, AnnData):
+                raise val.CellMapperInputError(
+                    f"The {role} must be an AnnData object, got {type(adata).__name__}. "
+                    "Read it with anndata.read_h5ad, or take a table from a SpatialData object."
+                )
+        self.query = query
+        self.reference = reference
+        self.neighbors: Neighbors | None = None
+        self.reference_neighbors: Neighbors | None = None
+        self.mapping_matrix: sparse.csr_matrix | None = None
+        self.joint: JointEmbedding | None = None
+        self.labels: dict[str, LabelTransfer] = {}
+        self._query_rep: np.ndarray | None = None
+        self._reference_rep: np.ndarray | None = None
+        self._reference_usable: np.ndarray | None = None
+        self._query_imputed: AnnData | None = None
+        self.params: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.mapping_matrix is not None else "not fitted"
+        return (
+            f"CellMapper(query={self.query.n_obs:,} cells, reference={self.reference.n_obs:,} cells, {state})"
+        )
+
+    # ------------------------------------------------------------------ validation
+    def _check_common(self) -> None:
+        for role, adata in (("query", self.query), ("reference", self.reference)):
+            val.check_not_empty(adata, role)
+            val.check_unique_obs_names(adata, role)
+
+    def _check_transfer_keys(self, obs_keys: list[str], obsm_keys: list[str], layer_key: str | None) -> None:
+        val.check_obs_keys(self.reference, obs_keys)
+        val.check_obsm_keys(self.reference, obsm_keys)
+        if layer_key is not None:
+            val.check_layer(self.reference, layer_key)
+
+    # ------------------------------------------------------------------ step 1: neighbours
+    def iter_compute_neighbors(
+        self,
+        use_rep: str | None = None,
+        n_neighbors: int = 30,
+        *,
+        backend: str = "auto",
+        metric: str = "euclidean",
+        joint: str = "pca",
+        n_comps: int = 30,
+        joint_layer: str | None = None,
+        chunk_size: int | None = None,
+        **search_options: Any,
+    ) -> Steps[Neighbors]:
+        """Generator version of :meth:`compute_neighbors`."""
+        self._check_common()
+        val.check_choice("backend", backend, val.BACKENDS)
+        val.check_choice("metric", metric, val.METRICS)
+        val.check_choice("joint method", joint, val.JOINT_METHODS)
+        if use_rep is None:
+            yield Progress("joint representation", 0, 1)
+            emb = build_joint_embedding(
+                self.query, self.reference, method=joint, n_comps=n_comps, layer=joint_layer
+            )
+            q_rep, r_rep, q_ok, r_ok = emb.query, emb.reference, emb.query_usable, emb.reference_usable
+            yield Progress("joint representation", 1, 1)
+        else:
+            emb = None
+            q_rep = val.get_rep(self.query, use_rep, "query")
+            r_rep = val.get_rep(self.reference, use_rep, "reference")
+            val.check_reps(q_rep, r_rep, use_rep)
+            q_ok = np.ones(q_rep.shape[0], bool)
+            r_ok = np.ones(r_rep.shape[0], bool)
+        val.check_k(n_neighbors, int(r_ok.sum()))
+        if metric == "cosine":
+            q_ok = q_ok & (np.linalg.norm(q_rep, axis=1) > 0)
+        ref_rows = np.flatnonzero(r_ok)
+        found = yield from iter_search(
+            q_rep[q_ok],
+            r_rep[ref_rows],
+            n_neighbors,
+            metric=metric,
+            backend=backend,
+            chunk_size=chunk_size,
+            **search_options,
+        )
+        indices = np.full((q_rep.shape[0], n_neighbors), -1, dtype=np.int64)
+        distances = np.full((q_rep.shape[0], n_neighbors), np.inf, dtype=np.float32)
+        indices[q_ok] = np.where(found.indices >= 0, ref_rows[np.maximum(found.indices, 0)], -1)
+        distances[q_ok] = found.distances
+        neighbors = Neighbors(indices, distances, metric, found.backend, r_rep.shape[0])
+        self.joint = emb
+        self._query_rep, self._reference_rep, self._reference_usable = q_rep, r_rep, r_ok
+        self.neighbors = neighbors
+        self.reference_neighbors = None
+        self.mapping_matrix = None
+        self.params.update(
+            use_rep=use_rep if use_rep is not None else f"built from shared genes ({joint})",
+            n_neighbors=int(n_neighbors),
+            backend=found.backend,
+            backend_requested=backend,
+            metric=metric,
+        )
+        if emb is not None:
+            self.params["joint"] = {"method": joint, "n_genes": emb.info["n_genes"], "n_comps": emb.info["n_comps"]}
+        return neighbors
+
+    def compute_neighbors(self, use_rep: str | None = None, n_neighbors: int = 30, *, progress: Any = True, **kwargs: Any) -> Neighbors:
+        """Find the ``n_neighbors`` nearest reference cells of every query cell.
+
+        Parameters
+        ----------
+        use_rep
+            obsm key of the joint representation present in both objects (``"X"`` for ``X``);
+            ``None`` builds one from the shared genes (see ``joint``).
+        n_neighbors
+            k, the number of reference neighbours per query cell.
+        progress
+            ``True`` for progress bars on stderr, a callback, or ``False``.
+        **kwargs
+            ``backend`` (``"auto"``, ``"faiss-exact"``, ``"faiss-ivf"``, ``"cupy"``, ``"dask"``),
+            ``metric`` (``"euclidean"``, ``"cosine"``), ``joint`` (``"pca"``, ``"cca"``),
+            ``n_comps``, ``joint_layer``, ``chunk_size`` and backend options.
+        """
+        return run_steps(self.iter_compute_neighbors(use_rep, n_neighbors, **kwargs), progress)
+
+    def iter_compute_reference_neighbors(self, n_neighbors: int | None = None) -> Steps[Neighbors]:
+        """The reference's own k-NN graph (for the hnoca kernel and presence scores)."""
+        if self.neighbors is None or self._reference_rep is None:
+            raise val.CellMapperInputError("Call compute_neighbors() (or fit()) first.")
+        k = min(n_neighbors or self.neighbors.k, int(self._reference_usable.sum()))
+        if self.reference_neighbors is not None and self.reference_neighbors.k == k:
+            return self.reference_neighbors
+        rows = np.flatnonzero(self._reference_usable)
+        rep = self._reference_rep[rows]
+        backend = self.params.get("backend_requested", "auto")
+        found = yield from iter_search(
+            rep, rep, k, metric=self.neighbors.metric, backend=backend, stage="reference neighbour graph"
+        )
+        n_ref = self._reference_rep.shape[0]
+        indices = np.full((n_ref, k), -1, dtype=np.int64)
+        distances = np.full((n_ref, k), np.inf, dtype=np.float32)
+        indices[rows] = np.where(found.indices >= 0, rows[np.maximum(found.indices, 0)], -1)
+        distances[rows] = found.distances
+        self.reference_neighbors = Neighbors(indices, distances, found.metric, found.backend, n_ref)
+        return self.reference_neighbors
+
+    # ------------------------------------------------------------------ step 2: kernel
+    def iter_compute_mapping_matrix(self, kernel: str = "gauss") -> Steps[sparse.csr_matrix]:
+        """Generator version of :meth:`compute_mapping_matrix`."""
+        if self.neighbors is None:
+            raise val.CellMapperInputError("Call compute_neighbors() (or fit()) before the kernel.")
+        val.check_choice("kernel", kernel, val.KERNELS)
+        ref_graph = None
+        if kernel == "hnoca":
+            ref_graph = yield from self.iter_compute_reference_neighbors()
+        yield Progress("mapping matrix", 0, 1)
+        matrix = mapping_matrix(self.neighbors, kernel, reference_neighbors=ref_graph)
+        yield Progress("mapping matrix", 1, 1)
+        self.mapping_matrix = matrix
+        self.params["kernel"] = kernel
+        return matrix
+
+    def compute_mapping_matrix(self, kernel: str = "gauss", *, progress: Any = False) -> sparse.csr_matrix:
+        """Turn neighbour distances into the row-normalised mapping matrix with ``kernel``.
+
+        Kernels: ``gauss``, ``gauss_adaptive``, ``scarches``, ``inverse_distance``, ``equal``,
+        ``hnoca`` (see :mod:`napari_cellmapper.core.kernels`).
+        """
+        return run_steps(self.iter_compute_mapping_matrix(kernel), progress)
+
+    @property
+    def unmapped(self) -> np.ndarray:
+        """Query cells without any usable reference neighbour."""
+        if self.mapping_matrix is None:
+            raise val.CellMapperInputError("No mapping matrix yet; call fit() first.")
+        return unmapped_rows(self.mapping_matrix)
+
+    # ------------------------------------------------------------------ step 3: transfer
+    def iter_transfer(
+        self,
+        obs_keys: str | list[str] | None = None,
+        obsm_keys: str | list[str] | None = None,
+        layer_key: str | None = None,
+        *,
+        prediction_postfix: str = "_pred",
+        chunk_size: int | None = None,
+    ) -> Steps[CellMapper]:
+        """Generator version of :meth:`transfer`."""
+        if self.mapping_matrix is None:
+            raise val.CellMapperInputError("Call compute_mapping_matrix() (or fit()) before transfer().")
+        obs_list, obsm_list = val.as_key_list(obs_keys), val.as_key_list(obsm_keys)
+        self._check_transfer_keys(obs_list, obsm_list, layer_key)
+        chunk = {"chunk_size": chunk_size} if chunk_size else {}
+        m = self.mapping_matrix
+        obs_new: dict[str, Any] = {}
+        obsm_new: dict[str, Any] = {}
+        uns_new: dict[str, Any] = {}
+        labels: dict[str, LabelTransfer] = {}
+        for key in obs_list:
+            column = self.reference.obs[key]
+            if val.is_categorical_like(column):
+                if not isinstance(column.dtype, pd.CategoricalDtype):
+                    warnings.warn(
+                        f"reference.obs[{key!r}] is not categorical; it is treated as categories "
+                        "(the reference itself is not changed).",
+                        stacklevel=4,
+                    )
+                codes, cats = category_codes(column)
+                res = yield from iter_transfer_labels(m, codes, cats, stage=f"transfer {key}", **chunk)
+                labels[key] = res
+                pred = res.predictions()
+                obs_new[f"{key}{prediction_postfix}"] = pred
+                obs_new[f"{key}_conf"] = res.confidence
+                obs_new[f"{key}_entropy"] = res.entropy
+                obsm_new[f"{key}_proba"] = pd.DataFrame(
+                    res.probabilities, index=self.query.obs_names, columns=[str(c) for c in cats]
+                )
+                ref_colors = self.reference.uns.get(f"{key}_colors")
+                colors = colors_for(list(cats), None if ref_colors is None else list(ref_colors))
+                if len(pred.categories) > len(cats):
+                    colors.append(UNMAPPED_COLOR)
+                uns_new[f"{key}{prediction_postfix}_colors"] = np.asarray(colors, dtype=object)
+            else:
+                obs_new[f"{key}{prediction_postfix}"] = transfer_numeric(m, column.to_numpy())
+        for key in obsm_list:
+            rep = val.get_rep(self.reference, key, "reference")
+            obsm_new[f"{key}{prediction_postfix}"] = yield from iter_transfer_dense(
+                m, rep, stage=f"transfer {key}", **chunk
+            )
+        imputed = None
+        if layer_key is not None:
+            x = self.reference.X if layer_key == "X" else self.reference.layers[layer_key]
+            values = yield from iter_transfer_expression(m, x, **chunk)
+            imputed = AnnData(X=values, obs=self.query.obs[[]].copy(), var=self.reference.var.copy())
+        # commit: nothing above touched the query
+        unmapped = unmapped_rows(m)
+        for name, value in obs_new.items():
+            self.query.obs[name] = value
+        self.query.obs[UNMAPPED_KEY] = unmapped
+        for name, value in obsm_new.items():
+            self.query.obsm[name] = value
+        self.query.uns.update(uns_new)
+        if self.joint is not None:
+            self.query.obsm[JOINT_KEY] = self.joint.query
+        self.labels.update(labels)
+        if imputed is not None:
+            self._query_imputed = imputed
+        self.params.update(
+            obs_keys=obs_list,
+            obsm_keys=obsm_list,
+            layer_key=layer_key,
+            n_query=int(self.query.n_obs),
+            n_reference=int(self.reference.n_obs),
+            n_unmapped=int(unmapped.sum()),
+        )
+        self.query.uns["cellmapper"] = self.provenance()
+        return self
+
+    def transfer(
+        self,
+        obs_keys: str | list[str] | None = None,
+        obsm_keys: str | list[str] | None = None,
+        layer_key: str | None = None,
+        *,
+        progress: Any = True,
+        **kwargs: Any,
+    ) -> CellMapper:
+        """Transfer reference obs columns, obsm embeddings and/or expression to the query.
+
+        Categorical (or string) obs columns give ``{key}_pred`` (categorical, the reference's
+        categories, plus ``"unmapped"`` when some cells have no neighbour), ``{key}_conf``,
+        ``{key}_entropy`` and ``obsm[f"{key}_proba"]``; numeric columns give a weighted mean in
+        ``{key}_pred``; obsm keys give ``obsm[f"{key}_pred"]``; ``layer_key`` (``"X"`` or a layer)
+        gives :attr:`query_imputed`.
+        """
+        return run_steps(self.iter_transfer(obs_keys, obsm_keys, layer_key, **kwargs), progress)
+
+    @property
+    def query_imputed(self) -> AnnData | None:
+        """Imputed expression: query obs x reference var (sparse in, sparse out)."""
+        return self._query_imputed
+
+    def provenance(self) -> dict[str, Any]:
+        """Parameters, versions and backend of this mapping (as stored in ``uns['cellmapper']``)."""
+        return _clean(
+            {
+                **self.params,
+                "versions": _versions(),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+
+    # ------------------------------------------------------------------ all at once
+    def iter_fit(
+        self,
+        use_rep: str | None = None,
+        obs_keys: str | list[str] | None = None,
+        obsm_keys: str | list[str] | None = None,
+        layer_key: str | None = None,
+        *,
+        n_neighbors: int = 30,
+        kernel: str = "gauss",
+        backend: str = "auto",
+        metric: str = "euclidean",
+        joint: str = "pca",
+        n_comps: int = 30,
+        joint_layer: str | None = None,
+        chunk_size: int | None = None,
+        prediction_postfix: str = "_pred",
+        **search_options: Any,
+    ) -> Steps[CellMapper]:
+        """Generator version of :meth:`fit` (for napari's generator workers)."""
+        self._check_common()
+        val.check_choice("kernel", kernel, val.KERNELS)
+        val.check_choice("backend", backend, val.BACKENDS)
+        val.check_choice("metric", metric, val.METRICS)
+        self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
+        if use_rep is not None:
+            q_rep = val.get_rep(self.query, use_rep, "query")
+            r_rep = val.get_rep(self.reference, use_rep, "reference")
+            val.check_reps(q_rep, r_rep, use_rep)
+            val.check_k(n_neighbors, self.reference.n_obs)
+        if backend == "cupy":
+            from napari_cellmapper.core.neighbors import resolve_backend
+
+            resolve_backend(backend, self.query.n_obs, self.reference.n_obs)
+        yield from self.iter_compute_neighbors(
+            use_rep,
+            n_neighbors,
+            backend=backend,
+            metric=metric,
+            joint=joint,
+            n_comps=n_comps,
+            joint_layer=joint_layer,
+            chunk_size=chunk_size,
+            **search_options,
+        )
+        yield from self.iter_compute_mapping_matrix(kernel)
+        yield from self.iter_transfer(
+            obs_keys, obsm_keys, layer_key, prediction_postfix=prediction_postfix, chunk_size=chunk_size
+        )
+        return self
+
+    def fit(
+        self,
+        use_rep: str | None = None,
+        obs_keys: str | list[str] | None = None,
+        obsm_keys: str | list[str] | None = None,
+        layer_key: str | None = None,
+        *,
+        progress: Any = True,
+        **kwargs: Any,
+    ) -> CellMapper:
+        """Search neighbours, build the mapping matrix and transfer, in one call.
+
+        Parameters
+        ----------
+        use_rep
+            obsm key of the joint representation in both objects; ``None`` builds one from the
+            shared genes (normalise, log1p, per-dataset scaling, PCA or CCA).
+        obs_keys, obsm_keys, layer_key
+            What to transfer (see :meth:`transfer`).
+        progress
+            ``True`` for progress bars on stderr, a callback taking ``Progress``, or ``False``.
+        **kwargs
+            ``n_neighbors`` (30), ``kernel`` ("gauss"), ``backend`` ("auto"), ``metric``
+            ("euclidean"), ``joint`` ("pca"), ``n_comps`` (30), ``joint_layer``, ``chunk_size``,
+            ``prediction_postfix`` ("_pred") and backend options (e.g. ``nprobe``, ``client``).
+
+        Returns
+        -------
+        The fitted CellMapper (``self``).
+        """
+        return run_steps(self.iter_fit(use_rep, obs_keys, obsm_keys, layer_key, **kwargs), progress)
+
+    map = fit

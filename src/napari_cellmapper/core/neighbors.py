@@ -1,0 +1,244 @@
+"""k-nearest-neighbour search from query cells to reference cells, behind one interface.
+
+Backends (``backend=``):
+
+``"faiss-exact"``
+    flat index, exact.
+``"faiss-ivf"``
+    inverted file; ``nlist`` from the reference size, ``nprobe`` calibrated on a query sample
+    so that recall@k against exact search reaches 0.97.
+``"cupy"``
+    GPU brute force in tiles (matrix product plus top-k), see :mod:`.neighbors_cupy`.
+``"dask"``
+    query chunks searched in parallel on a dask cluster, see :mod:`.neighbors_dask`.
+``"auto"``
+    the GPU when one is present, else exact search for small problems and IVF for large ones.
+
+Distances are always true distances: Euclidean, or cosine distance ``1 - cos``; never squared.
+The query is searched in chunks, so memory beyond the (n_query, k) result stays bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Protocol
+
+import numpy as np
+from scipy import sparse
+
+from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds, run_steps
+from napari_cellmapper.core.validation import (
+    BACKENDS,
+    METRICS,
+    CellMapperInputError,
+    check_choice,
+    check_finite,
+    check_k,
+)
+
+#: above this many query x reference pairs, ``backend="auto"`` uses IVF instead of exact search
+AUTO_EXACT_MAX_PAIRS = 2_000_000_000
+DEFAULT_CHUNK_SIZE = 65_536
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """The k nearest reference cells of each query cell.
+
+    Attributes
+    ----------
+    indices
+        ``(n_query, k)`` int64 reference row numbers, ``-1`` where there is no neighbour.
+    distances
+        ``(n_query, k)`` float32 true distances, sorted ascending, ``inf`` where there is none.
+    metric
+        ``"euclidean"`` or ``"cosine"``.
+    backend
+        The backend that ran the search.
+    n_reference
+        Number of reference cells (columns of the graph).
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+    metric: str
+    backend: str
+    n_reference: int
+
+    @property
+    def n_query(self) -> int:
+        """Number of query cells."""
+        return self.indices.shape[0]
+
+    @property
+    def k(self) -> int:
+        """Neighbours per query cell."""
+        return self.indices.shape[1]
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean mask of usable edges (a neighbour exists and its distance is finite)."""
+        return (self.indices >= 0) & np.isfinite(self.distances)
+
+    def subset(self, rows: np.ndarray) -> Neighbors:
+        """The neighbours of a subset of query cells."""
+        return Neighbors(self.indices[rows], self.distances[rows], self.metric, self.backend, self.n_reference)
+
+    def adjacency(self) -> sparse.csr_matrix:
+        """Binary (n_query, n_reference) CSR adjacency of the usable edges."""
+        valid = self.valid
+        rows = np.repeat(np.arange(self.n_query, dtype=np.int64), self.k)[valid.ravel()]
+        cols = self.indices[valid]
+        data = np.ones(rows.size, dtype=np.float32)
+        return sparse.csr_matrix((data, (rows, cols)), shape=(self.n_query, self.n_reference))
+
+
+class NeighborIndex(Protocol):
+    """A searchable reference: ``search`` returns squared L2 distances and indices."""
+
+    backend: str
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@cache
+def gpu_available() -> bool:
+    """Whether cupy is importable and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - any import or driver failure means no usable GPU
+        return False
+
+
+def resolve_backend(backend: str, n_query: int, n_reference: int) -> str:
+    """The concrete backend that ``backend`` (possibly ``"auto"``) stands for."""
+    check_choice("backend", backend, BACKENDS)
+    if backend == "cupy" and not gpu_available():
+        raise CellMapperInputError(
+            "backend='cupy' needs an NVIDIA GPU and cupy, and none is available here. "
+            "Install the 'gpu' extra on a GPU machine, or use backend='auto' or 'faiss-exact'."
+        )
+    if backend != "auto":
+        return backend
+    if gpu_available():
+        return "cupy"
+    if n_query * n_reference > AUTO_EXACT_MAX_PAIRS:
+        return "faiss-ivf"
+    return "faiss-exact"
+
+
+def prepare_rep(rep: np.ndarray, metric: str) -> np.ndarray:
+    """float32, C-contiguous; L2-normalised rows for the cosine metric."""
+    rep = np.ascontiguousarray(rep, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(rep, axis=1, keepdims=True)
+        rep = np.divide(rep, norms, out=np.zeros_like(rep), where=norms > 0)
+    return rep
+
+
+def build_index(reference: np.ndarray, backend: str, **options: Any) -> NeighborIndex:
+    """A searchable index over prepared (float32, metric-normalised) reference rows."""
+    if backend == "faiss-exact":
+        from napari_cellmapper.core.neighbors_faiss import FlatIndex
+
+        return FlatIndex(reference)
+    if backend == "faiss-ivf":
+        from napari_cellmapper.core.neighbors_faiss import IVFIndex
+
+        return IVFIndex(reference, **options)
+    if backend == "cupy":
+        from napari_cellmapper.core.neighbors_cupy import CupyIndex
+
+        return CupyIndex(reference, **options)
+    raise CellMapperInputError(f"backend {backend!r} has no in-process index; use search() instead.")
+
+
+def to_true_distances(squared: np.ndarray, indices: np.ndarray, metric: str) -> np.ndarray:
+    """Squared L2 (on normalised rows for cosine) -> Euclidean or cosine distance; inf where none."""
+    squared = np.maximum(squared, 0, out=np.asarray(squared, dtype=np.float32))
+    dist = squared * np.float32(0.5) if metric == "cosine" else np.sqrt(squared, out=squared)
+    dist[(indices < 0) | (squared >= np.float32(1e37))] = np.inf
+    return dist
+
+
+def iter_search(
+    query: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    *,
+    metric: str = "euclidean",
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    stage: str = "neighbour search",
+    **options: Any,
+) -> Steps[Neighbors]:
+    """Generator version of :func:`search`: yields :class:`Progress` per query chunk."""
+    check_choice("metric", metric, METRICS)
+    n_query, n_reference = query.shape[0], reference.shape[0]
+    check_k(k, n_reference)
+    if query.shape[1] != reference.shape[1]:
+        raise CellMapperInputError(
+            f"query has {query.shape[1]} dimensions but the reference {reference.shape[1]}."
+        )
+    check_finite(query, "the query embedding")
+    check_finite(reference, "the reference embedding")
+    resolved = resolve_backend(backend, n_query, n_reference)
+    if resolved == "dask":
+        from napari_cellmapper.core.neighbors_dask import iter_dask_search
+
+        return (
+            yield from iter_dask_search(
+                query, reference, k, metric=metric, chunk_size=chunk_size, stage=stage, **options
+            )
+        )
+    ref = prepare_rep(reference, metric)
+    yield Progress(stage, 0, n_query)
+    index = build_index(ref, resolved, **options)
+    indices = np.empty((n_query, k), dtype=np.int64)
+    distances = np.empty((n_query, k), dtype=np.float32)
+    for start, stop in chunk_bounds(n_query, chunk_size or DEFAULT_CHUNK_SIZE):
+        block = prepare_rep(query[start:stop], metric)
+        sq, idx = index.search(block, k)
+        indices[start:stop] = idx
+        distances[start:stop] = to_true_distances(sq, idx, metric)
+        yield Progress(stage, stop, n_query)
+    return Neighbors(indices, distances, metric, resolved, n_reference)
+
+
+def search(
+    query: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    *,
+    metric: str = "euclidean",
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    progress: Any = None,
+    **options: Any,
+) -> Neighbors:
+    """The ``k`` nearest reference rows of every query row.
+
+    Parameters
+    ----------
+    query, reference
+        ``(n, d)`` embeddings in the same space.
+    k
+        Neighbours per query cell (at most the reference size).
+    metric
+        ``"euclidean"`` or ``"cosine"``.
+    backend
+        ``"auto"``, ``"faiss-exact"``, ``"faiss-ivf"``, ``"cupy"`` or ``"dask"``.
+    chunk_size
+        Query rows per chunk (memory and progress granularity).
+    progress
+        ``True`` for a progress bar on stderr, or a callback taking :class:`Progress`.
+    **options
+        Backend options, e.g. ``nprobe``/``nlist`` for IVF, ``client`` for dask.
+    """
+    steps = iter_search(
+        query, reference, k, metric=metric, backend=backend, chunk_size=chunk_size, **options
+    )
+    return run_steps(steps, progress)

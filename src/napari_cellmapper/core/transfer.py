@@ -1,0 +1,157 @@
+"""``Y_query = M · Y_reference`` for labels, numbers, embeddings and expression, in chunks.
+
+``M`` is the row-normalised CSR mapping matrix of :mod:`.kernels`. Nothing here forms a dense
+copy of the expression matrix or of the probabilities beyond one chunk of query rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
+
+DEFAULT_TRANSFER_CHUNK = 131_072
+UNMAPPED = "unmapped"
+
+
+@dataclass(frozen=True)
+class LabelTransfer:
+    """Transferred categorical labels for the query.
+
+    Attributes
+    ----------
+    codes
+        Predicted category codes, ``-1`` where the cell is unmapped.
+    confidence
+        Highest class probability (0 where unmapped).
+    entropy
+        Shannon entropy of the class probabilities divided by ``log(n_categories)`` (1 where unmapped).
+    probabilities
+        ``(n_query, n_categories)`` float32 class probabilities (rows of unmapped cells are 0).
+    categories
+        Category names, in the reference's order.
+    """
+
+    codes: np.ndarray
+    confidence: np.ndarray
+    entropy: np.ndarray
+    probabilities: np.ndarray
+    categories: pd.Index
+
+    @property
+    def unmapped(self) -> np.ndarray:
+        """Cells without any labelled neighbour."""
+        return self.codes < 0
+
+    def predictions(self, unmapped_label: str = UNMAPPED) -> pd.Categorical:
+        """Predicted labels as a Categorical with the reference's categories.
+
+        Unmapped cells get the explicit category ``unmapped_label`` (added only when needed).
+        """
+        categories = list(self.categories)
+        codes = self.codes
+        if self.unmapped.any():
+            categories.append(unmapped_label)
+            codes = np.where(codes < 0, len(categories) - 1, codes)
+        return pd.Categorical.from_codes(codes, categories=categories)
+
+
+def category_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes (``-1`` for missing) and categories of a categorical or label column."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype("category")
+    return values.cat.codes.to_numpy().astype(np.int64), values.cat.categories
+
+
+def iter_transfer_labels(
+    matrix: sparse.csr_matrix,
+    codes: np.ndarray,
+    categories: pd.Index,
+    *,
+    chunk_size: int = DEFAULT_TRANSFER_CHUNK,
+    stage: str = "transfer labels",
+) -> Steps[LabelTransfer]:
+    """Class probabilities ``M · onehot(labels)``; reference cells without a label are ignored."""
+    n_query, n_cat = matrix.shape[0], len(categories)
+    proba = np.zeros((n_query, n_cat), dtype=np.float32)
+    indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    for start, stop in chunk_bounds(n_query, chunk_size):
+        lo, hi = indptr[start], indptr[stop]
+        labels = codes[indices[lo:hi]]
+        rows = np.repeat(np.arange(stop - start), np.diff(indptr[start : stop + 1]))
+        keep = labels >= 0
+        block = np.bincount(
+            rows[keep] * n_cat + labels[keep], weights=data[lo:hi][keep], minlength=(stop - start) * n_cat
+        ).reshape(stop - start, n_cat)
+        totals = block.sum(axis=1, keepdims=True)
+        np.divide(block, totals, out=proba[start:stop], where=totals > 0, casting="unsafe")
+        yield Progress(stage, stop, n_query)
+    return summarise_probabilities(proba, categories)
+
+
+def summarise_probabilities(proba: np.ndarray, categories: pd.Index) -> LabelTransfer:
+    """Prediction, confidence and normalised entropy from class probabilities."""
+    confidence = proba.max(axis=1) if proba.shape[1] else np.zeros(proba.shape[0], np.float32)
+    mapped = confidence > 0
+    codes = np.where(mapped, proba.argmax(axis=1), -1).astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(proba > 0, proba * np.log(proba), 0)
+    norm = np.log(len(categories)) if len(categories) > 1 else 1.0
+    entropy = np.where(mapped, np.clip(-plogp.sum(axis=1) / norm, 0, 1), 1).astype(np.float32)
+    return LabelTransfer(codes, confidence.astype(np.float32), entropy, proba, categories)
+
+
+def transfer_numeric(matrix: sparse.csr_matrix, values: np.ndarray) -> np.ndarray:
+    """Weighted mean of a numeric reference column; missing reference values are ignored.
+
+    Unmapped query cells (or cells whose neighbours all lack a value) get 0.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    present = np.isfinite(values)
+    filled = np.where(present, values, 0.0)
+    sums = matrix @ filled
+    weight = matrix @ present.astype(np.float64)
+    return np.divide(sums, weight, out=np.zeros_like(sums), where=weight > 0).astype(np.float32)
+
+
+def iter_transfer_dense(
+    matrix: sparse.csr_matrix,
+    values: np.ndarray,
+    *,
+    chunk_size: int = DEFAULT_TRANSFER_CHUNK,
+    stage: str = "transfer embedding",
+) -> Steps[np.ndarray]:
+    """``M · Y`` for a dense reference matrix (an embedding), float32, chunked."""
+    values = np.asarray(values, dtype=np.float32)
+    out = np.empty((matrix.shape[0], values.shape[1]), dtype=np.float32)
+    for start, stop in chunk_bounds(matrix.shape[0], chunk_size):
+        out[start:stop] = matrix[start:stop] @ values
+        yield Progress(stage, stop, matrix.shape[0])
+    return out
+
+
+def iter_transfer_expression(
+    matrix: sparse.csr_matrix,
+    expression: np.ndarray | sparse.spmatrix | sparse.sparray,
+    *,
+    chunk_size: int = 32_768,
+    stage: str = "transfer expression",
+) -> Steps[np.ndarray | sparse.csr_matrix]:
+    """``M · X`` for the reference expression: sparse in, sparse (CSR, float32) out."""
+    n_query = matrix.shape[0]
+    if sparse.issparse(expression):
+        x = sparse.csr_matrix(expression, dtype=np.float32)
+        blocks = []
+        for start, stop in chunk_bounds(n_query, chunk_size):
+            block = (matrix[start:stop] @ x).tocsr()
+            block.sort_indices()
+            blocks.append(block)
+            yield Progress(stage, stop, n_query)
+        if not blocks:
+            return sparse.csr_matrix((0, x.shape[1]), dtype=np.float32)
+        return sparse.vstack(blocks, format="csr", dtype=np.float32)
+    return (yield from iter_transfer_dense(matrix, np.asarray(expression), chunk_size=chunk_size, stage=stage))

@@ -1,0 +1,169 @@
+"""Input checks that run before any heavy work and never modify their inputs.
+
+Every problem raises :class:`CellMapperInputError` with a message that names the problem and
+the fix, so the CLI can print it on one line and the plugin can show it as a notification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+KERNELS = ("gauss", "gauss_adaptive", "scarches", "inverse_distance", "equal", "hnoca")
+BACKENDS = ("auto", "faiss-exact", "faiss-ivf", "cupy", "dask")
+METRICS = ("euclidean", "cosine")
+JOINT_METHODS = ("pca", "cca")
+
+
+class CellMapperInputError(ValueError):
+    """Bad input to napari-cellmapper: the message says what is wrong and how to fix it."""
+
+
+def as_key_list(keys: str | Iterable[str] | None) -> list[str]:
+    """Normalise ``None``, one key or several keys to a list of keys."""
+    if keys is None:
+        return []
+    if isinstance(keys, str):
+        return [keys]
+    return list(keys)
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """Raise if ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise CellMapperInputError(
+            f"Unknown {name} {value!r}. Choose one of: {', '.join(map(repr, choices))}."
+        )
+
+
+def check_not_empty(adata: AnnData, role: str) -> None:
+    """Raise if an AnnData has no cells."""
+    if adata.n_obs == 0:
+        raise CellMapperInputError(f"The {role} has no cells (n_obs == 0). Pass a non-empty {role}.")
+
+
+def check_unique_obs_names(adata: AnnData, role: str) -> None:
+    """Raise on duplicate obs names: results could not be aligned back to cells."""
+    if not adata.obs_names.is_unique:
+        dupes = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
+        raise CellMapperInputError(
+            f"The {role} has duplicate obs names (e.g. {dupes}). "
+            f"Make them unique first, e.g. `{role}.obs_names_make_unique()`."
+        )
+
+
+def get_rep(adata: AnnData, use_rep: str, role: str) -> np.ndarray:
+    """Return ``adata.obsm[use_rep]`` (or ``X`` for ``"X"``) as a dense array, checked."""
+    if use_rep == "X":
+        rep = adata.X
+    elif use_rep in adata.obsm:
+        rep = adata.obsm[use_rep]
+    else:
+        available = ", ".join(map(repr, adata.obsm.keys())) or "none"
+        raise CellMapperInputError(
+            f"use_rep={use_rep!r} is missing from the {role}'s obsm (available: {available}). "
+            "Compute the joint representation for both objects, or pass use_rep=None to build one "
+            "from the shared genes."
+        )
+    if isinstance(rep, pd.DataFrame):
+        rep = rep.to_numpy()
+    if hasattr(rep, "toarray"):
+        rep = rep.toarray()
+    rep = np.asarray(rep)
+    if rep.ndim != 2:
+        raise CellMapperInputError(f"{role}.obsm[{use_rep!r}] must be 2-D, got shape {rep.shape}.")
+    if not np.issubdtype(rep.dtype, np.number):
+        raise CellMapperInputError(f"{role}.obsm[{use_rep!r}] must be numeric, got dtype {rep.dtype}.")
+    return rep
+
+
+def check_finite(rep: np.ndarray, name: str) -> None:
+    """Raise if an embedding holds NaN or inf."""
+    finite = np.isfinite(rep)
+    if not finite.all():
+        bad_rows = int((~finite).any(axis=1).sum())
+        raise CellMapperInputError(
+            f"{name} contains NaN or inf in {bad_rows} cell(s). Remove or impute those cells "
+            "(e.g. `adata = adata[np.isfinite(adata.obsm[key]).all(1)].copy()`) before mapping."
+        )
+
+
+def check_reps(query_rep: np.ndarray, ref_rep: np.ndarray, use_rep: str) -> None:
+    """Raise if the two embeddings differ in width or hold NaN/inf."""
+    if query_rep.shape[1] != ref_rep.shape[1]:
+        raise CellMapperInputError(
+            f"use_rep={use_rep!r} has {query_rep.shape[1]} dimensions in the query but "
+            f"{ref_rep.shape[1]} in the reference. Both must live in the same joint space: "
+            "compute it jointly (e.g. scVI/scArches, or use_rep=None to build one from shared genes)."
+        )
+    check_finite(query_rep, f"query.obsm[{use_rep!r}]")
+    check_finite(ref_rep, f"reference.obsm[{use_rep!r}]")
+
+
+def check_k(k: int, n_reference: int) -> None:
+    """Raise if k is not a positive integer at most the reference size."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise CellMapperInputError(f"n_neighbors must be a positive integer, got {k!r}.")
+    if k > n_reference:
+        raise CellMapperInputError(
+            f"n_neighbors={k} is larger than the reference ({n_reference} cells). "
+            f"Use n_neighbors <= {n_reference}."
+        )
+
+
+def check_obs_keys(reference: AnnData, keys: Sequence[str]) -> None:
+    """Raise if an obs key is missing or holds only missing values."""
+    for key in keys:
+        if key not in reference.obs.columns:
+            available = ", ".join(map(repr, reference.obs.columns[:20])) or "none"
+            raise CellMapperInputError(
+                f"obs key {key!r} is not in reference.obs (available: {available}). "
+                "Pass one of the reference's obs columns."
+            )
+        column = reference.obs[key]
+        if column.isna().all():
+            raise CellMapperInputError(
+                f"reference.obs[{key!r}] holds only missing values; nothing can be transferred. "
+                "Pick an annotated column."
+            )
+        if not (
+            isinstance(column.dtype, pd.CategoricalDtype)
+            or pd.api.types.is_numeric_dtype(column)
+            or pd.api.types.is_bool_dtype(column)
+            or pd.api.types.is_string_dtype(column)
+            or pd.api.types.is_object_dtype(column)
+        ):
+            raise CellMapperInputError(
+                f"reference.obs[{key!r}] is a {column.dtype} column, which cannot be transferred. "
+                f"Convert it to categorical (`.astype('category')`) or to numbers first."
+            )
+
+
+def is_categorical_like(column: pd.Series) -> bool:
+    """Whether an obs column is transferred as labels (categorical, string, object or bool)."""
+    return not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
+
+
+def check_obsm_keys(reference: AnnData, keys: Sequence[str]) -> None:
+    """Raise if an obsm key to transfer is missing or not numeric."""
+    for key in keys:
+        if key not in reference.obsm:
+            available = ", ".join(map(repr, reference.obsm.keys())) or "none"
+            raise CellMapperInputError(
+                f"obsm key {key!r} is not in reference.obsm (available: {available})."
+            )
+        check_finite(get_rep(reference, key, "reference"), f"reference.obsm[{key!r}]")
+
+
+def check_layer(reference: AnnData, layer_key: str) -> None:
+    """Raise if the expression layer to transfer does not exist."""
+    if layer_key != "X" and layer_key not in reference.layers:
+        available = ", ".join(["'X'", *map(repr, reference.layers.keys())])
+        raise CellMapperInputError(
+            f"layer_key={layer_key!r} is not a layer of the reference (available: {available})."
+        )
+    if layer_key == "X" and reference.X is None:
+        raise CellMapperInputError("reference.X is empty; pass layer_key naming a layer with expression.")

@@ -1,0 +1,1 @@
+"""Reading references and spatial queries, writing annotated SpatialData."""

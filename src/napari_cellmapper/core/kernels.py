@@ -60,17 +60,29 @@ def _gaussian(d: np.ndarray, valid: np.ndarray, sigma: np.ndarray | np.float32) 
     return np.exp(-scaled, dtype=np.float32)
 
 
+def global_sigma(neighbors: Neighbors) -> float:
+    """Bandwidth of the ``gauss`` kernel: the mean of all usable k-NN distances."""
+    finite = neighbors.distances[neighbors.valid]
+    return float(finite.mean()) if finite.size else 1.0
+
+
 def kernel_weights(
-    neighbors: Neighbors, kernel: str = "gauss", *, reference_neighbors: Neighbors | None = None
+    neighbors: Neighbors,
+    kernel: str = "gauss",
+    *,
+    reference_neighbors: Neighbors | None = None,
+    sigma: float | None = None,
 ) -> np.ndarray:
-    """Un-normalised ``(n_query, k)`` float32 weights; 0 on unusable edges."""
+    """Un-normalised ``(n_query, k)`` float32 weights; 0 on unusable edges.
+
+    ``sigma`` fixes the ``gauss`` bandwidth (default: :func:`global_sigma`), e.g. to map query
+    chunks with the bandwidth of a whole run.
+    """
     check_choice("kernel", kernel, KERNELS)
     valid = neighbors.valid
     d = _masked(neighbors.distances, valid)
     if kernel == "gauss":
-        finite = d[valid]
-        sigma = np.float32(finite.mean()) if finite.size else np.float32(1)
-        w = _gaussian(d, valid, sigma)
+        w = _gaussian(d, valid, np.float32(global_sigma(neighbors) if sigma is None else sigma))
     elif kernel == "gauss_adaptive":
         w = _gaussian(d, valid, _row_nanmean(d)[:, None])
     elif kernel == "scarches":
@@ -152,13 +164,17 @@ def weights_to_csr(neighbors: Neighbors, weights: np.ndarray) -> sparse.csr_matr
 
 
 def mapping_matrix(
-    neighbors: Neighbors, kernel: str = "gauss", *, reference_neighbors: Neighbors | None = None
+    neighbors: Neighbors,
+    kernel: str = "gauss",
+    *,
+    reference_neighbors: Neighbors | None = None,
+    sigma: float | None = None,
 ) -> sparse.csr_matrix:
     """Row-normalised float32 CSR mapping matrix (n_query, n_reference).
 
     Rows of unmapped query cells (no usable neighbour) are all zero; see :func:`unmapped_rows`.
     """
-    weights = kernel_weights(neighbors, kernel, reference_neighbors=reference_neighbors)
+    weights = kernel_weights(neighbors, kernel, reference_neighbors=reference_neighbors, sigma=sigma)
     return weights_to_csr(neighbors, normalise_rows(weights))
 
 

@@ -25,8 +25,8 @@ from scipy import sparse
 
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.joint_embedding import JointEmbedding, build_joint_embedding
-from napari_cellmapper.core.kernels import mapping_matrix, unmapped_rows
-from napari_cellmapper.core.neighbors import Neighbors, iter_search
+from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
+from napari_cellmapper.core.neighbors import Neighbors, build_index, iter_search, prepare_rep, resolve_backend
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 from napari_cellmapper.core.transfer import (
@@ -53,14 +53,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _clean(d: dict[str, Any]) -> dict[str, Any]:
+def h5_safe(d: dict[str, Any]) -> dict[str, Any]:
     """Drop None values and make values writable to h5ad/zarr."""
     out: dict[str, Any] = {}
     for key, value in d.items():
         if value is None:
             continue
         if isinstance(value, dict):
-            out[key] = _clean(value)
+            out[key] = h5_safe(value)
         elif isinstance(value, (list, tuple)):
             out[key] = np.asarray([str(v) for v in value]) if value else np.asarray([], dtype=str)
         else:
@@ -97,6 +97,8 @@ class CellMapper:
         self._reference_rep: np.ndarray | None = None
         self._reference_usable: np.ndarray | None = None
         self._query_imputed: AnnData | None = None
+        self._index: Any = None
+        self._search_options: dict[str, Any] = {}
         self.params: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -154,21 +156,30 @@ class CellMapper:
         if metric == "cosine":
             q_ok = q_ok & (np.linalg.norm(q_rep, axis=1) > 0)
         ref_rows = np.flatnonzero(r_ok)
+        resolved = resolve_backend(backend, int(q_ok.sum()), ref_rows.size)
+        index = None
+        if resolved != "dask":
+            yield Progress("build index", 0, 1)
+            index = build_index(prepare_rep(r_rep[ref_rows], metric), resolved, **search_options)
+            yield Progress("build index", 1, 1)
         found = yield from iter_search(
             q_rep[q_ok],
             r_rep[ref_rows],
             n_neighbors,
             metric=metric,
-            backend=backend,
+            backend=resolved,
             chunk_size=chunk_size,
-            **search_options,
+            index=index,
+            **({} if index is not None else search_options),
         )
+        self._index = index
         indices = np.full((q_rep.shape[0], n_neighbors), -1, dtype=np.int64)
         distances = np.full((q_rep.shape[0], n_neighbors), np.inf, dtype=np.float32)
         indices[q_ok] = np.where(found.indices >= 0, ref_rows[np.maximum(found.indices, 0)], -1)
         distances[q_ok] = found.distances
         neighbors = Neighbors(indices, distances, metric, found.backend, r_rep.shape[0])
         self.joint = emb
+        self._search_options = {} if index is not None else dict(search_options)
         self._query_rep, self._reference_rep, self._reference_usable = q_rep, r_rep, r_ok
         self.neighbors = neighbors
         self.reference_neighbors = None
@@ -180,6 +191,10 @@ class CellMapper:
             backend_requested=backend,
             metric=metric,
         )
+        for attr in ("nlist", "nprobe", "calibrated_recall"):
+            value = getattr(index, attr, None)
+            if value is not None:
+                self.params[attr] = value
         if emb is not None:
             self.params["joint"] = {"method": joint, "n_genes": emb.info["n_genes"], "n_comps": emb.info["n_comps"]}
         return neighbors
@@ -212,9 +227,15 @@ class CellMapper:
             return self.reference_neighbors
         rows = np.flatnonzero(self._reference_usable)
         rep = self._reference_rep[rows]
-        backend = self.params.get("backend_requested", "auto")
         found = yield from iter_search(
-            rep, rep, k, metric=self.neighbors.metric, backend=backend, stage="reference neighbour graph"
+            rep,
+            rep,
+            k,
+            metric=self.neighbors.metric,
+            backend=self.params.get("backend", "auto"),
+            index=self._index,
+            stage="reference neighbour graph",
+            **self._search_options,
         )
         n_ref = self._reference_rep.shape[0]
         indices = np.full((n_ref, k), -1, dtype=np.int64)
@@ -225,7 +246,7 @@ class CellMapper:
         return self.reference_neighbors
 
     # ------------------------------------------------------------------ step 2: kernel
-    def iter_compute_mapping_matrix(self, kernel: str = "gauss") -> Steps[sparse.csr_matrix]:
+    def iter_compute_mapping_matrix(self, kernel: str = "gauss", *, sigma: float | None = None) -> Steps[sparse.csr_matrix]:
         """Generator version of :meth:`compute_mapping_matrix`."""
         if self.neighbors is None:
             raise val.CellMapperInputError("Call compute_neighbors() (or fit()) before the kernel.")
@@ -234,19 +255,26 @@ class CellMapper:
         if kernel == "hnoca":
             ref_graph = yield from self.iter_compute_reference_neighbors()
         yield Progress("mapping matrix", 0, 1)
-        matrix = mapping_matrix(self.neighbors, kernel, reference_neighbors=ref_graph)
+        if kernel == "gauss" and sigma is None:
+            sigma = global_sigma(self.neighbors)
+        matrix = mapping_matrix(self.neighbors, kernel, reference_neighbors=ref_graph, sigma=sigma)
         yield Progress("mapping matrix", 1, 1)
         self.mapping_matrix = matrix
         self.params["kernel"] = kernel
+        if kernel == "gauss":
+            self.params["sigma"] = float(sigma)
         return matrix
 
-    def compute_mapping_matrix(self, kernel: str = "gauss", *, progress: Any = False) -> sparse.csr_matrix:
+    def compute_mapping_matrix(
+        self, kernel: str = "gauss", *, sigma: float | None = None, progress: Any = False
+    ) -> sparse.csr_matrix:
         """Turn neighbour distances into the row-normalised mapping matrix with ``kernel``.
 
         Kernels: ``gauss``, ``gauss_adaptive``, ``scarches``, ``inverse_distance``, ``equal``,
-        ``hnoca`` (see :mod:`napari_cellmapper.core.kernels`).
+        ``hnoca`` (see :mod:`napari_cellmapper.core.kernels`). ``sigma`` fixes the ``gauss``
+        bandwidth (default: the mean k-NN distance, recorded in ``uns['cellmapper']['sigma']``).
         """
-        return run_steps(self.iter_compute_mapping_matrix(kernel), progress)
+        return run_steps(self.iter_compute_mapping_matrix(kernel, sigma=sigma), progress)
 
     @property
     def unmapped(self) -> np.ndarray:
@@ -362,7 +390,7 @@ class CellMapper:
 
     def provenance(self) -> dict[str, Any]:
         """Parameters, versions and backend of this mapping (as stored in ``uns['cellmapper']``)."""
-        return _clean(
+        return h5_safe(
             {
                 **self.params,
                 "versions": _versions(),

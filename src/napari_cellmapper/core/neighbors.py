@@ -173,9 +173,14 @@ def iter_search(
     backend: str = "auto",
     chunk_size: int | None = None,
     stage: str = "neighbour search",
+    index: NeighborIndex | None = None,
     **options: Any,
 ) -> Steps[Neighbors]:
-    """Generator version of :func:`search`: yields :class:`Progress` per query chunk."""
+    """Generator version of :func:`search`: yields :class:`Progress` per query chunk.
+
+    ``index`` reuses an index built over the same (prepared) reference, e.g. to search the
+    reference against itself after the query without building it again.
+    """
     check_choice("metric", metric, METRICS)
     n_query, n_reference = query.shape[0], reference.shape[0]
     check_k(k, n_reference)
@@ -194,9 +199,11 @@ def iter_search(
                 query, reference, k, metric=metric, chunk_size=chunk_size, stage=stage, **options
             )
         )
-    ref = prepare_rep(reference, metric)
     yield Progress(stage, 0, n_query)
-    index = build_index(ref, resolved, **options)
+    if index is None:
+        index = build_index(prepare_rep(reference, metric), resolved, **options)
+    elif index.backend != resolved and backend != "auto":
+        raise CellMapperInputError(f"index was built with {index.backend!r}, not {resolved!r}.")
     indices = np.empty((n_query, k), dtype=np.int64)
     distances = np.empty((n_query, k), dtype=np.float32)
     for start, stop in chunk_bounds(n_query, chunk_size or DEFAULT_CHUNK_SIZE):
@@ -205,7 +212,7 @@ def iter_search(
         indices[start:stop] = idx
         distances[start:stop] = to_true_distances(sq, idx, metric)
         yield Progress(stage, stop, n_query)
-    return Neighbors(indices, distances, metric, resolved, n_reference)
+    return Neighbors(indices, distances, metric, index.backend, n_reference)
 
 
 def search(

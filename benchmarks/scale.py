@@ -38,8 +38,11 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+STRUCTURE = os.environ.get("CELLMAPPER_BENCH_STRUCTURE", "structured")
+
+
 def _data_paths(root: Path, n: int) -> tuple[Path, Path]:
-    return root / f"ref_{n}.h5ad", root / f"query_{n}.h5ad"
+    return root / f"ref_{STRUCTURE}_{n}.h5ad", root / f"query_{STRUCTURE}_{n}.h5ad"
 
 
 def prepare(root: Path, n: int) -> None:
@@ -49,7 +52,7 @@ def prepare(root: Path, n: int) -> None:
     ref_path, query_path = _data_paths(root, n)
     if ref_path.exists() and query_path.exists():
         return
-    reference, query = make_pair(n, n)
+    reference, query = make_pair(n, n, structure=STRUCTURE)
     reference.write_h5ad(ref_path)
     query.write_h5ad(query_path)
 
@@ -232,10 +235,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cellmapper-max", type=int, default=100_000, help="largest size run through cellmapper")
     parser.add_argument("--backend", default="auto")
+    parser.add_argument(
+        "--structure", choices=["structured", "isotropic"], default=None,
+        help="synthetic latent space (see synthetic.make_pair); default structured",
+    )  # fmt: skip
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--worker", choices=["ours", "cellmapper"], default=None)
     parser.add_argument("--n", type=int, default=0)
     args = parser.parse_args()
+    if args.structure:
+        os.environ["CELLMAPPER_BENCH_STRUCTURE"] = args.structure
+        global STRUCTURE
+        STRUCTURE = args.structure
     if args.worker:
         _worker(args)
         return
@@ -253,7 +264,7 @@ def main() -> None:
             results.append(best)
             print(f"n={n:,} {tool}: median {best['total_s']:.2f} s over {len(runs)} runs", file=sys.stderr, flush=True)
     print(_fmt_table(results))
-    print(f"\n(data in {data_dir}; machine: {os.cpu_count()} cores)")
+    print(f"\n(structure {STRUCTURE}; data in {data_dir}; machine: {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

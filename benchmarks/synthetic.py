@@ -13,23 +13,49 @@ N_GENES = 500
 GENES_PER_TYPE = 100
 
 
-def make_pair(n_ref: int, n_query: int, *, dim: int = DIM, n_types: int = N_TYPES, seed: int = 0):
+def make_pair(
+    n_ref: int,
+    n_query: int,
+    *,
+    dim: int = DIM,
+    n_types: int = N_TYPES,
+    structure: str = "structured",
+    seed: int = 0,
+):
     """(reference, query) AnnData: clustered joint embedding, labels, UMAP, sparse expression.
 
-    Cell types are overlapping gaussian clusters in ``dim`` dimensions (unequal sizes; exact k-NN
-    voting reaches about 0.92 accuracy, so approximate search has room to lose some);
-    each type expresses its own set of ``GENES_PER_TYPE`` of ``N_GENES`` genes (sparse counts).
+    ``structure="structured"`` (default) models a learned latent space: each cell type is a
+    centre plus variation along its own 4-dimensional subspace (cell states) plus isotropic noise,
+    so the data has a low intrinsic dimension, as scVI/PCA latent spaces do.
+    ``structure="isotropic"`` is the stress case: overlapping isotropic gaussian clusters that fill
+    all ``dim`` dimensions, the worst case for any space-partitioning index. Each type expresses its own ``GENES_PER_TYPE`` of ``N_GENES`` genes.
     """
     rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 0.35, size=(n_types, dim)).astype(np.float32)
-    spreads = rng.uniform(0.3, 0.5, size=n_types).astype(np.float32)
     weights = rng.dirichlet(np.full(n_types, 3.0))
     umap_centres = rng.uniform(-10, 10, size=(n_types, 2)).astype(np.float32)
     programs = np.stack([rng.choice(N_GENES, GENES_PER_TYPE, replace=False) for _ in range(n_types)])
+    if structure == "isotropic":
+        centres = rng.normal(0, 0.35, size=(n_types, dim)).astype(np.float32)
+        spreads = rng.uniform(0.3, 0.5, size=n_types).astype(np.float32)
+        bases = None
+    elif structure == "structured":
+        centres = rng.normal(0, 0.3, size=(n_types, dim)).astype(np.float32)
+        bases = np.stack([np.linalg.qr(rng.normal(size=(dim, 4)))[0].T for _ in range(n_types)]).astype(np.float32)
+        spreads = np.full(n_types, 0.2, dtype=np.float32)
+    else:
+        raise ValueError(f"structure must be 'structured' or 'isotropic', not {structure!r}")
 
     def make(n: int, rng: np.random.Generator) -> AnnData:
         types = rng.choice(n_types, size=n, p=weights)
-        rep = centres[types] + rng.normal(0, 1, size=(n, dim)).astype(np.float32) * spreads[types, None]
+        rep = np.empty((n, dim), dtype=np.float32)
+        for start in range(0, n, 100_000):  # bounded temporaries at 1M+ cells
+            t = types[start : start + 100_000]
+            noise = rng.normal(0, 1, size=(t.size, dim)).astype(np.float32) * spreads[t, None]
+            block = centres[t] + noise
+            if bases is not None:
+                z = rng.normal(0, 1, size=(t.size, 4)).astype(np.float32)
+                block += np.einsum("nl,nld->nd", z, bases[t])
+            rep[start : start + t.size] = block
         umap = umap_centres[types] + rng.normal(0, 0.8, size=(n, 2)).astype(np.float32)
         # each cell expresses ~30% of its type's program with Poisson counts
         mask = rng.random((n, GENES_PER_TYPE)) < 0.3

@@ -167,7 +167,7 @@ def _cmd_map(args) -> int:
     if spatial:
         from napari_cellmapper.io import spatial as sio
 
-        sdata = sio.read_query(args.query)
+        sdata = sio.open_spatial(args.query)
         table = sio.resolve_table(sdata, args.table)
         query = sio.query_table(sdata, table)
         if args.niches:
@@ -189,7 +189,13 @@ def _cmd_map(args) -> int:
         from napari_cellmapper.io.export import export_annotated
 
         written = export_annotated(
-            args.query, table, query, None if args.in_place else out, in_place=args.in_place, overwrite=args.overwrite
+            args.query,
+            table,
+            query,
+            None if args.in_place else out,
+            in_place=args.in_place,
+            overwrite=args.overwrite,
+            provenance={"reference": str(Path(args.reference).resolve())},
         )
     else:
         _write_h5ad_atomic(query, out, args.overwrite)

@@ -1,0 +1,447 @@
+"""Write the annotated query back as SpatialData zarr, atomically.
+
+:func:`export_annotated` writes the source table with the mapping results added (obs columns
+such as ``cell_type_pred``/``_conf``/``_entropy``, ``mapping_quality``, ``niche``; obsm entries;
+``uns`` colours and ``uns["cellmapper"]`` provenance) either to a new store or in place.
+
+What is atomic
+--------------
+Nothing is written inside the source store, ever. All writing happens in a hidden staging
+directory next to the target (``.<name>.cellmapper-tmp-<id>``, same file system):
+
+1. the new table is written there first (fails fast on unserialisable data);
+2. the rest of the store is cloned there: byte copies for a new path; hard links for in-place
+   (no data copied; the root ``zarr.json`` is always a real copy, and zarr replaces files
+   rather than rewriting them, so the source's inodes are never written to);
+3. the cloned ``tables/<name>`` is replaced by the new table and the consolidated metadata in
+   the staged root ``zarr.json`` is rebuilt;
+4. commit, the only step that touches the target path:
+
+   * new path that does not exist: one ``rename(staging, out)``, atomic;
+   * in place, or ``overwrite=True``: ``renameat2(RENAME_EXCHANGE)`` swaps the staged and the
+     existing store in one atomic step (Linux; ext4, xfs, btrfs, tmpfs...), then the old tree
+     (now at the staging path) is deleted. Where the exchange is not supported the swap is two
+     renames (``target -> <target>.cellmapper-backup``, ``staging -> target``); a crash
+     between them leaves the complete old store at the ``.cellmapper-backup`` path, and
+     :func:`napari_cellmapper.io.spatial.open_spatial` tells the user to rename it back.
+
+So an exception or a killed process at any point before the commit leaves the source (and any
+existing target) readable and byte-for-byte unchanged; the only debris is the hidden staging
+directory, which is removed on exceptions (not on SIGKILL; it is safe to delete). After the
+commit the target is complete; a crash during the final clean-up can leave the old tree at the
+hidden staging path. In place, the files of every other element are the same files (same
+bytes, hard-linked), only ``tables/<name>`` and the root ``zarr.json`` change.
+Durability against power loss is not guaranteed beyond an ``fsync`` of the parent directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import errno
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from anndata import AnnData
+
+from napari_cellmapper.core.validation import CellMapperInputError
+from napari_cellmapper.io.spatial import (
+    ATTRS_KEY,
+    BACKUP_SUFFIX,
+    _check_table_name,
+    check_spatialdata_path,
+    is_spatialdata_zarr,
+    open_spatial,
+)
+
+STAGING_MARK = ".cellmapper-tmp-"
+_ROOT_METADATA = frozenset({"zarr.json", ".zmetadata", ".zattrs", ".zgroup"})
+_TABLE_TMP = "__cellmapper_table__"
+
+# Test hook: called with the name of each stage of the write (see _checkpoint).
+_hook: Callable[[str], None] | None = None
+
+
+def _checkpoint(stage: str) -> None:
+    if _hook is not None:
+        _hook(stage)
+
+
+# --------------------------------------------------------------------------------------------
+# the table to write
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("napari-cellmapper", "spatialdata", "anndata", "numpy"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Make a value writable by anndata: tuples/sets -> lists, paths -> str, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, set, frozenset)):
+        value = list(value) if not isinstance(value, (set, frozenset)) else sorted(value, key=str)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _aligned(source: AnnData, annotated: AnnData, table_name: str) -> AnnData:
+    if annotated.n_obs != source.n_obs or not annotated.obs_names.isin(source.obs_names).all():
+        raise CellMapperInputError(
+            f"The annotated table has {annotated.n_obs} cells but table {table_name!r} has {source.n_obs}, "
+            "or their obs names differ. Pass the query table returned by `query_table()` for this table, "
+            "annotated (same cells; subsetting or renaming cells is not supported)."
+        )
+    if not annotated.obs_names.is_unique:
+        raise CellMapperInputError("The annotated table has duplicate obs names. Make them unique first.")
+    if annotated.obs_names.equals(source.obs_names):
+        return annotated
+    return annotated[source.obs_names]
+
+
+def merge_annotations(
+    source: AnnData,
+    annotated: AnnData,
+    table_name: str,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+) -> AnnData:
+    """The table to write: ``source`` plus the annotations carried by ``annotated``.
+
+    obs columns, obsm, obsp and uns entries of ``annotated`` are added to (or replace those of)
+    a copy of ``source``; layers too when the genes match. ``X``, ``var``, the table's
+    ``spatialdata_attrs`` and its region/instance columns are kept from ``source``, so nothing
+    of the source table is lost. ``uns["cellmapper"]["export"]`` records the export.
+    """
+    ann = _aligned(source, annotated, table_name)
+    out = source.copy()
+    attrs = source.uns.get(ATTRS_KEY) or {}
+    protected = {attrs.get("region_key"), attrs.get("instance_key")} - {None}
+    for col in ann.obs.columns:
+        if col not in protected:
+            out.obs[col] = pd.Series(ann.obs[col].array, index=out.obs_names)
+    for key, value in ann.obsm.items():
+        out.obsm[key] = value.set_axis(out.obs_names) if isinstance(value, pd.DataFrame) else value
+    for key, value in ann.obsp.items():
+        out.obsp[key] = value
+    if ann.var_names.equals(out.var_names):
+        for key, value in ann.layers.items():
+            out.layers[key] = value
+    for key, value in ann.uns.items():
+        if key != ATTRS_KEY:
+            out.uns[key] = _plain(copy.deepcopy(value))
+    cm = dict(out.uns.get("cellmapper") or {})
+    if provenance:
+        cm.update(_plain(copy.deepcopy(dict(provenance))))
+    cm.setdefault("versions", _versions())
+    out.uns["cellmapper"] = cm
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# file-system helpers
+
+
+def _is_writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def _read_only_error(path: Path, what: str) -> CellMapperInputError:
+    return CellMapperInputError(
+        f"Cannot write {what}: {str(path)!r} is read-only (or not a writable directory). "
+        "Choose an output path in a writable directory, or fix the permissions."
+    )
+
+
+def _staging_dir(target: Path) -> Path:
+    staging = target.parent / f".{target.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
+    try:
+        staging.mkdir()
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _read_only_error(target.parent, "the output") from err
+        raise
+    return staging
+
+
+def _clone_tree(src: Path, dst: Path, *, skip: Path, link: bool) -> None:
+    """Clone ``src`` into ``dst`` (which exists), leaving out the sub-tree ``skip`` (relative)."""
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        if rel == skip:
+            dirs[:] = []
+            continue
+        (dst / rel).mkdir(exist_ok=True)
+        for name in [d for d in dirs if (Path(root) / d).is_symlink()]:  # os.walk does not enter these
+            os.symlink(os.readlink(Path(root) / name), dst / rel / name)
+        for name in files:
+            s, d = Path(root) / name, dst / rel / name
+            if s.is_symlink():
+                os.symlink(os.readlink(s), d)
+                continue
+            if link and not (rel == Path(".") and name in _ROOT_METADATA):
+                try:
+                    os.link(s, d)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(s, d)
+
+
+def _write_table_into(staging: Path, table: AnnData, table_name: str) -> Path:
+    """Write ``table`` as a SpatialData table group under ``staging``; return its directory."""
+    from spatialdata import SpatialData
+
+    tmp = staging / _TABLE_TMP
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "table annotates an element not present" is expected here
+            SpatialData(tables={table_name: table}).write(tmp, consolidate_metadata=False)
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - anndata/zarr refuse some Python objects
+        raise CellMapperInputError(
+            f"The annotated table cannot be written ({type(err).__name__}: {err}). Convert unsupported "
+            "obs/obsm/uns values (e.g. arbitrary Python objects, mixed-type object columns) to numbers, "
+            "strings, categoricals, arrays or dicts of those."
+        ) from err
+    return tmp / "tables" / table_name
+
+
+def _consolidate(path: Path) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
+def _has_consolidated_metadata(path: Path) -> bool:
+    import json
+
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return (path / ".zmetadata").is_file()
+    return bool(meta.get("consolidated_metadata"))
+
+
+def _clonable(source: Path, table_name: str) -> bool:
+    """Whether the source is a zarr v3 store whose table group can be swapped file-wise."""
+    return (source / "zarr.json").is_file() and (source / "tables" / table_name / "zarr.json").is_file()
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _commit(staging: Path, target: Path) -> None:
+    """Make ``staging`` the store at ``target`` (see the module docstring for atomicity)."""
+    _checkpoint("before-commit")
+    if not target.exists():
+        os.rename(staging, target)
+    elif _exchange(staging, target):
+        _checkpoint("exchanged")
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        backup = target.with_name(target.name + BACKUP_SUFFIX)
+        os.rename(target, backup)
+        try:
+            _checkpoint("moved-to-backup")
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(backup, target)  # put the old store back; staging is removed by the caller
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    _fsync_dir(target.parent)
+    _checkpoint("committed")
+
+
+# --------------------------------------------------------------------------------------------
+# the public entry point
+
+
+def _resolve_target(
+    source: Path, out_path: str | os.PathLike[str] | None, in_place: bool, overwrite: bool
+) -> Path:
+    if in_place:
+        if out_path is not None and Path(out_path).expanduser().resolve() != source:
+            raise CellMapperInputError(
+                "Pass either `out_path` or `in_place=True`, not both (in place writes to the source)."
+            )
+        if not _is_writable_dir(source) or not _is_writable_dir(source.parent):
+            raise _read_only_error(source if not _is_writable_dir(source) else source.parent, "in place")
+        return source
+    if out_path is None:
+        raise CellMapperInputError(
+            "No output given. Pass `out_path=` for a new store, or `in_place=True` to replace the table "
+            "in the source store."
+        )
+    out = Path(out_path).expanduser().resolve()
+    if out == source:
+        raise CellMapperInputError(
+            f"`out_path` is the source store {str(source)!r}. Use `in_place=True` to write into it."
+        )
+    if source in out.parents or out in source.parents:
+        raise CellMapperInputError(
+            f"`out_path` {str(out)!r} is inside the source store or contains it. Choose a separate path."
+        )
+    if not out.parent.is_dir():
+        raise CellMapperInputError(
+            f"The folder {str(out.parent)!r} of `out_path` does not exist. "
+            "Create it first or choose another path."
+        )
+    if not _is_writable_dir(out.parent):
+        raise _read_only_error(out.parent, "the output")
+    if out.exists():
+        if not overwrite:
+            raise CellMapperInputError(
+                f"{str(out)!r} already exists. Pass `overwrite=True` to replace it, or choose a new path."
+            )
+        if not is_spatialdata_zarr(out):
+            raise CellMapperInputError(
+                f"{str(out)!r} exists and is not a SpatialData zarr store; refusing to overwrite it. "
+                "Choose a new path or remove it yourself."
+            )
+    backup = out.with_name(out.name + BACKUP_SUFFIX)
+    if backup.exists():
+        raise CellMapperInputError(
+            f"{str(backup)!r} exists (left by an interrupted export). Inspect and remove or rename it first."
+        )
+    return out
+
+
+def export_annotated(
+    source_path: str | os.PathLike[str],
+    table_name: str,
+    annotated_table: AnnData,
+    out_path: str | os.PathLike[str] | None = None,
+    *,
+    in_place: bool = False,
+    overwrite: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the annotated query as a SpatialData zarr store, atomically.
+
+    Parameters
+    ----------
+    source_path
+        The SpatialData zarr store the query table was read from.
+    table_name
+        The table that was mapped.
+    annotated_table
+        The mapped query (same cells as the table); its obs columns, obsm, obsp, uns (colours,
+        ``uns["cellmapper"]``) and, when genes match, layers are written (see :func:`merge_annotations`).
+    out_path
+        New store to write (the default mode). Refused if it exists, unless ``overwrite=True``.
+    in_place
+        Replace only the table inside ``source_path`` instead.
+    overwrite
+        Allow replacing an existing SpatialData store at ``out_path``.
+    provenance
+        Extra entries for ``uns["cellmapper"]`` (parameters, reference name, ...).
+
+    Returns
+    -------
+    Path
+        The store written.
+    """
+    source = check_spatialdata_path(source_path).resolve()
+    target = _resolve_target(source, out_path, in_place, overwrite)
+    sdata = open_spatial(source)
+    _check_table_name(sdata, table_name)
+    if not isinstance(annotated_table, AnnData):
+        raise CellMapperInputError(
+            f"`annotated_table` must be an AnnData, got {type(annotated_table).__name__}."
+        )
+    if in_place and not _clonable(source, table_name):
+        raise CellMapperInputError(
+            f"{str(source)!r} is stored in an older SpatialData format, which cannot be updated in place. "
+            "Export to a new path instead (it is written in the current format)."
+        )
+    export_info = {
+        "source": str(source),
+        "table": table_name,
+        "mode": "in_place" if in_place else "new_path",
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    extra = dict(provenance or {})
+    extra["export"] = export_info
+    table = merge_annotations(sdata.tables[table_name], annotated_table, table_name, provenance=extra)
+
+    staging = _staging_dir(target)
+    try:
+        _checkpoint("staging-created")
+        if _clonable(source, table_name):
+            new_table_dir = _write_table_into(staging, table, table_name)
+            _checkpoint("table-written")
+            _clone_tree(source, staging, skip=Path("tables") / table_name, link=in_place)
+            _checkpoint("cloned")
+            os.rename(new_table_dir, staging / "tables" / table_name)
+            shutil.rmtree(staging / _TABLE_TMP)
+            _checkpoint("table-placed")
+            if _has_consolidated_metadata(source):
+                _consolidate(staging)
+            _checkpoint("consolidated")
+        else:  # older format: a full write in the current format
+            sdata.tables[table_name] = table
+            store = staging / "store.zarr"
+            sdata.write(store, update_sdata_path=False)
+            _checkpoint("table-written")
+            # move the written store's content up so that ``staging`` is the store
+            for child in store.iterdir():
+                os.rename(child, staging / child.name)
+            store.rmdir()
+            _checkpoint("consolidated")
+        _commit(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

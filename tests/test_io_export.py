@@ -1,0 +1,448 @@
+"""napari_cellmapper.io.export: atomic export of the annotated query (new path or in place)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+
+from napari_cellmapper.core.validation import CellMapperInputError
+from napari_cellmapper.io import export, spatial
+
+TABLE = "table"
+PRED_ORDER = ["zeta", "alpha", "mid"]  # deliberately not sorted
+SRC_DIR = Path(__file__).resolve().parents[1] / "src"
+
+
+def _read(path):
+    import spatialdata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return spatialdata.read_zarr(path)
+
+
+@pytest.fixture(scope="module")
+def io_pristine(tmp_path_factory) -> Path:
+    """A small source store (image, circles, table) written once per module."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Scale
+
+    n = 60
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 64, size=(n, 2))
+    ids = np.arange(1, n + 1)
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame({"radius": np.ones(n)}, geometry=[Point(*p) for p in xy], index=ids),
+        transformations={"global": Scale([2.0, 2.0], axes=("x", "y"))},
+    )
+    image = Image2DModel.parse(rng.integers(0, 255, (3, 64, 64), dtype=np.uint8), dims=("c", "y", "x"))
+    obs = pd.DataFrame(
+        {
+            "region": pd.Categorical(["cells"] * n),
+            "cell_id": ids,
+            "batch": pd.Categorical(["x", "y"] * (n // 2)),
+        },
+        index=[f"cell{i}" for i in range(n)],
+    )
+    table = AnnData(X=rng.normal(size=(n, 40)).astype(np.float32), obs=obs)
+    table.uns["batch_colors"] = ["#111111", "#222222"]
+    table = TableModel.parse(table, region="cells", region_key="region", instance_key="cell_id")
+    path = tmp_path_factory.mktemp("export") / "pristine.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        SpatialData(images={"img": image}, shapes={"cells": shapes}, tables={TABLE: table}).write(path)
+    return path
+
+
+@pytest.fixture
+def io_source(io_pristine, tmp_path) -> Path:
+    """A fresh copy of the pristine source store, in its own folder."""
+    path = tmp_path / "work" / "source.zarr"
+    shutil.copytree(io_pristine, path)
+    return path
+
+
+def _annotated(source: Path) -> AnnData:
+    """The source table with mapping results, as CellMapper would leave it.
+
+    Every source is a copy of the same pristine store, so the result is built once and copied.
+    """
+    if "table" not in _ANNOTATED:
+        _ANNOTATED["table"] = _build_annotated(spatial.query_table(source, TABLE))
+    return _ANNOTATED["table"].copy()
+
+
+_ANNOTATED: dict[str, AnnData] = {}
+
+
+def _build_annotated(q: AnnData) -> AnnData:
+    n = q.n_obs
+    rng = np.random.default_rng(1)
+    q.obs["cell_type_pred"] = pd.Categorical(rng.choice(PRED_ORDER, n), categories=PRED_ORDER)
+    q.obs["cell_type_conf"] = rng.uniform(size=n).astype(np.float32)
+    q.obs["cell_type_entropy"] = rng.uniform(size=n)
+    q.obs["mapping_quality"] = rng.uniform(size=n)
+    q.obs["niche"] = pd.Categorical(
+        [f"niche_{i % 3}" for i in range(n)], categories=["niche_2", "niche_0", "niche_1"]
+    )
+    q.obs["cellmapper_unmapped"] = np.zeros(n, dtype=bool)
+    q.obsm["cell_type_proba"] = pd.DataFrame(rng.uniform(size=(n, 3)), index=q.obs_names, columns=PRED_ORDER)
+    q.obsm["X_umap_pred"] = rng.normal(size=(n, 2))
+    q.uns["cell_type_pred_colors"] = ["#ff0000", "#00ff00", "#0000ff"]
+    q.uns["niche_colors"] = ["#aaaaaa", "#bbbbbb", "#cccccc"]
+    q.uns["cellmapper"] = {
+        "parameters": {"n_neighbors": np.int64(30), "kernel": "gauss", "weights": np.arange(3.0),
+                       "nested": {"scale": np.float32(0.5), "flag": True}},
+        "reference": "pbmc_reference.h5ad",
+        "backend": "faiss-exact",
+    }  # fmt: skip
+    return q
+
+
+def _staging_left(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if export.STAGING_MARK in p.name or p.name.endswith("-backup")]
+
+
+def _check_round_trip(path: Path, annotated: AnnData) -> None:
+    table = _read(path).tables[TABLE]
+    assert table.obs_names.tolist() == annotated.obs_names.tolist()
+    for col in annotated.obs.columns:
+        got, want = table.obs[col], annotated.obs[col]
+        if isinstance(want.dtype, pd.CategoricalDtype):
+            assert list(got.cat.categories) == list(want.cat.categories), col
+            assert got.astype(str).tolist() == want.astype(str).tolist(), col
+        else:
+            np.testing.assert_array_equal(got.to_numpy(), want.to_numpy(), err_msg=col)
+            assert got.dtype == want.dtype, col
+    assert list(table.obs["cell_type_pred"].cat.categories) == PRED_ORDER
+    for key in ("cell_type_pred_colors", "niche_colors", "batch_colors"):
+        assert list(table.uns[key]) == list(annotated.uns[key]), key
+    proba = table.obsm["cell_type_proba"]
+    assert list(proba.columns) == PRED_ORDER
+    np.testing.assert_allclose(proba.to_numpy(), annotated.obsm["cell_type_proba"].to_numpy())
+    np.testing.assert_allclose(table.obsm["X_umap_pred"], annotated.obsm["X_umap_pred"])
+    cm = table.uns["cellmapper"]
+    assert cm["reference"] == "pbmc_reference.h5ad" and cm["backend"] == "faiss-exact"
+    params = cm["parameters"]
+    assert int(params["n_neighbors"]) == 30 and params["kernel"] == "gauss"
+    np.testing.assert_array_equal(params["weights"], np.arange(3.0))
+    assert float(params["nested"]["scale"]) == 0.5 and bool(params["nested"]["flag"]) is True
+    assert cm["export"]["table"] == TABLE and "spatialdata" in cm["versions"]
+    assert table.uns["spatialdata_attrs"]["instance_key"] == "cell_id"
+    np.testing.assert_array_equal(table.X, annotated.X)
+
+
+# ---------------------------------------------------------------------------------- round trips
+
+
+def test_new_path_round_trip_and_source_untouched(io_source, io_digest):
+    before = io_digest(io_source)
+    annotated = _annotated(io_source)
+    out = export.export_annotated(io_source, TABLE, annotated, io_source.parent / "out.zarr")
+    assert out == (io_source.parent / "out.zarr").resolve()
+    assert io_digest(io_source) == before
+    _check_round_trip(out, annotated)
+    sdata = _read(out)
+    np.testing.assert_array_equal(
+        sdata.images["img"].data.compute(), _read(io_source).images["img"].data.compute()
+    )
+    assert _staging_left(io_source.parent) == []
+    np.testing.assert_allclose(spatial.cell_coordinates(sdata, TABLE, "global"),
+                               spatial.cell_coordinates(io_source, TABLE, "global"))  # fmt: skip
+
+
+def test_in_place_replaces_only_the_table(io_source, io_digest):
+    before = io_digest(io_source)
+    annotated = _annotated(io_source)
+    root_attrs = json.loads((io_source / "zarr.json").read_text())["attributes"]
+    inode = (io_source / "images" / "img" / "zarr.json").stat().st_ino
+    out = export.export_annotated(io_source, TABLE, annotated, in_place=True, provenance={"run": "test"})
+    assert out == io_source.resolve()
+    after = io_digest(io_source)
+    others = {k: v for k, v in before.items() if not k.startswith(f"tables/{TABLE}/") and k != "zarr.json"}
+    assert {k: after.get(k) for k in others} == others  # every other file: same bytes
+    assert (io_source / "images" / "img" / "zarr.json").stat().st_ino == inode  # hard-linked, not copied
+    assert json.loads((io_source / "zarr.json").read_text())["attributes"] == root_attrs
+    assert any(k.startswith(f"tables/{TABLE}/obs/cell_type_pred") for k in after)
+    _check_round_trip(io_source, annotated)
+    assert _read(io_source).tables[TABLE].uns["cellmapper"]["run"] == "test"
+    assert _staging_left(io_source.parent) == []
+
+
+def test_consolidated_metadata_is_rebuilt(io_source):
+    import zarr
+
+    export.export_annotated(io_source, TABLE, _annotated(io_source), in_place=True)
+    group = zarr.open_group(io_source, mode="r")
+    consolidated = group.metadata.consolidated_metadata
+    assert consolidated is not None
+    assert f"tables/{TABLE}/obs/cell_type_pred" in consolidated.flattened_metadata
+
+
+def test_annotated_rows_in_another_order_are_aligned(io_source):
+    annotated = _annotated(io_source)
+    shuffled = annotated[annotated.obs_names[::-1]].copy()
+    out = export.export_annotated(io_source, TABLE, shuffled, io_source.parent / "out.zarr")
+    table = _read(out).tables[TABLE]
+    assert table.obs_names.tolist() == annotated.obs_names.tolist()
+    np.testing.assert_array_equal(table.obs["cell_type_conf"], annotated.obs["cell_type_conf"])
+
+
+def test_source_columns_are_kept(io_source):
+    annotated = _annotated(io_source)
+    del annotated.obs["batch"]
+    out = export.export_annotated(io_source, TABLE, annotated, io_source.parent / "out.zarr")
+    assert "batch" in _read(out).tables[TABLE].obs
+
+
+def test_overwrite_existing_output(io_source, io_digest):
+    out = io_source.parent / "out.zarr"
+    export.export_annotated(io_source, TABLE, _annotated(io_source), out)
+    with pytest.raises(CellMapperInputError, match="already exists.*overwrite=True"):
+        export.export_annotated(io_source, TABLE, _annotated(io_source), out)
+    annotated = _annotated(io_source)
+    annotated.obs["extra"] = 7
+    export.export_annotated(io_source, TABLE, annotated, out, overwrite=True)
+    assert (_read(out).tables[TABLE].obs["extra"] == 7).all()
+    assert _staging_left(io_source.parent) == []
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_change_nothing(io_source, io_digest, tmp_path):
+    annotated = _annotated(io_source)
+    before = io_digest(io_source)
+    listing = sorted(os.listdir(io_source.parent))
+    not_sd = tmp_path / "plain"
+    not_sd.mkdir()
+    (not_sd / "file.txt").write_text("keep me")
+    cases = [
+        (dict(source_path=tmp_path / "missing.zarr", out_path=tmp_path / "o.zarr"), "does not exist"),
+        (dict(source_path=not_sd, out_path=tmp_path / "o.zarr"), "not a SpatialData"),
+        (dict(table_name="nope", out_path=tmp_path / "o.zarr"), "Unknown table 'nope'"),
+        (dict(annotated_table=annotated[:5].copy(), out_path=tmp_path / "o.zarr"), "has 5 cells"),
+        (dict(), "No output given"),
+        (dict(out_path=tmp_path / "o.zarr", in_place=True), "not both"),
+        (dict(out_path=io_source), "Use `in_place=True`"),
+        (dict(out_path=io_source / "inner.zarr"), "inside the source"),
+        (dict(out_path=not_sd, overwrite=True), "not a SpatialData zarr store; refusing"),
+        (dict(out_path=tmp_path / "no" / "dir.zarr"), "does not exist. Create it"),
+    ]
+    for kwargs, message in cases:
+        args = {"source_path": io_source, "table_name": TABLE, "annotated_table": annotated, **kwargs}
+        with pytest.raises(CellMapperInputError, match=message):
+            export.export_annotated(**args)
+    assert io_digest(io_source) == before
+    assert sorted(os.listdir(io_source.parent)) == listing
+    assert (not_sd / "file.txt").read_text() == "keep me"
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_read_only_target(io_source, io_digest, monkeypatch, tmp_path):
+    annotated = _annotated(io_source)
+    before = io_digest(io_source)
+    real_access = os.access
+    read_only = {str(tmp_path / "ro"), str(io_source.resolve())}
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(
+        export.os, "access", lambda p, mode: False if str(p) in read_only else real_access(p, mode)
+    )
+    with pytest.raises(CellMapperInputError, match="read-only"):
+        export.export_annotated(io_source, TABLE, annotated, tmp_path / "ro" / "out.zarr")
+    with pytest.raises(CellMapperInputError, match="read-only"):
+        export.export_annotated(io_source, TABLE, annotated, in_place=True)
+    assert os.listdir(tmp_path / "ro") == []
+    assert io_digest(io_source) == before
+
+
+# ------------------------------------------------------------------------- failures mid-write
+
+STAGES = ["staging-created", "table-written", "cloned", "table-placed", "consolidated", "before-commit"]
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["new_path", "in_place"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_exception_mid_write_leaves_source_unchanged(io_source, io_digest, monkeypatch, stage, in_place):
+    annotated = _annotated(io_source)
+    before = io_digest(io_source)
+    out = None if in_place else io_source.parent / "out.zarr"
+
+    def boom(name):
+        if name == stage:
+            raise RuntimeError(f"boom at {name}")
+
+    monkeypatch.setattr(export, "_hook", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        export.export_annotated(io_source, TABLE, annotated, out, in_place=in_place)
+    assert io_digest(io_source) == before
+    assert _staging_left(io_source.parent) == []
+    assert out is None or not out.exists()
+    assert "cell_type_pred" not in _read(io_source).tables[TABLE].obs
+
+
+def test_exception_inside_zarr_write(io_source, io_digest, monkeypatch):
+    import zarr.storage
+
+    annotated = _annotated(io_source)
+    before = io_digest(io_source)
+    original, calls = zarr.storage.LocalStore.set, []
+
+    async def failing_set(self, key, value):
+        calls.append(key)
+        if len(calls) == 15:
+            raise OSError("disk full (simulated)")
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", failing_set)
+    with pytest.raises(OSError, match="disk full"):
+        export.export_annotated(io_source, TABLE, annotated, in_place=True)
+    assert io_digest(io_source) == before
+    assert _staging_left(io_source.parent) == []
+
+
+def test_swap_without_rename_exchange(io_source, io_digest, monkeypatch):
+    """Fallback swap (two renames): a failure between them puts the old store back."""
+    annotated = _annotated(io_source)
+    before = io_digest(io_source)
+    monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+
+    def boom(name):
+        if name == "moved-to-backup":
+            raise RuntimeError("boom between renames")
+
+    monkeypatch.setattr(export, "_hook", boom)
+    with pytest.raises(RuntimeError, match="between renames"):
+        export.export_annotated(io_source, TABLE, annotated, in_place=True)
+    assert io_digest(io_source) == before
+    assert _staging_left(io_source.parent) == []
+    monkeypatch.setattr(export, "_hook", None)
+    export.export_annotated(io_source, TABLE, annotated, in_place=True)
+    _check_round_trip(io_source, annotated)
+    assert _staging_left(io_source.parent) == []
+
+
+# ------------------------------------------------------------------------- killed mid-write
+
+KILL_SCRIPT = r"""
+import os, signal, sys
+import anndata
+import zarr.storage
+from napari_cellmapper.io import export
+
+source, table_file, out, kind, arg = sys.argv[1:6]
+annotated = anndata.read_h5ad(table_file)
+
+def die():
+    print("KILLING", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if kind == "stage":
+    export._hook = lambda stage: die() if stage == arg else None
+elif kind == "zarr-set":
+    original, calls = zarr.storage.LocalStore.set, []
+    async def set_(self, key, value):
+        calls.append(key)
+        if len(calls) == int(arg):
+            die()
+        return await original(self, key, value)
+    zarr.storage.LocalStore.set = set_
+elif kind == "link":
+    original_link, links = os.link, []
+    def link(src, dst, *args, **kwargs):
+        links.append(src)
+        if len(links) == int(arg):
+            die()
+        return original_link(src, dst, *args, **kwargs)
+    os.link = link
+in_place = out == "-"
+export.export_annotated(source, "table", annotated, None if in_place else out, in_place=in_place)
+print("FINISHED", flush=True)
+"""
+
+
+def _run_killed(tmp_path: Path, source: Path, out: str, kind: str, arg: str) -> subprocess.CompletedProcess:
+    table_file = tmp_path / "annotated.h5ad"
+    _annotated(source).write_h5ad(table_file)
+    script = tmp_path / "writer.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC_DIR), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", str(script), str(source), str(table_file), out, kind, arg],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "kind", "arg"),
+    [
+        ("in_place", "zarr-set", "25"),  # inside the table write
+        ("in_place", "link", "5"),  # while hard-linking the other elements
+        ("in_place", "stage", "before-commit"),  # everything staged, not swapped
+        ("new_path", "zarr-set", "25"),
+    ],
+)
+def test_killed_writer_leaves_source_unchanged(io_source, io_digest, tmp_path, mode, kind, arg):
+    before = io_digest(io_source)
+    out = "-" if mode == "in_place" else str(io_source.parent / "out.zarr")
+    proc = _run_killed(tmp_path, io_source, out, kind, arg)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert "KILLING" in proc.stdout and "FINISHED" not in proc.stdout
+    assert io_digest(io_source) == before
+    assert "cell_type_pred" not in _read(io_source).tables[TABLE].obs
+    assert not (io_source.parent / "out.zarr").exists()
+    # the only debris is the hidden staging directory, which a later export does not mind
+    export.export_annotated(io_source, TABLE, _annotated(io_source), in_place=True)
+    assert "cell_type_pred" in _read(io_source).tables[TABLE].obs
+
+
+@pytest.mark.slow
+def test_killed_right_after_the_swap_leaves_the_new_store(io_source, tmp_path):
+    proc = _run_killed(tmp_path, io_source, "-", "stage", "exchanged")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    _check_round_trip(io_source, _annotated(io_source))
+
+
+def test_unwritable_annotation_is_an_input_error(io_source, io_digest):
+    annotated = _annotated(io_source)
+    annotated.uns["cellmapper"]["callback"] = object()
+    before = io_digest(io_source)
+    with pytest.raises(CellMapperInputError, match="cannot be written"):
+        export.export_annotated(io_source, TABLE, annotated, in_place=True)
+    assert io_digest(io_source) == before
+    assert _staging_left(io_source.parent) == []
+
+
+@pytest.mark.filterwarnings("ignore:SpatialData is not stored in the most current format")
+def test_older_format_source(io_pristine, io_digest, tmp_path):
+    """A zarr v2 (older format) source: in place is refused, a new path is written in the current format."""
+    from spatialdata._io.format import SpatialDataContainerFormatV01
+
+    old = tmp_path / "old.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _read(io_pristine).write(old, sdata_formats=SpatialDataContainerFormatV01())
+    before = io_digest(old)
+    annotated = _annotated(io_pristine)
+    with pytest.raises(CellMapperInputError, match="older SpatialData format.*new path"):
+        export.export_annotated(old, TABLE, annotated, in_place=True)
+    out = export.export_annotated(old, TABLE, annotated, tmp_path / "new.zarr")
+    assert (out / "zarr.json").is_file()
+    _check_round_trip(out, annotated)
+    assert io_digest(old) == before
+    assert _staging_left(tmp_path) == []

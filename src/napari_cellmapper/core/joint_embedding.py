@@ -20,7 +20,12 @@ from anndata import AnnData
 from scipy import sparse
 from scipy.sparse.linalg import LinearOperator, svds
 
-from napari_cellmapper.core.validation import JOINT_METHODS, CellMapperInputError, check_choice
+from napari_cellmapper.core.validation import (
+    JOINT_METHODS,
+    CellMapperInputError,
+    check_choice,
+    check_unique_var_names,
+)
 
 MIN_SHARED_GENES = 5
 SCALE_CLIP = 10.0
@@ -108,6 +113,7 @@ def _cca(zq: np.ndarray, zr: np.ndarray, n_comps: int, seed: int) -> tuple[np.nd
         rmatmat=lambda m: zr @ (zq.T @ m),
         dtype=np.float32,
     )
+    n_comps = min(n_comps, min(op.shape) - 1)
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(min(op.shape)).astype(np.float32)
     u, s, vt = svds(op, k=n_comps, v0=v0, random_state=seed)
@@ -151,6 +157,8 @@ def build_joint_embedding(
         Random seed of the solvers.
     """
     check_choice("joint method", method, JOINT_METHODS)
+    check_unique_var_names(query, "query")
+    check_unique_var_names(reference, "reference")
     genes = shared_genes(query, reference)
     if len(genes) < MIN_SHARED_GENES:
         raise CellMapperInputError(
@@ -183,8 +191,15 @@ def build_joint_embedding(
             stacklevel=3,
         )
         genes = [g for g, keep in zip(genes, expressed, strict=True) if keep]
+        if len(genes) < MIN_SHARED_GENES:
+            raise CellMapperInputError(
+                f"Only {len(genes)} shared gene(s) have counts in both datasets; at least "
+                f"{MIN_SHARED_GENES} are needed to build a joint representation. Pass use_rep naming "
+                "a precomputed joint embedding instead."
+            )
         xq, xr = xq[:, expressed], xr[:, expressed]
         tq, tr = _totals(xq), _totals(xr)
+        q_usable, r_usable = q_usable & _has_signal(xq), r_usable & _has_signal(xr)
     counts = _looks_like_counts(xq) and _looks_like_counts(xr)
     if counts:
         target = target_sum or float(np.median(np.concatenate([tq[tq > 0], tr[tr > 0]])))
@@ -194,6 +209,10 @@ def build_joint_embedding(
         lr = xr.toarray() if sparse.issparse(xr) else xr
     zq, zr = _scale(lq, q_usable), _scale(lr, r_usable)
     n_comps = int(max(1, min(n_comps, len(genes) - 1, q_usable.sum() - 1, r_usable.sum() - 1)))
+    if method == "cca" and min(q_usable.sum(), r_usable.sum()) < 2:
+        raise CellMapperInputError(
+            "joint='cca' needs at least 2 cells with counts in each dataset; use joint='pca'."
+        )
     if method == "pca":
         cq, cr, info = _pca(zq, zr, n_comps, seed)
     else:

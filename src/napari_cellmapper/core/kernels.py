@@ -86,14 +86,17 @@ def kernel_weights(
     elif kernel == "gauss_adaptive":
         w = _gaussian(d, valid, _row_nanmean(d)[:, None])
     elif kernel == "scarches":
-        counts = valid.sum(axis=1)
-        std = np.sqrt(np.maximum(_row_nanmean(np.square(d)) - np.square(_row_nanmean(d)), 0))
-        std = np.where(counts > 0, std, 0).astype(np.float32)
+        # two-pass population std in float64 (large distances would lose it in float32)
+        d64 = d.astype(np.float64)
+        centred = d64 - _row_nanmean(d64)[:, None]
+        std = np.sqrt(_row_nanmean(np.square(centred)))
         # exp(-d / (2/std)^2) == exp(-d * std^2 / 4); shift by the row minimum for stability
         rate = (np.square(std) / 4)[:, None]
-        d_min = np.nanmin(np.where(valid, d, np.inf), axis=1, keepdims=True)
+        d_min = np.nanmin(np.where(valid, d64, np.inf), axis=1, keepdims=True)
         d_min[~np.isfinite(d_min)] = 0
-        w = np.exp(-(np.nan_to_num(d, nan=0.0) - d_min) * rate, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w = np.exp(-(np.nan_to_num(d64, nan=0.0) - d_min) * rate)
+        w = np.where(np.isfinite(w), w, 0).astype(np.float32)
     elif kernel == "inverse_distance":
         w = 1 / (np.nan_to_num(d, nan=0.0) + _EPS)
     elif kernel == "equal":

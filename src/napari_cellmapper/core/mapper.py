@@ -138,6 +138,7 @@ class CellMapper:
         val.check_choice("backend", backend, val.BACKENDS)
         val.check_choice("metric", metric, val.METRICS)
         val.check_choice("joint method", joint, val.JOINT_METHODS)
+        val.check_k(n_neighbors, self.reference.n_obs)
         if use_rep is None:
             yield Progress("joint representation", 0, 1)
             emb = build_joint_embedding(
@@ -423,11 +424,14 @@ class CellMapper:
         val.check_choice("backend", backend, val.BACKENDS)
         val.check_choice("metric", metric, val.METRICS)
         self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
+        val.check_k(n_neighbors, self.reference.n_obs)
         if use_rep is not None:
             q_rep = val.get_rep(self.query, use_rep, "query")
             r_rep = val.get_rep(self.reference, use_rep, "reference")
             val.check_reps(q_rep, r_rep, use_rep)
-            val.check_k(n_neighbors, self.reference.n_obs)
+        else:
+            val.check_unique_var_names(self.query, "query")
+            val.check_unique_var_names(self.reference, "reference")
         if backend == "cupy":
             from napari_cellmapper.core.neighbors import resolve_backend
 

@@ -29,7 +29,7 @@ UNMAPPED_COLOR = "#d3d3d3"
 
 
 def default_palette(n: int) -> list[str]:
-    """``n`` distinct hex colours, as scanpy would choose them."""
+    """``n`` distinct hex colours: scanpy's default_20 up to 20, its default_102 up to 102, then cycled."""
     if n <= len(DEFAULT_20):
         return DEFAULT_20[:n]
     if n <= len(DEFAULT_102):

@@ -55,8 +55,9 @@ class LabelTransfer:
         categories = list(self.categories)
         codes = self.codes
         if self.unmapped.any():
-            categories.append(unmapped_label)
-            codes = np.where(codes < 0, len(categories) - 1, codes)
+            if unmapped_label not in categories:
+                categories.append(unmapped_label)
+            codes = np.where(codes < 0, categories.index(unmapped_label), codes)
         return pd.Categorical.from_codes(codes, categories=categories)
 
 

@@ -55,6 +55,16 @@ def check_unique_obs_names(adata: AnnData, role: str) -> None:
         )
 
 
+def check_unique_var_names(adata: AnnData, role: str) -> None:
+    """Raise on duplicate gene names: shared genes could not be matched."""
+    if not adata.var_names.is_unique:
+        dupes = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()
+        raise CellMapperInputError(
+            f"The {role} has duplicate gene names (e.g. {dupes}). "
+            f"Make them unique first, e.g. `{role}.var_names_make_unique()`."
+        )
+
+
 def get_rep(adata: AnnData, use_rep: str, role: str) -> np.ndarray:
     """Return ``adata.obsm[use_rep]`` (or ``X`` for ``"X"``) as a dense array, checked."""
     if use_rep == "X":

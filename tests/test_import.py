@@ -1,0 +1,51 @@
+"""The engine imports without Qt, napari or magicgui."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+CORE_MODULES = [
+    "napari_cellmapper",
+    "napari_cellmapper.core",
+    "napari_cellmapper.core.progress",
+    "napari_cellmapper.core.validation",
+    "napari_cellmapper.core.neighbors",
+    "napari_cellmapper.core.neighbors_faiss",
+    "napari_cellmapper.core.kernels",
+    "napari_cellmapper.core.transfer",
+    "napari_cellmapper.core.joint_embedding",
+    "napari_cellmapper.core.palettes",
+    "napari_cellmapper.core.mapper",
+]
+FORBIDDEN = ["qtpy", "napari", "PyQt6", "PyQt5", "PySide6", "magicgui"]
+
+
+def test_core_imports_without_gui_modules():
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {CORE_MODULES!r}: importlib.import_module(m)\n"
+        "import napari_cellmapper\n"
+        "assert napari_cellmapper.CellMapper.__module__ == 'napari_cellmapper.core.mapper'\n"
+        "assert issubclass(napari_cellmapper.CellMapperInputError, ValueError)\n"
+        f"print(json.dumps(sorted(m for m in {FORBIDDEN!r} if m in sys.modules)))\n"
+    )
+    env = dict(os.environ)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"GUI modules imported by the core: {loaded}"
+
+
+def test_forbidden_check_can_fail():
+    """The subprocess check does see a module that was imported (guards against a vacuous test)."""
+    code = (
+        "import sys, json; sys.modules['magicgui'] = json; "
+        "print(json.dumps(sorted(m for m in ['magicgui'] if m in sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert json.loads(proc.stdout.strip()) == ["magicgui"]

@@ -1,0 +1,586 @@
+"""CellMapper: the announced API, step-by-step use, bad inputs, cancellation, a real data set."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from scipy import sparse
+
+import napari_cellmapper.core.mapper as mapper_mod
+import napari_cellmapper.core.neighbors as nb
+from napari_cellmapper import CellMapper, CellMapperInputError
+from napari_cellmapper.core.palettes import UNMAPPED_COLOR
+from napari_cellmapper.core.progress import Progress
+
+from _core_fixtures import CELLTYPES, COLORS, assert_unchanged, make_pair, snapshot
+
+
+@pytest.fixture
+def pair():
+    return make_pair()
+
+
+@pytest.fixture
+def search_calls(monkeypatch):
+    """Count calls of the neighbour search that CellMapper uses (the real search still runs)."""
+    calls: list[tuple] = []
+    real = mapper_mod.iter_search
+
+    def counting(query, reference, k, **kwargs):
+        calls.append((query.shape, reference.shape, k))
+        return (yield from real(query, reference, k, **kwargs))
+
+    monkeypatch.setattr(mapper_mod, "iter_search", counting)
+    return calls
+
+
+@pytest.fixture
+def no_search(monkeypatch):
+    """Any neighbour search is an error: validation must fail before heavy work."""
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("the neighbour search ran although the input was invalid")
+        yield  # pragma: no cover
+
+    def forbidden_index(*args, **kwargs):
+        pytest.fail("an index was built although the input was invalid")
+
+    monkeypatch.setattr(mapper_mod, "iter_search", forbidden)
+    monkeypatch.setattr(nb, "iter_search", forbidden)
+    if hasattr(mapper_mod, "build_index"):
+        monkeypatch.setattr(mapper_mod, "build_index", forbidden_index)
+    monkeypatch.setattr(nb, "build_index", forbidden_index)
+
+
+# ---------------------------------------------------------------- the announced API
+
+
+def test_three_line_api(pair, capsys):
+    query, reference = pair
+    ref_before = snapshot(reference)
+    cmap = CellMapper(query, reference).fit(
+        use_rep="X_joint", obs_keys="celltype", obsm_keys="X_umap", layer_key="X"
+    )
+    assert isinstance(cmap, CellMapper)
+    assert "neighbour search" in capsys.readouterr().err  # default: progress bars on stderr
+
+    pred = query.obs["celltype_pred"]
+    assert isinstance(pred.dtype, pd.CategoricalDtype)
+    assert list(pred.cat.categories) == CELLTYPES  # reference categories, same order
+    assert list(query.uns["celltype_pred_colors"]) == COLORS
+
+    proba = query.obsm["celltype_proba"]
+    assert isinstance(proba, pd.DataFrame)
+    assert proba.index.equals(query.obs_names)
+    assert list(proba.columns) == CELLTYPES
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert list(pred.astype(str)) == list(proba.idxmax(axis=1))
+
+    conf = query.obs["celltype_conf"].to_numpy()
+    np.testing.assert_allclose(conf, proba.max(axis=1).to_numpy(), rtol=1e-6)
+    entropy = query.obs["celltype_entropy"].to_numpy()
+    assert np.all((entropy >= 0) & (entropy <= 1)) and np.all((conf > 0) & (conf <= 1))
+
+    m = cmap.mapping_matrix
+    assert m.shape == (query.n_obs, reference.n_obs) and m.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(m.sum(axis=1)).ravel(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        query.obsm["X_umap_pred"], m @ reference.obsm["X_umap"].astype(np.float64), rtol=1e-4, atol=1e-4
+    )
+
+    imputed = cmap.query_imputed
+    assert isinstance(imputed, AnnData)
+    assert imputed.obs_names.equals(query.obs_names)
+    assert imputed.var_names.equals(reference.var_names)
+    assert sparse.issparse(imputed.X)
+    np.testing.assert_allclose(imputed.X.toarray(), (m @ reference.X).toarray(), rtol=1e-4, atol=1e-5)
+
+    assert query.obs["cellmapper_unmapped"].dtype == bool and not query.obs["cellmapper_unmapped"].any()
+    acc = np.mean(pred.to_numpy() == query.obs["true_celltype"].to_numpy())
+    assert acc > 0.95
+
+    prov = query.uns["cellmapper"]
+    assert prov["n_neighbors"] == 30 and prov["kernel"] == "gauss"
+    assert prov["backend"] == "faiss-exact" and prov["backend_requested"] == "auto"
+    assert prov["metric"] == "euclidean" and prov["use_rep"] == "X_joint"
+    assert list(prov["obs_keys"]) == ["celltype"] and list(prov["obsm_keys"]) == ["X_umap"]
+    assert prov["layer_key"] == "X"
+    assert prov["n_query"] == query.n_obs and prov["n_reference"] == reference.n_obs
+    assert {"numpy", "scipy", "anndata", "faiss-cpu"} <= set(prov["versions"])
+    assert prov["versions"]["numpy"] == np.__version__
+    assert_unchanged(reference, ref_before)
+
+
+def test_results_are_writable_to_h5ad(pair, tmp_path):
+    query, reference = pair
+    cmap = CellMapper(query, reference).fit(
+        use_rep="X_joint", obs_keys=["celltype", "score"], obsm_keys="X_umap", layer_key="X", progress=False
+    )
+    query.write_h5ad(tmp_path / "q.h5ad")
+    cmap.query_imputed.write_h5ad(tmp_path / "imp.h5ad")
+    back = anndata.read_h5ad(tmp_path / "q.h5ad")
+    assert list(back.obs["celltype_pred"].cat.categories) == CELLTYPES
+    assert back.uns["cellmapper"]["kernel"] == "gauss"
+
+
+def test_dense_expression_gives_dense_imputed():
+    query, reference = make_pair(sparse_x=False)
+    cmap = CellMapper(query, reference).fit(use_rep="X_joint", layer_key="X", progress=False)
+    x = cmap.query_imputed.X
+    assert isinstance(x, np.ndarray)
+    np.testing.assert_allclose(x, cmap.mapping_matrix @ reference.X, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_key_names_a_layer(pair):
+    query, reference = pair
+    reference.layers["doubled"] = reference.X * 2
+    cmap = CellMapper(query, reference).fit(use_rep="X_joint", layer_key="doubled", progress=False)
+    np.testing.assert_allclose(
+        cmap.query_imputed.X.toarray(),
+        (cmap.mapping_matrix @ reference.X).toarray() * 2,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_numeric_obs_weighted_mean_and_key_lists(pair):
+    query, reference = pair
+    reference.obs.loc[reference.obs_names[:3], "score"] = np.nan
+    cmap = CellMapper(query, reference).fit(
+        use_rep="X_joint",
+        obs_keys=["celltype", "score", "batch"],
+        obsm_keys=["X_umap", "X_joint"],
+        progress=False,
+    )
+    m = cmap.mapping_matrix.astype(np.float64)
+    values = reference.obs["score"].to_numpy()
+    present = np.isfinite(values)
+    expected = (m @ np.where(present, values, 0)) / (m @ present.astype(float))
+    np.testing.assert_allclose(query.obs["score_pred"].to_numpy(), expected, rtol=1e-5)
+    assert pd.api.types.is_float_dtype(query.obs["score_pred"])
+    assert "score_conf" not in query.obs and "score_proba" not in query.obsm
+    assert list(query.obs["batch_pred"].cat.categories) == ["b0", "b1"]
+    assert query.obsm["batch_proba"].shape == (query.n_obs, 2)
+    assert query.obsm["X_joint_pred"].shape == (query.n_obs, 8)
+    assert query.obsm["X_umap_pred"].shape == (query.n_obs, 2)
+    # no colours in the reference for 'batch' -> scanpy default palette
+    assert list(query.uns["batch_pred_colors"]) == ["#1f77b4", "#ff7f0e"]
+    assert list(query.uns["cellmapper"]["obs_keys"]) == ["celltype", "score", "batch"]
+
+
+def test_prediction_postfix(pair):
+    query, reference = pair
+    CellMapper(query, reference).fit(
+        use_rep="X_joint", obs_keys="celltype", obsm_keys="X_umap", prediction_postfix="_mapped",
+        progress=False,
+    )
+    assert "celltype_mapped" in query.obs and "X_umap_mapped" in query.obsm
+    assert "celltype_pred" not in query.obs
+    assert list(query.uns["celltype_mapped_colors"]) == COLORS
+
+
+def test_wrong_length_reference_colours_fall_back(pair):
+    query, reference = pair
+    reference.uns["celltype_colors"] = np.array(["#000000", "#ffffff"], dtype=object)
+    CellMapper(query, reference).fit(use_rep="X_joint", obs_keys="celltype", progress=False)
+    colors = list(query.uns["celltype_pred_colors"])
+    assert len(colors) == len(CELLTYPES) and colors != COLORS
+
+
+def test_string_column_is_accepted_and_reference_untouched(pair):
+    query, reference = pair
+    reference.obs["label"] = reference.obs["celltype"].astype(str).to_numpy()
+    assert not isinstance(reference.obs["label"].dtype, pd.CategoricalDtype)
+    before = snapshot(reference)
+    with pytest.warns(UserWarning, match=r"reference.obs\['label'\] is not categorical"):
+        CellMapper(query, reference).fit(use_rep="X_joint", obs_keys="label", progress=False)
+    assert_unchanged(reference, before)
+    assert not isinstance(reference.obs["label"].dtype, pd.CategoricalDtype)
+    pred = query.obs["label_pred"]
+    assert isinstance(pred.dtype, pd.CategoricalDtype)
+    assert list(pred.cat.categories) == sorted(CELLTYPES)
+    truth = query.obs["true_celltype"].astype(str).to_numpy()
+    np.testing.assert_array_equal(pred.astype(str).to_numpy(), truth)
+
+
+def test_missing_reference_labels_are_ignored(pair):
+    query, reference = pair
+    ct = reference.obs["celltype"].copy()
+    ct.iloc[::3] = np.nan
+    reference.obs["celltype"] = ct
+    CellMapper(query, reference).fit(use_rep="X_joint", obs_keys="celltype", progress=False)
+    assert list(query.obs["celltype_pred"].cat.categories) == CELLTYPES
+    assert not query.obs["celltype_pred"].isna().any()
+    np.testing.assert_allclose(query.obsm["celltype_proba"].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_unmapped_query_cells_cosine(pair):
+    """A zero query vector has no cosine neighbour: it is unmapped everywhere, never NaN."""
+    query, reference = pair
+    query.obsm["X_joint"][[0, 4]] = 0
+    cmap = CellMapper(query, reference).fit(
+        use_rep="X_joint", obs_keys=["celltype", "score"], obsm_keys="X_umap", layer_key="X",
+        metric="cosine", progress=False,
+    )
+    unmapped = np.zeros(query.n_obs, bool)
+    unmapped[[0, 4]] = True
+    np.testing.assert_array_equal(query.obs["cellmapper_unmapped"].to_numpy(), unmapped)
+    np.testing.assert_array_equal(cmap.unmapped, unmapped)
+    pred = query.obs["celltype_pred"]
+    assert list(pred.cat.categories) == [*CELLTYPES, "unmapped"]
+    assert (pred[unmapped] == "unmapped").all() and (pred[~unmapped] != "unmapped").all()
+    assert list(query.uns["celltype_pred_colors"]) == [*COLORS, UNMAPPED_COLOR]
+    np.testing.assert_array_equal(query.obs["celltype_conf"].to_numpy()[unmapped], 0)
+    np.testing.assert_array_equal(query.obs["celltype_entropy"].to_numpy()[unmapped], 1)
+    for arr in (
+        query.obs["celltype_conf"].to_numpy(),
+        query.obs["score_pred"].to_numpy(),
+        query.obsm["X_umap_pred"],
+        query.obsm["celltype_proba"].to_numpy(),
+    ):
+        assert not np.isnan(arr).any()
+    assert cmap.query_imputed.X[unmapped].nnz == 0
+    assert query.uns["cellmapper"]["n_unmapped"] == 2
+    assert query.uns["cellmapper"]["metric"] == "cosine"
+
+
+# ---------------------------------------------------------------- step by step
+
+
+def test_steps_search_only_once(pair, search_calls):
+    query, reference = pair
+    cmap = CellMapper(query, reference)
+    neighbors = cmap.compute_neighbors(use_rep="X_joint", n_neighbors=15, progress=False)
+    assert len(search_calls) == 1
+    assert neighbors is cmap.neighbors and neighbors.k == 15
+
+    m_gauss = cmap.compute_mapping_matrix()
+    cmap.transfer(obs_keys="celltype", progress=False)
+    conf_gauss = query.obs["celltype_conf"].to_numpy().copy()
+
+    m_equal = cmap.compute_mapping_matrix(kernel="equal")
+    assert cmap.mapping_matrix is m_equal
+    np.testing.assert_allclose(m_equal.data, 1 / 15, rtol=1e-6)
+    assert not np.allclose(m_equal.toarray(), m_gauss.toarray())
+    cmap.transfer(obs_keys=["celltype", "batch"], obsm_keys="X_umap", layer_key="X", progress=False)
+    assert "batch_pred" in query.obs and "X_umap_pred" in query.obsm and cmap.query_imputed is not None
+    # the transfer used the new (equal) matrix, not the old one
+    umap = reference.obsm["X_umap"].astype(np.float64)
+    np.testing.assert_allclose(query.obsm["X_umap_pred"], m_equal @ umap, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(query.obsm["X_umap_pred"], m_gauss @ umap, atol=1e-3)
+    np.testing.assert_array_equal(query.obs["celltype_conf"].to_numpy(), conf_gauss)  # well separated
+    assert query.uns["cellmapper"]["kernel"] == "equal"
+
+    cmap.compute_mapping_matrix(kernel="scarches")
+    cmap.transfer(obsm_keys="X_umap", progress=False)
+    assert len(search_calls) == 1, "changing the kernel or transferring more keys must not search again"
+    assert query.uns["cellmapper"]["kernel"] == "scarches"
+    # the neighbours found once are still those used
+    assert cmap.neighbors is neighbors
+
+
+def test_hnoca_kernel_builds_reference_graph_once(pair, search_calls):
+    query, reference = pair
+    cmap = CellMapper(query, reference)
+    cmap.compute_neighbors(use_rep="X_joint", n_neighbors=10, progress=False)
+    m = cmap.compute_mapping_matrix(kernel="hnoca")
+    assert len(search_calls) == 2  # query->reference, then reference->reference
+    assert search_calls[1][:2] == ((reference.n_obs, 8), (reference.n_obs, 8))
+    assert cmap.reference_neighbors.n_query == reference.n_obs
+    np.testing.assert_allclose(np.asarray(m.sum(axis=1)).ravel(), 1.0, rtol=1e-5)
+    cmap.compute_mapping_matrix(kernel="hnoca")
+    cmap.compute_mapping_matrix(kernel="gauss")
+    assert len(search_calls) == 2
+
+
+def test_steps_out_of_order_raise(pair):
+    query, reference = pair
+    cmap = CellMapper(query, reference)
+    with pytest.raises(CellMapperInputError, match="compute_neighbors"):
+        cmap.compute_mapping_matrix()
+    with pytest.raises(CellMapperInputError, match="compute_mapping_matrix"):
+        cmap.transfer(obs_keys="celltype", progress=False)
+    with pytest.raises(CellMapperInputError, match="fit"):
+        _ = cmap.unmapped
+    assert cmap.query_imputed is None
+    assert "not fitted" in repr(cmap)
+
+
+def test_ivf_backend_and_options_recorded(pair):
+    query, reference = pair
+    CellMapper(query, reference).fit(
+        use_rep="X_joint", obs_keys="celltype", backend="faiss-ivf", n_neighbors=5, nlist=4, nprobe=4,
+        progress=False,
+    )
+    prov = query.uns["cellmapper"]
+    assert prov["backend"] == "faiss-ivf"
+    assert prov["backend_requested"] == "faiss-ivf"
+    assert prov["nlist"] == 4 and prov["nprobe"] == 4
+
+
+def test_ivf_auto_parameters_recorded_in_provenance():
+    query, reference = make_pair(n_query=300, n_ref=2000, seed=9)
+    CellMapper(query, reference).fit(
+        use_rep="X_joint", obs_keys="celltype", backend="faiss-ivf", n_neighbors=10, progress=False
+    )
+    prov = query.uns["cellmapper"]
+    from napari_cellmapper.core.neighbors_faiss import ivf_nlist
+
+    assert prov["nlist"] == ivf_nlist(2000)
+    assert 1 <= prov["nprobe"] <= prov["nlist"]
+    assert prov["calibrated_recall"] >= 0.95
+    acc = np.mean(query.obs["celltype_pred"].to_numpy() == query.obs["true_celltype"].to_numpy())
+    assert acc > 0.95
+
+
+def test_gauss_sigma_recorded_and_fixed_sigma(pair):
+    query, reference = pair
+    cmap = CellMapper(query, reference)
+    nbrs = cmap.compute_neighbors(use_rep="X_joint", n_neighbors=10, progress=False)
+    cmap.compute_mapping_matrix()
+    cmap.transfer(obs_keys="celltype", progress=False)
+    mean_distance = float(nbrs.distances.astype(np.float64).mean())
+    assert query.uns["cellmapper"]["sigma"] == pytest.approx(mean_distance, rel=1e-5)
+    m = cmap.compute_mapping_matrix(sigma=0.7)
+    d = nbrs.distances.astype(np.float64)
+    w = np.exp(-(d**2) / (2 * 0.7**2))
+    expected = w / w.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.take_along_axis(m.toarray(), nbrs.indices, axis=1), expected, atol=1e-5)
+
+
+def test_fit_reports_progress_events(pair):
+    query, reference = pair
+    events: list[Progress] = []
+    CellMapper(query, reference).fit(
+        use_rep="X_joint", obs_keys="celltype", obsm_keys="X_umap", layer_key="X", progress=events.append
+    )
+    stages = list(dict.fromkeys(e.stage for e in events))
+    assert "neighbour search" in stages[:2]
+    assert stages.index("neighbour search") < stages.index("mapping matrix")
+    assert "mapping matrix" in stages and "transfer celltype" in stages and "transfer X_umap" in stages
+    assert stages[-1] == "transfer expression"
+    assert all(isinstance(e, Progress) and 0 <= e.done <= e.total for e in events)
+
+
+# ---------------------------------------------------------------- cancellation
+
+
+@pytest.mark.parametrize("stop_at", ["first", "transfer"])
+def test_cancelled_run_leaves_query_unmodified(pair, stop_at):
+    query, reference = pair
+    q_before, r_before = snapshot(query), snapshot(reference)
+    gen = CellMapper(query, reference).iter_fit(
+        use_rep="X_joint", obs_keys="celltype", obsm_keys="X_umap", layer_key="X", chunk_size=7
+    )
+    seen = []
+    for event in gen:
+        seen.append(event)
+        if stop_at == "first" and len(seen) == 2:
+            break
+        if stop_at == "transfer" and event.stage == "transfer X_umap":
+            break
+    else:  # pragma: no cover
+        pytest.fail("the run finished before it could be cancelled")
+    gen.close()
+    assert_unchanged(query, q_before)
+    assert_unchanged(reference, r_before)
+    assert "celltype_pred" not in query.obs and "cellmapper" not in query.uns
+
+
+def test_iter_fit_returns_the_mapper(pair):
+    query, reference = pair
+    cmap = CellMapper(query, reference)
+    gen = cmap.iter_fit(use_rep="X_joint", obs_keys="celltype")
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            assert isinstance(next(gen), Progress)
+    assert stop.value.value is cmap
+    assert "celltype_pred" in query.obs
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _dup_names(a: AnnData) -> None:
+    names = a.obs_names.to_list()
+    names[1] = names[0]
+    a.obs_names = names
+
+
+def _set(role, fn):
+    def apply(query, reference):
+        fn(query if role == "query" else reference)
+
+    return apply
+
+
+def _nan(a):
+    a.obsm["X_joint"][3, 1] = np.nan
+
+
+def _inf(a):
+    a.obsm["X_joint"][0, 0] = np.inf
+
+
+BAD_INPUTS = {
+    "use_rep missing in query": (
+        _set("query", lambda a: a.obsm.pop("X_joint")), {}, [r"use_rep='X_joint'", "missing", "query"]
+    ),
+    "use_rep missing in reference": (
+        _set("reference", lambda a: a.obsm.pop("X_joint")), {}, [r"use_rep='X_joint'", "missing", "reference"]
+    ),
+    "different widths": (
+        _set("reference", lambda a: a.obsm.__setitem__("X_joint", a.obsm["X_joint"][:, :5].copy())),
+        {},
+        ["8 dimensions in the query", "5 in the reference"],
+    ),
+    "NaN in query embedding": (_set("query", _nan), {}, ["query", "NaN or inf", "1 cell"]),
+    "inf in reference embedding": (_set("reference", _inf), {}, ["reference", "NaN or inf"]),
+    "k larger than reference": (
+        lambda q, r: None, {"n_neighbors": 121}, ["n_neighbors=121", "larger", "120 cells"]
+    ),
+    "k not positive": (lambda q, r: None, {"n_neighbors": 0}, ["n_neighbors", "positive"]),
+    "empty reference": (None, {}, ["reference has no cells"]),
+    "empty query": (None, {}, ["query has no cells"]),
+    "obs key missing": (
+        lambda q, r: None, {"obs_keys": ["celltype", "cell_type"]}, ["'cell_type'", "not in reference.obs"]
+    ),
+    "obs key all missing": (
+        _set(
+            "reference",
+            lambda a: a.obs.__setitem__("celltype", pd.Categorical([None] * a.n_obs, categories=["x"])),
+        ),
+        {},
+        ["'celltype'", "only missing values"],
+    ),
+    "duplicate query names": (_set("query", _dup_names), {}, ["query", "duplicate obs names", "qry0"]),
+    "duplicate reference names": (_set("reference", _dup_names), {}, ["reference", "duplicate obs names"]),
+    "unknown backend": (lambda q, r: None, {"backend": "hnsw"}, ["Unknown backend 'hnsw'"]),
+    "unknown kernel": (lambda q, r: None, {"kernel": "gaussian"}, ["Unknown kernel 'gaussian'"]),
+    "unknown metric": (lambda q, r: None, {"metric": "l1"}, ["Unknown metric 'l1'"]),
+    "obsm key missing": (
+        lambda q, r: None, {"obsm_keys": "X_tsne"}, ["obsm key 'X_tsne'", "not in reference.obsm"]
+    ),
+    "layer missing": (lambda q, r: None, {"layer_key": "counts"}, ["layer_key='counts'", "not a layer"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_before_search_and_modifies_nothing(case, no_search):
+    mutate, kwargs, words = BAD_INPUTS[case]
+    if case == "empty reference":
+        query, reference = make_pair()
+        reference = reference[:0].copy()
+    elif case == "empty query":
+        query, reference = make_pair()
+        query = query[:0].copy()
+    else:
+        query, reference = make_pair()
+        mutate(query, reference)
+    q_before, r_before = snapshot(query), snapshot(reference)
+    args = {"use_rep": "X_joint", "obs_keys": "celltype", "obsm_keys": "X_umap", "layer_key": "X", **kwargs}
+    with pytest.raises(CellMapperInputError) as err:
+        CellMapper(query, reference).fit(progress=False, **args)
+    for word in words:
+        assert word in str(err.value), f"{word!r} not in {err.value}"
+    assert isinstance(err.value, ValueError)
+    assert_unchanged(query, q_before)
+    assert_unchanged(reference, r_before)
+
+
+def test_gpu_backend_without_gpu(pair, no_search, monkeypatch):
+    monkeypatch.setattr(nb, "gpu_available", lambda: False)
+    query, reference = pair
+    q_before = snapshot(query)
+    with pytest.raises(CellMapperInputError, match="GPU"):
+        CellMapper(query, reference).fit(
+            use_rep="X_joint", obs_keys="celltype", backend="cupy", progress=False
+        )
+    assert_unchanged(query, q_before)
+
+
+def test_gpu_backend_on_this_machine(pair, no_search):
+    if nb.gpu_available():  # pragma: no cover - GPU machines
+        pytest.skip("a GPU is present")
+    query, reference = pair
+    with pytest.raises(CellMapperInputError, match="GPU"):
+        CellMapper(query, reference).fit(
+            use_rep="X_joint", obs_keys="celltype", backend="cupy", progress=False
+        )
+
+
+def test_step_by_step_bad_inputs_raise_before_search(pair, no_search):
+    query, reference = pair
+    cmap = CellMapper(query, reference)
+    with pytest.raises(CellMapperInputError, match="missing"):
+        cmap.compute_neighbors(use_rep="X_nope", progress=False)
+    with pytest.raises(CellMapperInputError, match="larger"):
+        cmap.compute_neighbors(use_rep="X_joint", n_neighbors=500, progress=False)
+    with pytest.raises(CellMapperInputError, match="Unknown backend"):
+        cmap.compute_neighbors(use_rep="X_joint", backend="gpu", progress=False)
+
+
+def test_transfer_bad_key_after_fit_keeps_query(pair):
+    query, reference = pair
+    cmap = CellMapper(query, reference).fit(use_rep="X_joint", obs_keys="celltype", progress=False)
+    before = snapshot(query)
+    with pytest.raises(CellMapperInputError, match="nope"):
+        cmap.transfer(obs_keys=["batch", "nope"], progress=False)
+    with pytest.raises(CellMapperInputError, match="Unknown kernel"):
+        cmap.compute_mapping_matrix(kernel="knn")
+    assert_unchanged(query, before)
+
+
+@pytest.mark.parametrize("bad", [None, np.zeros((3, 3)), pd.DataFrame({"a": [1]})])
+def test_non_anndata_raises(bad, pair):
+    query, _ = pair
+    with pytest.raises(CellMapperInputError, match="AnnData"):
+        CellMapper(query, bad)
+    with pytest.raises(CellMapperInputError, match="must be an AnnData"):
+        CellMapper(bad, query)
+
+
+# ---------------------------------------------------------------- realistic data
+
+
+def test_pbmc68k_reduced_accuracy():
+    sc = pytest.importorskip("scanpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = sc.datasets.pbmc68k_reduced()
+    order = np.random.default_rng(0).permutation(adata.n_obs)
+    n_ref = int(adata.n_obs * 0.6)
+    reference = adata[np.sort(order[:n_ref])].copy()
+    query = adata[np.sort(order[n_ref:])].copy()
+    truth = query.obs["bulk_labels"].to_numpy().copy()
+    query.obs = query.obs.drop(columns=["bulk_labels", "louvain"])
+    cmap = CellMapper(query, reference).fit(
+        use_rep="X_pca", obs_keys=["bulk_labels", "n_counts"], obsm_keys="X_umap", layer_key="X",
+        n_neighbors=15, progress=False,
+    )
+    pred = query.obs["bulk_labels_pred"]
+    assert list(pred.cat.categories) == list(reference.obs["bulk_labels"].cat.categories)
+    assert list(query.uns["bulk_labels_pred_colors"]) == list(reference.uns["bulk_labels_colors"])
+    acc = np.mean(pred.astype(str).to_numpy() == truth.astype(str))
+    assert acc > 0.7, acc
+    # UMAP positions land near the query cells' own UMAP positions
+    err = np.linalg.norm(query.obsm["X_umap_pred"] - query.obsm["X_umap"], axis=1)
+    assert np.median(err) < 2.0
+    assert isinstance(cmap.query_imputed.X, np.ndarray)  # dense X in, dense out
+    assert cmap.query_imputed.shape == (query.n_obs, reference.n_vars)
+
+
+def test_k_too_large_with_joint_embedding_raises_before_heavy_work(pair, no_search, monkeypatch):
+    query, reference = pair
+
+    def no_joint(*args, **kwargs):
+        pytest.fail("the joint embedding was computed although n_neighbors is invalid")
+
+    monkeypatch.setattr(mapper_mod, "build_joint_embedding", no_joint)
+    with pytest.raises(CellMapperInputError, match="larger"):
+        CellMapper(query, reference).fit(use_rep=None, obs_keys="celltype", n_neighbors=500, progress=False)

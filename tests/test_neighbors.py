@@ -222,5 +222,9 @@ def test_prepare_rep():
     rep = np.array([[3.0, 4.0], [0.0, 0.0]])
     out = nb.prepare_rep(rep, "cosine")
     assert out.dtype == np.float32 and out.flags.c_contiguous
-    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
-    np.testing.assert_array_equal(nb.prepare_rep(rep, "euclidean"), rep.astype(np.float32))
+    assert out.shape == (2, nb.PAD_TO)  # zero-padded for faiss' SIMD loops
+    np.testing.assert_allclose(out[:, :2], [[0.6, 0.8], [0.0, 0.0]])
+    np.testing.assert_array_equal(out[:, 2:], 0)
+    np.testing.assert_array_equal(nb.prepare_rep(rep, "euclidean")[:, :2], rep.astype(np.float32))
+    wide = np.ones((3, 16))
+    assert nb.prepare_rep(wide, "euclidean").shape == (3, 16)

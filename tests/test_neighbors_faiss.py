@@ -31,7 +31,7 @@ def test_flat_index_returns_squared_l2():
     np.testing.assert_allclose(sq, np.sort(full, axis=1)[:, :3], rtol=1e-4)
 
 
-@pytest.mark.parametrize(("n", "expected"), [(10, 1), (1000, 25), (20_000, 141), (1_000_000, 1000)])
+@pytest.mark.parametrize(("n", "expected"), [(10, 1), (1000, 25), (20_000, 283), (1_000_000, 2000)])
 def test_ivf_nlist(n, expected):
     assert nf.ivf_nlist(n) == expected
 
@@ -61,7 +61,7 @@ def test_ivf_recall_clustered(clustered_20k):
 def test_ivf_index_records_auto_parameters(clustered_20k):
     ref, qry, exact = clustered_20k
     index = nf.IVFIndex(np.ascontiguousarray(ref))
-    assert index.nlist == nf.ivf_nlist(len(ref)) == 141
+    assert index.nlist == nf.ivf_nlist(len(ref)) == 283
     assert index.nprobe is None and index.calibrated_recall is None
     _, idx = index.search(np.ascontiguousarray(qry), 30)
     assert index.nprobe in {min(p, index.nlist) for p in nf._NPROBE_LADDER}

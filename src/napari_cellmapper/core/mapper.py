@@ -14,6 +14,7 @@ cancelled run leaves the query as it was.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -219,13 +220,13 @@ class CellMapper:
         """
         return run_steps(self.iter_compute_neighbors(use_rep, n_neighbors, **kwargs), progress)
 
-    def iter_compute_reference_neighbors(self, n_neighbors: int | None = None) -> Steps[Neighbors]:
-        """The reference's own k-NN graph (for the hnoca kernel and presence scores)."""
+    def _reference_k(self, n_neighbors: int | None) -> int:
         if self.neighbors is None or self._reference_rep is None:
             raise val.CellMapperInputError("Call compute_neighbors() (or fit()) first.")
-        k = min(n_neighbors or self.neighbors.k, int(self._reference_usable.sum()))
-        if self.reference_neighbors is not None and self.reference_neighbors.k == k:
-            return self.reference_neighbors
+        return min(n_neighbors or self.neighbors.k, int(self._reference_usable.sum()))
+
+    def _iter_reference_search(self, k: int) -> Steps[Neighbors]:
+        """Search the reference against itself with the index of the query search (no state change)."""
         rows = np.flatnonzero(self._reference_usable)
         rep = self._reference_rep[rows]
         found = yield from iter_search(
@@ -243,8 +244,24 @@ class CellMapper:
         distances = np.full((n_ref, k), np.inf, dtype=np.float32)
         indices[rows] = np.where(found.indices >= 0, rows[np.maximum(found.indices, 0)], -1)
         distances[rows] = found.distances
-        self.reference_neighbors = Neighbors(indices, distances, found.metric, found.backend, n_ref)
+        return Neighbors(indices, distances, found.metric, found.backend, n_ref)
+
+    def iter_compute_reference_neighbors(self, n_neighbors: int | None = None) -> Steps[Neighbors]:
+        """The reference's own k-NN graph (for the hnoca kernel, presence scores and quality)."""
+        k = self._reference_k(n_neighbors)
+        if self.reference_neighbors is not None and self.reference_neighbors.k == k:
+            return self.reference_neighbors
+        self.reference_neighbors = yield from self._iter_reference_search(k)
         return self.reference_neighbors
+
+    def _start_reference_search(self) -> Future[Neighbors]:
+        """Search the reference graph in a background thread (faiss releases the GIL), so it
+        overlaps with the single-threaded kernel and transfer steps."""
+        k = self._reference_k(None)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellmapper-reference-graph")
+        future = executor.submit(run_steps, self._iter_reference_search(k))
+        executor.shutdown(wait=False)
+        return future
 
     # ------------------------------------------------------------------ step 2: kernel
     def iter_compute_mapping_matrix(self, kernel: str = "gauss", *, sigma: float | None = None) -> Steps[sparse.csr_matrix]:
@@ -416,9 +433,14 @@ class CellMapper:
         joint_layer: str | None = None,
         chunk_size: int | None = None,
         prediction_postfix: str = "_pred",
+        reference_graph: bool = False,
         **search_options: Any,
     ) -> Steps[CellMapper]:
-        """Generator version of :meth:`fit` (for napari's generator workers)."""
+        """Generator version of :meth:`fit` (for napari's generator workers).
+
+        ``reference_graph=True`` also computes the reference's own k-NN graph (for presence
+        scores and mapping quality), in a background thread that overlaps the transfer steps.
+        """
         self._check_common()
         val.check_choice("kernel", kernel, val.KERNELS)
         val.check_choice("backend", backend, val.BACKENDS)
@@ -447,10 +469,21 @@ class CellMapper:
             chunk_size=chunk_size,
             **search_options,
         )
+        background = None
+        if reference_graph and kernel != "hnoca" and self._index is not None:
+            background = self._start_reference_search()
         yield from self.iter_compute_mapping_matrix(kernel)
         yield from self.iter_transfer(
             obs_keys, obsm_keys, layer_key, prediction_postfix=prediction_postfix, chunk_size=chunk_size
         )
+        if background is not None:
+            while not background.done():
+                yield Progress("reference neighbour graph", 0, 1)
+                wait([background], timeout=0.1)
+            self.reference_neighbors = background.result()
+            yield Progress("reference neighbour graph", 1, 1)
+        elif reference_graph:
+            yield from self.iter_compute_reference_neighbors()
         return self
 
     def fit(

@@ -113,9 +113,10 @@ def iter_annotate(
     """
     check_params(query, params, coords)
     cmap = CellMapper(query, reference)
-    yield from cmap.iter_fit(**params.fit_kwargs())
-    if params.presence or params.quality:
-        ref_graph = yield from cmap.iter_compute_reference_neighbors()
+    needs_graph = params.presence or params.quality
+    yield from cmap.iter_fit(**params.fit_kwargs(), reference_graph=needs_graph)
+    if needs_graph:
+        ref_graph = cmap.reference_neighbors
         if params.quality:
             from napari_cellmapper.core.presence import mapping_quality
 

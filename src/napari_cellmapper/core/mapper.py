@@ -229,13 +229,14 @@ class CellMapper:
         """Search the reference against itself with the index of the query search (no state change)."""
         rows = np.flatnonzero(self._reference_usable)
         rep = self._reference_rep[rows]
+        relaxed = getattr(self._index, "relaxed", None)
         found = yield from iter_search(
             rep,
             rep,
             k,
             metric=self.neighbors.metric,
             backend=self.params.get("backend", "auto"),
-            index=self._index,
+            index=relaxed() if relaxed is not None else self._index,
             stage="reference neighbour graph",
             **self._search_options,
         )

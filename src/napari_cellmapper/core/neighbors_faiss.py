@@ -113,6 +113,27 @@ class IVFIndex:
             self.calibrate(query, k)
         return self.index.search(query, k)
 
+    def relaxed(self) -> _ProbeView:
+        """The same index searched with half the calibrated probes (thread-safe per call).
+
+        Used for the reference's own k-NN graph, which only smooths presence scores and sets the
+        baseline of mapping quality: HNOCA-tools builds that graph approximately too.
+        """
+        return _ProbeView(self, max(1, (self.nprobe or 2) // 2))
+
+
+class _ProbeView:
+    """An :class:`IVFIndex` searched with a fixed number of probes, without changing it."""
+
+    backend = "faiss-ivf"
+
+    def __init__(self, parent: IVFIndex, nprobe: int) -> None:
+        self.parent, self.nprobe = parent, nprobe
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params = _faiss().SearchParametersIVF(nprobe=self.nprobe)
+        return self.parent.index.search(query, k, params=params)
+
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of the exact k neighbours that the approximate search found."""

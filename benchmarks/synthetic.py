@@ -21,6 +21,7 @@ def make_pair(
     n_types: int = N_TYPES,
     structure: str = "structured",
     seed: int = 0,
+    query_seed: int | None = None,
 ):
     """(reference, query) AnnData: clustered joint embedding, labels, UMAP, sparse expression.
 
@@ -73,7 +74,7 @@ def make_pair(
         return adata
 
     reference = make(n_ref, rng)
-    query = make(n_query, np.random.default_rng(seed + 1))
+    query = make(n_query, np.random.default_rng(seed + 1 if query_seed is None else query_seed))
     query.obs_names = "q" + query.obs_names
     query.obs["cell_type_true"] = query.obs.pop("cell_type")
     del query.obsm["X_umap"]

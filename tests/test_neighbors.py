@@ -228,3 +228,12 @@ def test_prepare_rep():
     np.testing.assert_array_equal(nb.prepare_rep(rep, "euclidean")[:, :2], rep.astype(np.float32))
     wide = np.ones((3, 16))
     assert nb.prepare_rep(wide, "euclidean").shape == (3, 16)
+
+
+def test_unknown_backend_option_raises():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 4)).astype(np.float32)
+    with pytest.raises(CellMapperInputError, match="nprob"):
+        nb.search(ref[:5], ref, 3, backend="faiss-ivf", nprob=4)
+    with pytest.raises(CellMapperInputError, match="accepts: none"):
+        nb.search(ref[:5], ref, 3, backend="faiss-exact", nprobe=4)

@@ -27,7 +27,14 @@ from scipy import sparse
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.joint_embedding import JointEmbedding, build_joint_embedding
 from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
-from napari_cellmapper.core.neighbors import Neighbors, build_index, iter_search, prepare_rep, resolve_backend
+from napari_cellmapper.core.neighbors import (
+    Neighbors,
+    build_index,
+    check_backend_options,
+    iter_search,
+    prepare_rep,
+    resolve_backend,
+)
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 from napari_cellmapper.core.transfer import (
@@ -159,6 +166,7 @@ class CellMapper:
             q_ok = q_ok & (np.linalg.norm(q_rep, axis=1) > 0)
         ref_rows = np.flatnonzero(r_ok)
         resolved = resolve_backend(backend, int(q_ok.sum()), ref_rows.size)
+        check_backend_options(resolved, search_options)
         index = None
         if resolved != "dask":
             yield Progress("build index", 0, 1)
@@ -340,7 +348,7 @@ class CellMapper:
                 obs_new[f"{key}_conf"] = res.confidence
                 obs_new[f"{key}_entropy"] = res.entropy
                 obsm_new[f"{key}_proba"] = pd.DataFrame(
-                    res.probabilities, index=self.query.obs_names, columns=[str(c) for c in cats]
+                    res.probabilities, index=self.query.obs_names, columns=[val.storable_name(c) for c in cats]
                 )
                 ref_colors = self.reference.uns.get(f"{key}_colors")
                 colors = colors_for(list(cats), None if ref_colors is None else list(ref_colors))

@@ -39,7 +39,25 @@ from napari_cellmapper.core.validation import (
 
 #: above this many query x reference pairs, ``backend="auto"`` uses IVF instead of exact search
 AUTO_EXACT_MAX_PAIRS = 2_000_000_000
-DEFAULT_CHUNK_SIZE = 65_536
+#: query rows per search call: small enough that progress (and cancel) come every second or so
+DEFAULT_CHUNK_SIZE = 16_384
+#: options each backend accepts (anything else is a typo and raises)
+BACKEND_OPTIONS = {
+    "faiss-exact": set(),
+    "faiss-ivf": {"nlist", "nprobe", "seed"},
+    "cupy": {"tile_size", "device", "dtype", "select"},
+    "dask": {"client", "index_backend", "nlist", "nprobe", "seed"},
+}
+
+
+def check_backend_options(backend: str, options: dict[str, Any]) -> None:
+    """Raise on options the resolved backend does not take."""
+    unknown = sorted(set(options) - BACKEND_OPTIONS.get(backend, set()))
+    if unknown:
+        accepted = ", ".join(sorted(BACKEND_OPTIONS.get(backend, ()))) or "none"
+        raise CellMapperInputError(
+            f"Unknown option(s) {', '.join(map(repr, unknown))} for backend {backend!r} (it accepts: {accepted})."
+        )
 
 
 @dataclass(frozen=True)
@@ -201,6 +219,7 @@ def iter_search(
     check_finite(query, "the query embedding")
     check_finite(reference, "the reference embedding")
     resolved = resolve_backend(backend, n_query, n_reference)
+    check_backend_options(resolved, options)
     if resolved == "dask":
         from napari_cellmapper.core.neighbors_dask import iter_dask_search
 

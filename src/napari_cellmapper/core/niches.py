@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from napari_cellmapper.core.progress import Progress, chunk_bounds, run_steps
-from napari_cellmapper.core.validation import CellMapperInputError
+from napari_cellmapper.core.validation import CellMapperInputError, storable_name
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -287,7 +287,9 @@ def niche_composition(
     total = sums.sum(axis=1, keepdims=True)
     table = np.divide(sums, total, out=np.zeros_like(sums), where=total > 0)
     return pd.DataFrame(
-        table, index=pd.Index([str(i) for i in range(n_niches)], name="niche"), columns=list(cell_types)
+        table,
+        index=pd.Index([str(i) for i in range(n_niches)], name="niche"),
+        columns=[storable_name(c) for c in cell_types],
     )
 
 

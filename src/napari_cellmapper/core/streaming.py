@@ -230,7 +230,7 @@ def _write_uns(path: Path, reference: AnnData, labels, n_neighbors, kernel, metr
         ref_colors = reference.uns.get(f"{key}_colors")
         colors = colors_for(list(cats), None if ref_colors is None else list(ref_colors))
         uns[f"{key}_pred_colors"] = np.asarray([*colors, UNMAPPED_COLOR], dtype=object)
-        uns[f"{key}_proba_columns"] = np.asarray([str(c) for c in cats], dtype=object)
+        uns[f"{key}_proba_columns"] = np.asarray([val.storable_name(c) for c in cats], dtype=object)
     uns["cellmapper"] = h5_safe(
         {
             "use_rep": use_rep,

@@ -22,6 +22,15 @@ class CellMapperInputError(ValueError):
     """Bad input to napari-cellmapper: the message says what is wrong and how to fix it."""
 
 
+def storable_name(name: object) -> str:
+    """A column name that h5ad and zarr accept as a key: "/" becomes "∕" (U+2215, looks alike).
+
+    Category names such as "CD4+/CD25 T Reg" become DataFrame columns (class probabilities,
+    niche compositions); HDF5 and zarr refuse "/" in keys, so such a result could not be saved.
+    """
+    return str(name).replace("/", "\u2215")
+
+
 def as_key_list(keys: str | Iterable[str] | None) -> list[str]:
     """Normalise ``None``, one key or several keys to a list of keys."""
     if keys is None:

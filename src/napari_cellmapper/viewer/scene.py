@@ -1,0 +1,535 @@
+"""The plugin's layers in one viewer: tissue, cells, reference embedding, highlights, region.
+
+:class:`CellMapperScene` adds layers once and afterwards only updates them in place (features,
+colours), so switching what colours the cells never re-adds a layer. Layers opened by the
+plugin's reader or sample data (``layer.metadata["cellmapper_role"]``) are reused.
+Main thread only; no Qt widgets here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from napari_cellmapper.viewer.colors import ColorInfo, color_info, palette_for, rgba_for
+from napari_cellmapper.viewer.spatial_layers import (
+    ROLE,
+    CellGeometry,
+    cell_geometry,
+    cells_layer_data,
+    display_features,
+    image_layer_data,
+    image_names,
+)
+
+CELLS = "cellmapper cells"
+REFERENCE = "cellmapper reference"
+NEIGHBOURS = "cellmapper reference neighbours"
+SELECTED = "cellmapper selected cell"
+REGION = "cellmapper region"
+
+
+def reference_embedding(adata: Any, basis: str | None = None) -> tuple[str, np.ndarray] | None:
+    """(basis, (n, 2) y/x positions) of a 2-D reference embedding, UMAP preferred; y flipped up."""
+    keys = [basis] if basis else []
+    keys += [k for k in ("X_umap", "X_tsne", "X_draw_graph_fa", "X_spatial", "spatial") if k in adata.obsm]
+    keys += [k for k in adata.obsm.keys() if k not in keys]
+    for key in keys:
+        if key in adata.obsm:
+            values = np.asarray(adata.obsm[key])
+            if values.ndim == 2 and values.shape[1] >= 2 and np.issubdtype(values.dtype, np.number):
+                xy = values[:, :2].astype(float)
+                return key, np.column_stack([-xy[:, 1], xy[:, 0]])
+    return None
+
+
+def reference_layer_data(
+    adata: Any, name: str = REFERENCE, color_by: str | None = None, basis: str | None = None
+) -> tuple[Any, dict[str, Any], str] | None:
+    """The reference as napari points on its 2-D embedding, obs as features (reader/scene)."""
+    found = reference_embedding(adata, basis)
+    if found is None:
+        return None
+    key, yx = found
+    features = display_features(adata.obs)
+    span = float(np.ptp(yx[:, 0]) or 1.0)
+    meta: dict[str, Any] = {
+        "name": name,
+        "features": features,
+        "size": span / 120.0,
+        "border_width": 0,
+        "metadata": {ROLE: "reference", "adata": adata, "basis": key},
+    }
+    color_by = color_by or default_color_key(adata.obs)
+    if color_by is not None:
+        meta["face_color"] = rgba_for(adata.obs[color_by], _colors(adata, color_by, adata.obs[color_by]))
+    return yx, meta, "points"
+
+
+def default_color_key(obs: pd.DataFrame) -> str | None:
+    """The first categorical obs column with a few categories (cell type first)."""
+    preferred = [c for c in obs.columns if "type" in c.lower() or "label" in c.lower()]
+    for column in preferred + list(obs.columns):
+        series = obs[column]
+        if isinstance(series.dtype, pd.CategoricalDtype) and 1 < len(series.cat.categories) <= 200:
+            return str(column)
+    return None
+
+
+def _colors(adata: Any, key: str, values: pd.Series) -> list[str] | None:
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return None
+    return palette_for([str(c) for c in values.cat.categories], adata.uns, key)
+
+
+class CellMapperScene:
+    """Owns the plugin's layers in ``viewer`` and updates them in place."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.geometry: CellGeometry | None = None
+        self.sdata: Any = None
+        self.table_name: str | None = None
+        self.reference: Any = None
+        self.cells_layer: Any = None
+        self.reference_layer: Any = None
+        self.image_layers: list[Any] = []
+        self._tree: Any = None
+        self._label_rows: dict[int, int] = {}
+        self.color: ColorInfo | None = None
+
+    # ------------------------------------------------------------------ query
+    @property
+    def table(self) -> Any:
+        return None if self.sdata is None or self.table_name is None else self.sdata.tables[self.table_name]
+
+    def _find(self, role: str, **match: Any) -> list[Any]:
+        found = []
+        for layer in self.viewer.layers:
+            meta = layer.metadata
+            if meta.get(ROLE) != role:
+                continue
+            if all(meta.get(k) is v or meta.get(k) == v for k, v in match.items() if not _is_data(v)) and all(
+                meta.get(k) is v for k, v in match.items() if _is_data(v)
+            ):
+                found.append(layer)
+        return found
+
+    def show_query(
+        self,
+        sdata: Any,
+        table_name: str,
+        element: str,
+        coordinate_system: str,
+        *,
+        path: str | None = None,
+        images: bool = True,
+    ) -> Any:
+        """Draw the tissue images and the cells of ``element`` (reusing matching layers)."""
+        geometry = cell_geometry(sdata, table_name, element, coordinate_system)
+        self.sdata, self.table_name, self.geometry = sdata, table_name, geometry
+        self._tree = None
+        self._label_rows = (
+            {int(v): i for i, v in enumerate(geometry.instance_ids)} if geometry.kind == "labels" else {}
+        )
+        meta = {
+            ROLE: "cells",
+            "sdata": sdata,
+            "table": table_name,
+            "element": element,
+            "coordinate_system": coordinate_system,
+            "path": path,
+        }
+        if self.cells_layer is not None and self.cells_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.cells_layer)
+        reuse = [
+            layer
+            for layer in self._find(
+                "cells", sdata=sdata, table=table_name, element=element, coordinate_system=coordinate_system
+            )
+        ]
+        if images:
+            self._show_images(sdata, coordinate_system)
+        if reuse and self._layer_fits(reuse[0], geometry):
+            self.cells_layer = reuse[0]
+            self.cells_layer.metadata.update(meta)
+        else:
+            for layer in reuse:
+                self.viewer.layers.remove(layer)
+            features = display_features(self.table.obs.iloc[geometry.rows])
+            data, kwargs, kind = cells_layer_data(sdata, geometry, features, CELLS)
+            kwargs["metadata"] = meta
+            self.cells_layer = self._add_cells(data, kwargs, kind)
+        return self.cells_layer
+
+    @staticmethod
+    def _layer_fits(layer: Any, geometry: CellGeometry) -> bool:
+        if geometry.kind == "labels":
+            return layer_kind(layer) == "labels"
+        return len(layer.data) == len(geometry.rows)
+
+    def _add_cells(self, data: Any, kwargs: dict[str, Any], kind: str) -> Any:
+        if kind == "points":
+            try:
+                from napari_cellmapper.viewer import points as fast_points
+            except ImportError:
+                fast_points = None
+            if fast_points is not None:
+                sizes = np.atleast_1d(np.asarray(kwargs["size"], dtype=float))
+                layer = fast_points.add_cell_points(
+                    self.viewer,
+                    data,
+                    kwargs["features"],
+                    None,
+                    size=float(np.nanmedian(sizes)),
+                    name=kwargs["name"],
+                    metadata=kwargs["metadata"],
+                    opacity=kwargs.get("opacity", 1.0),
+                )
+                if sizes.size == len(data) and not np.allclose(sizes, sizes[0]):
+                    layer.size = sizes
+                return layer
+        from napari.layers import Layer
+
+        layer = Layer.create(data, kwargs, kind)
+        self.viewer.add_layer(layer)
+        return layer
+
+    def _show_images(self, sdata: Any, coordinate_system: str) -> None:
+        existing = {
+            (layer.metadata.get("element"), layer.metadata.get("coordinate_system"))
+            for layer in self._find("image", sdata=sdata)
+        }
+        for name in image_names(sdata, coordinate_system):
+            if (name, coordinate_system) in existing:
+                continue
+            data, kwargs, kind = image_layer_data(sdata, name, coordinate_system)
+            added = self.viewer.add_image(data, **kwargs)
+            added = added if isinstance(added, list) else [added]
+            self.image_layers += added
+            for layer in added:  # images go below the cells
+                index = self.viewer.layers.index(layer)
+                if index > 0:
+                    self.viewer.layers.move(index, 0)
+
+    # -------------------------------------------------------------- reference
+    def tissue_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) y/x of the cells (or (0, 0)-(1, 1) with no query)."""
+        if self.geometry is None or not len(self.geometry.coords_yx):
+            return np.zeros(2), np.ones(2)
+        yx = self.geometry.coords_yx
+        return np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+
+    def show_reference(self, adata: Any, color_by: str | None = None) -> Any:
+        """The reference on its 2-D embedding, placed right of the tissue at the tissue's height."""
+        self.reference = adata
+        layer = None
+        for candidate in self._find("reference"):
+            if candidate.metadata.get("adata") is adata:
+                layer = candidate
+        if layer is None:
+            if self.reference_layer is not None and self.reference_layer in self.viewer.layers:
+                self.viewer.layers.remove(self.reference_layer)
+            data = reference_layer_data(adata, REFERENCE, color_by)
+            if data is None:
+                self.reference_layer = None
+                return None
+            yx, kwargs, _ = data
+            from napari_cellmapper.viewer.points import add_cell_points
+
+            key = color_by or default_color_key(adata.obs)
+            colors = {key: _colors(adata, key, adata.obs[key])} if key is not None else None
+            layer = add_cell_points(
+                self.viewer,
+                yx,
+                kwargs["features"],
+                key,
+                colors=colors,
+                size=kwargs["size"],
+                name=kwargs["name"],
+                metadata=kwargs["metadata"],
+            )
+        self.reference_layer = layer
+        self.place_reference()
+        return layer
+
+    def place_reference(self) -> None:
+        """Scale and translate the reference layer next to the tissue."""
+        layer = self.reference_layer
+        if layer is None or not len(layer.data):
+            return
+        lo, hi = self.tissue_bounds()
+        yx = np.asarray(layer.data)
+        rlo, rhi = np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+        height = float(hi[0] - lo[0]) or 1.0
+        scale = height / float(rhi[0] - rlo[0] or 1.0)
+        gap = 0.08 * float(hi[1] - lo[1] or height)
+        translate = np.array([lo[0] - rlo[0] * scale, hi[1] + gap - rlo[1] * scale])
+        layer.scale = (scale, scale)
+        layer.translate = tuple(translate)
+        layer.size = np.full(len(yx), 0.012 * height / scale) if self.geometry is not None else layer.size
+        for extra in self._find("neighbours"):
+            extra.scale, extra.translate = layer.scale, layer.translate
+
+    # ---------------------------------------------------------------- results
+    def apply_result(self, result: Any) -> None:
+        """Push a result's columns into the cells' and the reference's features (in place)."""
+        if self.cells_layer is None or self.geometry is None:
+            return
+        table = self.table
+        rows = self.geometry.rows
+        features = self.cells_layer.features.copy()
+        if self.geometry.kind == "labels" and "index" not in features:
+            features.insert(0, "index", np.asarray(self.geometry.instance_ids, dtype=np.int64))
+        for column in result.obs.columns:
+            values = table.obs[column] if column in table.obs else result.obs[column]
+            features[column] = (
+                values.iloc[rows].to_numpy()
+                if not isinstance(values.dtype, pd.CategoricalDtype)
+                else values.iloc[rows].array
+            )
+        self.cells_layer.features = features
+        if self.reference_layer is not None and len(result.reference_obs.columns):
+            ref_features = self.reference_layer.features.copy()
+            for column in result.reference_obs.columns:
+                ref_features[column] = result.reference_obs[column].to_numpy()
+            self.reference_layer.features = ref_features
+
+    def set_cell_values(self, name: str, table_values: np.ndarray) -> None:
+        """Add or replace one feature column from per-table-row values (in place)."""
+        features = self.cells_layer.features.copy()
+        features[name] = np.asarray(table_values)[self.geometry.rows]
+        self.cells_layer.features = features
+
+    def color_keys(self) -> list[str]:
+        """Columns of the cells layer that can colour the cells."""
+        if self.cells_layer is None:
+            return []
+        return [str(c) for c in self.cells_layer.features.columns if c != "index"]
+
+    def colors_for_key(self, key: str, values: pd.Series, adata: Any = None) -> list[str] | None:
+        """Palette for a categorical column: ``uns[f"{key}_colors"]`` of the table, else default."""
+        adata = self.table if adata is None else adata
+        if adata is None or not isinstance(values.dtype, pd.CategoricalDtype):
+            return None
+        return palette_for([str(c) for c in values.cat.categories], adata.uns, key)
+
+    def color_cells(self, key: str, colormap: str = "viridis") -> ColorInfo:
+        """Recolour the cells by one feature column, in place; returns legend/colorbar info."""
+        layer = self.cells_layer
+        values = layer.features[key]
+        colors = self.colors_for_key(key, values)
+        info = color_info(values, key, colors, colormap)
+        _recolor(layer, key, values, colors, colormap, info, self.geometry)
+        self.color = info
+        return info
+
+    def color_reference(self, key: str, colormap: str = "magma") -> ColorInfo | None:
+        """Recolour the reference embedding (e.g. by presence score), in place."""
+        layer = self.reference_layer
+        if layer is None or key not in layer.features:
+            return None
+        values = layer.features[key]
+        colors = self.colors_for_key(key, values, self.reference)
+        info = color_info(values, key, colors, colormap)
+        _recolor(layer, key, values, colors, colormap, info, None)
+        return info
+
+    # ------------------------------------------------------------ interaction
+    def cell_at(self, position: Any) -> int | None:
+        """Index (into the cells layer) of the cell under a world (y, x) position, or None."""
+        if self.geometry is None or self.cells_layer is None:
+            return None
+        position = np.asarray(position, dtype=float)[-2:]
+        if self.geometry.kind == "labels":
+            value = self.cells_layer.get_value(position, world=True)
+            if isinstance(value, tuple):
+                value = value[-1]
+            return None if value in (None, 0) else self._label_rows.get(int(value))
+        from scipy.spatial import cKDTree
+
+        valid = np.isfinite(self.geometry.coords_yx).all(axis=1)
+        if self._tree is None:
+            self._tree = (cKDTree(self.geometry.coords_yx[valid]), np.flatnonzero(valid))
+        tree, ids = self._tree
+        distance, i = tree.query(position)
+        sizes = self.geometry.sizes
+        reach = (
+            float(np.nanmax(sizes)) if sizes is not None and len(sizes) else _spacing(self.geometry.coords_yx)
+        )
+        if self.geometry.kind == "polygons":
+            reach = max(reach, _spacing(self.geometry.coords_yx) * 2)
+        return int(ids[i]) if distance <= reach else None
+
+    def highlight_cell(self, index: int | None) -> None:
+        """A ring around the selected cell on the tissue (removed with None)."""
+        if index is None or self.geometry is None:
+            self._remove(SELECTED)
+            return
+        yx = self.geometry.coords_yx[[index]]
+        size = (
+            self.geometry.sizes[index] * 1.6
+            if self.geometry.sizes is not None
+            else _spacing(self.geometry.coords_yx) * 2
+        )
+        self._upsert_points(SELECTED, yx, size=size, role="selected", scale=None)
+
+    def highlight_neighbors(self, reference_rows: np.ndarray | None) -> Any:
+        """Mark reference cells (row numbers) on the reference embedding."""
+        if self.reference_layer is None or reference_rows is None:
+            self._remove(NEIGHBOURS)
+            return None
+        rows = np.asarray(reference_rows, dtype=np.int64)
+        rows = rows[(rows >= 0) & (rows < len(self.reference_layer.data))]
+        yx = np.asarray(self.reference_layer.data)[rows]
+        size = float(np.nanmax(self.reference_layer.size)) * 2.2 if len(self.reference_layer.data) else 1.0
+        return self._upsert_points(NEIGHBOURS, yx, size=size, role="neighbours", scale=self.reference_layer)
+
+    def _upsert_points(self, name: str, yx: np.ndarray, *, size: float, role: str, scale: Any) -> Any:
+        layer = self._layer(name)
+        if layer is None:
+            from napari.layers import Points
+
+            active = self.viewer.layers.selection.active
+            layer = Points(
+                yx,
+                name=name,
+                size=size,
+                face_color="transparent",
+                border_color="#ff00ff",
+                border_width=0.25,
+                border_width_is_relative=True,
+                metadata={ROLE: role},
+            )
+            self.viewer.add_layer(layer)
+            if active is not None and active in self.viewer.layers:  # keep the user's layer selected
+                self.viewer.layers.selection.active = active
+        else:
+            layer.data = yx
+            layer.size = size
+        if scale is not None:
+            layer.scale, layer.translate = scale.scale, scale.translate
+        return layer
+
+    def _layer(self, name: str) -> Any:
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _remove(self, name: str) -> None:
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+
+    def region_layer(self, create: bool = True) -> Any:
+        """The Shapes layer whose polygons restrict the next run (created on demand)."""
+        layer = self._layer(REGION)
+        if layer is None and create:
+            layer = self.viewer.add_shapes(
+                name=REGION,
+                face_color="#ffffff22",
+                edge_color="#ffff00",
+                edge_width=2,
+                metadata={ROLE: "region"},
+            )
+            layer.mode = "add_polygon"
+        return layer
+
+    def region_mask(self) -> np.ndarray | None:
+        """Which cells (rows of the cells layer) fall inside the region's shapes; None without shapes."""
+        layer = self.region_layer(create=False)
+        if layer is None or self.geometry is None or not len(layer.data):
+            return None
+        from napari_cellmapper.viewer.selection import inside_shapes
+
+        world = [
+            np.array([layer.data_to_world(vertex)[-2:] for vertex in np.asarray(shape)])
+            for shape in layer.data
+        ]
+        return inside_shapes(self.geometry.coords_yx, world, list(layer.shape_type))
+
+    def click_callback(self, on_cell: Callable[[int], None]) -> Callable[..., Any]:
+        """A viewer mouse-drag callback calling ``on_cell(index)`` on a click (not a drag) on a cell."""
+
+        def _callback(viewer: Any, event: Any) -> Any:
+            if getattr(event, "button", 1) != 1:
+                return
+            active = viewer.layers.selection.active
+            if active is not None and getattr(active, "mode", "pan_zoom") not in (
+                "pan_zoom",
+                "select",
+                "transform",
+            ):
+                return
+            start = np.asarray(event.position, dtype=float)
+            yield
+            while event.type == "mouse_move":
+                yield
+            end = np.asarray(event.position, dtype=float)
+            scale = float(viewer.camera.zoom) if getattr(viewer, "camera", None) else 1.0
+            if np.linalg.norm(end - start) * scale > 5:  # a drag (pan), not a click
+                return
+            index = self.cell_at(end)
+            if index is not None:
+                on_cell(index)
+
+        return _callback
+
+
+def layer_kind(layer: Any) -> str:
+    """ "points", "shapes", "labels", "image"... (works through napari's public-only proxies)."""
+    return str(layer.__class__.__name__).lower()
+
+
+def _spacing(coords_yx: np.ndarray) -> float:
+    valid = coords_yx[np.isfinite(coords_yx).all(axis=1)]
+    if len(valid) < 2:
+        return 1.0
+    span = np.ptp(valid, axis=0)
+    return float(np.sqrt(max(float(np.prod(np.maximum(span, 1e-9))), 1e-9) / len(valid)))
+
+
+def _is_data(value: Any) -> bool:
+    return not isinstance(value, (str, int, float, type(None), tuple))
+
+
+def _recolor(
+    layer: Any,
+    key: str,
+    values: pd.Series,
+    colors: list[str] | None,
+    colormap: str,
+    info: ColorInfo,
+    geometry: CellGeometry | None,
+) -> None:
+    """Recolour any cells layer in place."""
+    kind = layer_kind(layer)
+    if kind == "points":
+        try:
+            from napari_cellmapper.viewer import points as fast_points
+        except ImportError:
+            fast_points = None
+        if fast_points is not None:
+            if info.categorical:
+                fast_points.color_points_by(layer, key, colors=colors)
+            else:
+                fast_points.color_points_by(layer, key, colormap=colormap, clim=info.clim)
+            return
+        layer.face_color = rgba_for(values, colors, colormap, info.clim)
+        return
+    rgba = rgba_for(values, colors, colormap, info.clim)
+    if kind == "shapes":
+        layer.face_color = rgba
+        return
+    if kind == "labels":
+        from napari.utils.colormaps import DirectLabelColormap
+
+        ids = (
+            layer.features["index"].to_numpy()
+            if "index" in layer.features
+            else np.asarray(geometry.instance_ids)
+        )
+        mapping: dict[Any, Any] = {int(i): tuple(c) for i, c in zip(ids, rgba, strict=False)}
+        mapping[None] = (0.0, 0.0, 0.0, 0.0)
+        mapping[0] = (0.0, 0.0, 0.0, 0.0)
+        layer.colormap = DirectLabelColormap(color_dict=mapping)

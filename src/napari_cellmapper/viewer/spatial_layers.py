@@ -1,0 +1,283 @@
+"""SpatialData elements as napari layer data, placed in one coordinate system.
+
+Images keep their pyramid (multiscale) and get their coordinate transformation as a napari
+``affine``. Cells are read in table row order: points and circles become centres (+ diameters),
+polygons become (y, x) vertex arrays, labels keep their raster and the transformation. Positions
+of points, circles and polygons are transformed here, so their layers need no affine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from napari_cellmapper.viewer.transforms import affine_yx, apply_affine_yx, mean_scale
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+#: Key in ``layer.metadata`` saying what a layer is to the plugin.
+ROLE = "cellmapper_role"
+
+
+@dataclass(frozen=True)
+class CellGeometry:
+    """Where the cells of one table/region sit in one coordinate system, in table row order."""
+
+    kind: str  # "points" | "circles" | "polygons" | "labels"
+    element: str
+    coordinate_system: str
+    rows: np.ndarray  # row numbers of the table annotating ``element``
+    instance_ids: np.ndarray  # instance id per row (label value for labels)
+    coords_yx: np.ndarray  # (n, 2) centres in the coordinate system
+    sizes: np.ndarray | None = None  # diameters (points/circles) in coordinate-system units
+    polygons: list[np.ndarray] | None = None  # (m, 2) (y, x) vertices per cell
+    affine: np.ndarray = field(default_factory=lambda: np.eye(3))  # element -> coordinate system
+
+
+def table_attrs(table: Any) -> tuple[str | None, str | None, list[str]]:
+    """``(region_key, instance_key, regions)`` of a SpatialData table (Nones when unannotated)."""
+    attrs = table.uns.get("spatialdata_attrs", {}) or {}
+    region = attrs.get("region", [])
+    regions = [region] if isinstance(region, str) else list(region)
+    return attrs.get("region_key"), attrs.get("instance_key"), regions
+
+
+def element_kind(sdata: Any, element: str) -> str:
+    """ "points", "circles", "polygons" or "labels" for a cell-bearing element."""
+    if element in sdata.labels:
+        return "labels"
+    if element in sdata.points:
+        return "points"
+    if element in sdata.shapes:
+        geom = sdata.shapes[element]
+        if "radius" in geom.columns and len(geom) and geom.geometry.iloc[0].geom_type == "Point":
+            return "circles"
+        return "polygons"
+    raise KeyError(f"{element!r} is not a points, shapes or labels element of this SpatialData")
+
+
+def coordinate_systems_of(sdata: Any, element: str) -> list[str]:
+    """Coordinate systems an element of ``sdata`` can be drawn in."""
+    from napari_cellmapper.viewer.transforms import coordinate_systems
+
+    return coordinate_systems(sdata[element])
+
+
+def table_rows(table: Any, element: str) -> np.ndarray:
+    """Row numbers of ``table`` that annotate ``element`` (all rows when the table is unannotated)."""
+    region_key, _, regions = table_attrs(table)
+    if region_key is None or region_key not in table.obs or len(regions) <= 1:
+        return np.arange(table.n_obs)
+    return np.flatnonzero(table.obs[region_key].astype(str).to_numpy() == element)
+
+
+def _instance_ids(table: Any, rows: np.ndarray) -> np.ndarray:
+    _, instance_key, _ = table_attrs(table)
+    if instance_key is not None and instance_key in table.obs:
+        return table.obs[instance_key].to_numpy()[rows]
+    return rows.copy()
+
+
+def _is_pyramid(element: Any) -> bool:
+    """True for a multiscale (DataTree) raster element."""
+    import xarray as xr
+
+    return isinstance(element, xr.DataTree)
+
+
+def _label_centroids(labels: Any, ids: np.ndarray) -> np.ndarray:
+    """(y, x) centres of the given label values in element pixel coordinates (NaN if absent)."""
+    level = labels
+    factor = 1.0
+    if _is_pyramid(labels):
+        names = sorted(labels.children)
+        full = next(iter(labels[names[0]].data_vars.values()))
+        level = full
+        for name in names:  # coarsest level with fewer than ~25M pixels
+            arr = next(iter(labels[name].data_vars.values()))
+            level = arr
+            if arr.shape[-1] * arr.shape[-2] <= 25_000_000:
+                break
+        factor = full.shape[-1] / level.shape[-1]
+    data = np.asarray(level.data)
+    ys, xs = np.nonzero(data)
+    values = data[ys, xs].astype(np.int64)
+    if values.size == 0:
+        return np.full((len(ids), 2), np.nan)
+    size = int(max(values.max(), np.max(ids, initial=0))) + 1
+    count = np.bincount(values, minlength=size).astype(float)
+    cy = np.bincount(values, weights=ys, minlength=size)
+    cx = np.bincount(values, weights=xs, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centres = np.column_stack([cy / count, cx / count])
+    centres = (centres + 0.5) * factor - 0.5
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.full((len(ids), 2), np.nan)
+    ok = (ids >= 0) & (ids < size)
+    out[ok] = centres[ids[ok]]
+    return out
+
+
+def _polygon_yx(geom: Any) -> np.ndarray:
+    if geom.geom_type == "MultiPolygon":
+        geom = max(geom.geoms, key=lambda g: g.area)
+    xy = np.asarray(geom.exterior.coords)[:-1, :2]
+    return xy[:, ::-1]
+
+
+def cell_geometry(sdata: Any, table_name: str, element: str, coordinate_system: str) -> CellGeometry:
+    """Geometry of the cells of ``table_name`` that live in ``element``, in table row order."""
+    table = sdata.tables[table_name]
+    kind = element_kind(sdata, element)
+    rows = table_rows(table, element)
+    ids = _instance_ids(table, rows)
+    elem = sdata[element]
+    affine = affine_yx(elem, coordinate_system)
+    if kind == "labels":
+        centres = apply_affine_yx(affine, _label_centroids(elem, ids))
+        return CellGeometry(kind, element, coordinate_system, rows, ids, centres, affine=affine)
+    if kind == "points":
+        frame = elem.compute() if hasattr(elem, "compute") else elem
+        frame = frame.loc[ids] if len(frame) != len(ids) or not np.array_equal(frame.index, ids) else frame
+        yx = apply_affine_yx(affine, frame[["y", "x"]].to_numpy(float))
+        return CellGeometry(kind, element, coordinate_system, rows, ids, yx, affine=affine)
+    frame = elem
+    if len(frame) != len(ids) or not np.array_equal(frame.index.to_numpy(), ids):
+        frame = frame.loc[ids]
+    if kind == "circles":
+        yx = np.column_stack([frame.geometry.y.to_numpy(), frame.geometry.x.to_numpy()])
+        sizes = 2.0 * frame["radius"].to_numpy(float) * mean_scale(affine)
+        return CellGeometry(
+            kind, element, coordinate_system, rows, ids, apply_affine_yx(affine, yx), sizes, affine=affine
+        )
+    polygons = [apply_affine_yx(affine, _polygon_yx(g)) for g in frame.geometry]
+    centroids = frame.geometry.centroid
+    yx = apply_affine_yx(affine, np.column_stack([centroids.y.to_numpy(), centroids.x.to_numpy()]))
+    return CellGeometry(kind, element, coordinate_system, rows, ids, yx, polygons=polygons, affine=affine)
+
+
+def _image_levels(image: Any) -> tuple[list[Any], tuple[str, ...]]:
+    """Arrays of an image, largest first, and its dims."""
+    if _is_pyramid(image):
+        levels = [next(iter(image[name].data_vars.values())) for name in sorted(image.children)]
+        return [lvl.data for lvl in levels], tuple(levels[0].dims)
+    return [image.data], tuple(image.dims)
+
+
+def image_layer_data(sdata: Any, name: str, coordinate_system: str) -> LayerData:
+    """An image element as napari layer data: pyramid, channels and affine to the coordinate system."""
+    image = sdata.images[name]
+    levels, dims = _image_levels(image)
+    affine = affine_yx(image, coordinate_system)
+    meta: dict[str, Any] = {
+        "name": name,
+        "affine": affine,
+        "metadata": {ROLE: "image", "sdata": sdata, "element": name, "coordinate_system": coordinate_system},
+    }
+    if "c" in dims:
+        n_channels = levels[0].shape[dims.index("c")]
+        c_axis = dims.index("c")
+        if n_channels == 1:
+            levels = [lvl.take(0, axis=c_axis) if hasattr(lvl, "take") else lvl[0] for lvl in levels]
+        elif n_channels in (3, 4) and np.dtype(levels[0].dtype) == np.uint8:
+            levels = [np.moveaxis(lvl, c_axis, -1) for lvl in levels]
+            meta["rgb"] = True
+        else:
+            meta["channel_axis"] = c_axis
+            try:
+                channels = [str(c) for c in image.coords["c"].values]
+            except (KeyError, AttributeError, TypeError):
+                channels = [str(i) for i in range(n_channels)]
+            meta["name"] = [f"{name} [{c}]" for c in channels]
+            meta["blending"] = "additive"
+            meta["colormap"] = _channel_colormaps(n_channels)
+            meta["metadata"] = [dict(meta["metadata"], channel=c) for c in channels]
+    meta["multiscale"] = len(levels) > 1
+    data = levels if len(levels) > 1 else levels[0]
+    return data, meta, "image"
+
+
+def _channel_colormaps(n: int) -> list[str]:
+    base = ["red", "green", "blue", "magenta", "cyan", "yellow", "gray"]
+    return [base[i % len(base)] for i in range(n)]
+
+
+def image_names(sdata: Any, coordinate_system: str) -> list[str]:
+    """Images of ``sdata`` registered in ``coordinate_system``."""
+    from napari_cellmapper.viewer.transforms import coordinate_systems
+
+    return [name for name, img in sdata.images.items() if coordinate_system in coordinate_systems(img)]
+
+
+def labels_layer_data(sdata: Any, geometry: CellGeometry, features: pd.DataFrame, name: str) -> LayerData:
+    """Segmentation labels with one feature row per cell (``index`` = label value)."""
+    levels, _ = _image_levels(sdata.labels[geometry.element])
+    feats = features.reset_index(drop=True).copy()
+    feats.insert(0, "index", np.asarray(geometry.instance_ids, dtype=np.int64))
+    meta = {
+        "name": name,
+        "affine": geometry.affine,
+        "features": feats,
+        "multiscale": len(levels) > 1,
+        "opacity": 0.7,
+    }
+    return (levels if len(levels) > 1 else levels[0]), meta, "labels"
+
+
+def shapes_layer_data(geometry: CellGeometry, features: pd.DataFrame, name: str) -> LayerData:
+    """Cell polygons as a Shapes layer, one shape per table row."""
+    meta = {
+        "name": name,
+        "shape_type": "polygon",
+        "features": features.reset_index(drop=True),
+        "edge_width": 0,
+        "face_color": "#d0d0d0",
+        "opacity": 0.85,
+    }
+    return list(geometry.polygons or []), meta, "shapes"
+
+
+def points_layer_data(geometry: CellGeometry, features: pd.DataFrame, name: str) -> LayerData:
+    """Cell centres as a Points layer (circles keep their diameter as size)."""
+    size = geometry.sizes if geometry.sizes is not None else _default_point_size(geometry.coords_yx)
+    meta = {
+        "name": name,
+        "features": features.reset_index(drop=True),
+        "size": size,
+        "face_color": "#d0d0d0",
+        "border_width": 0,
+        "opacity": 0.9,
+    }
+    return geometry.coords_yx, meta, "points"
+
+
+def _default_point_size(coords_yx: np.ndarray) -> float:
+    """A point size about the typical spacing between cells."""
+    if len(coords_yx) < 2:
+        return 5.0
+    span = np.nanmax(coords_yx, axis=0) - np.nanmin(coords_yx, axis=0)
+    area = float(np.prod(np.maximum(span, 1e-9)))
+    return float(max(np.sqrt(area / len(coords_yx)) * 0.8, 1e-6))
+
+
+def cells_layer_data(sdata: Any, geometry: CellGeometry, features: pd.DataFrame, name: str) -> LayerData:
+    """The right layer kind for the cells of ``geometry``."""
+    if geometry.kind == "labels":
+        return labels_layer_data(sdata, geometry, features, name)
+    if geometry.kind == "polygons":
+        return shapes_layer_data(geometry, features, name)
+    return points_layer_data(geometry, features, name)
+
+
+def display_features(obs: pd.DataFrame, max_columns: int = 40) -> pd.DataFrame:
+    """obs columns worth hovering: drops the SpatialData bookkeeping, keeps at most ``max_columns``."""
+    frame = obs.reset_index(drop=True)
+    keep = [
+        c
+        for c in frame.columns
+        if frame[c].dtype.kind in "biufcOSUb" or isinstance(frame[c].dtype, pd.CategoricalDtype)
+    ]
+    return frame[keep[:max_columns]].copy()

@@ -1,0 +1,34 @@
+"""SpatialData coordinate transformations as napari ``affine`` matrices (2D, y/x order)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def coordinate_systems(element: Any) -> list[str]:
+    """Names of the coordinate systems an element is registered in."""
+    from spatialdata.transformations import get_transformation
+
+    return list(get_transformation(element, get_all=True).keys())
+
+
+def affine_yx(element: Any, coordinate_system: str) -> np.ndarray:
+    """3x3 homogeneous matrix mapping the element's (y, x) to ``coordinate_system``'s (y, x)."""
+    from spatialdata.transformations import get_transformation
+
+    transformation = get_transformation(element, to_coordinate_system=coordinate_system)
+    matrix = transformation.to_affine_matrix(input_axes=("y", "x"), output_axes=("y", "x"))
+    return np.asarray(matrix, dtype=float)
+
+
+def apply_affine_yx(matrix: np.ndarray, yx: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 (y, x) homogeneous matrix to an (n, 2) array of (y, x) positions."""
+    yx = np.asarray(yx, dtype=float)
+    return yx @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def mean_scale(matrix: np.ndarray) -> float:
+    """Isotropic scale factor of an affine matrix (square root of the area scale)."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix)[:2, :2]))))

@@ -1,0 +1,6 @@
+"""napari dock widgets: the CellMapper widget, the frozen job and the worker controller.
+
+``mapper_widget.CellMapperWidget`` is the dock widget, ``job`` holds the frozen
+``MappingJob``/``MappingResult`` and the worker body, ``controller`` runs workers and applies
+results on the main thread, ``_npe2`` the reader/writer/sample-data entry points, ``demo`` the demo.
+"""

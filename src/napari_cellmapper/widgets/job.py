@@ -1,0 +1,267 @@
+"""The frozen job a mapping run receives, the frozen result it returns, and the worker body.
+
+The worker never touches the user's objects: it maps *detached copies* (new AnnData containers
+that share the read-only matrices) and returns only the additions (new obs columns, obsm
+entries, uns entries, reference obs columns, neighbours, niches). The controller applies them on
+the main thread. No Qt and no napari here, so this module is testable on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from napari_cellmapper.core.pipeline import PRESENCE_KEY, QUALITY_KEY, MappingParams, iter_annotate
+from napari_cellmapper.core.progress import Progress
+
+_JOB_IDS = itertools.count(1)
+
+#: Backend choices offered in the widget: label -> core backend name.
+BACKENDS: dict[str, str] = {
+    "Automatic": "auto",
+    "CPU exact (faiss flat)": "faiss-exact",
+    "CPU approximate (faiss IVF)": "faiss-ivf",
+    "GPU (cupy)": "cupy",
+}
+KERNELS = ("gauss", "gauss_adaptive", "scarches", "inverse_distance", "equal", "hnoca")
+BUILD_FROM_GENES = "build from shared genes"
+
+
+def next_job_id() -> int:
+    """A process-wide increasing job id."""
+    return next(_JOB_IDS)
+
+
+@dataclass(frozen=True, eq=False)
+class MappingJob:
+    """Everything a mapping run needs, fixed when Run is clicked.
+
+    ``query`` is the full SpatialData table; ``rows`` are the table rows to map (the element's
+    cells, restricted to a drawn region if any) and ``coords_yx`` their positions (for niches).
+    """
+
+    reference: AnnData
+    query: AnnData
+    rows: np.ndarray
+    coords_yx: np.ndarray | None = None
+    use_rep: str | None = None
+    obs_keys: tuple[str, ...] = ()
+    obsm_keys: tuple[str, ...] = ()
+    layer_key: str | None = None
+    n_neighbors: int = 30
+    kernel: str = "gauss"
+    backend: str = "auto"
+    presence: bool = False
+    niches: bool = False
+    n_niches: int = 8
+    job_id: int = field(default_factory=next_job_id)
+
+    def params(self, *, niches: bool | None = None) -> MappingParams:
+        """The core's parameter set for this job (the same the CLI builds)."""
+        use_niches = self.niches if niches is None else niches
+        return MappingParams(
+            use_rep=self.use_rep,
+            obs_keys=tuple(self.obs_keys),
+            obsm_keys=tuple(self.obsm_keys),
+            layer_key=self.layer_key,
+            n_neighbors=self.n_neighbors,
+            kernel=self.kernel,
+            backend=self.backend,
+            presence=self.presence,
+            n_niches=self.n_niches if use_niches else 0,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class MappingResult:
+    """Additions a run produced, aligned to the full query table (rows not mapped are missing)."""
+
+    job_id: int
+    rows: np.ndarray
+    obs: pd.DataFrame  # new query obs columns, index = full table obs_names
+    obsm: Mapping[str, Any]  # new query obsm entries, full length (NaN rows where unmapped)
+    uns: Mapping[str, Any]  # new query uns entries (colours, parameters)
+    reference_obs: pd.DataFrame  # new reference obs columns (e.g. presence_score)
+    neighbor_indices: np.ndarray  # (len(rows), k) reference row numbers, -1 for none
+    obs_keys: tuple[str, ...] = ()
+    obsm_keys: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    imputed: AnnData | None = None  # imputed expression of the mapped rows (reference genes)
+
+    def imputed_gene(self, gene: str, n_obs: int) -> np.ndarray:
+        """Imputed expression of one gene for every table row (NaN where not mapped)."""
+        if self.imputed is None or gene not in self.imputed.var_names:
+            raise KeyError(f"{gene!r} is not an imputed gene")
+        column = self.imputed[:, gene].X
+        values = np.asarray(column.toarray() if hasattr(column, "toarray") else column, dtype=float).ravel()
+        out = np.full(n_obs, np.nan)
+        out[self.rows] = values
+        return out
+
+    @property
+    def color_keys(self) -> list[str]:
+        """obs columns worth colouring the cells by, most useful first."""
+        keys: list[str] = []
+        for key in self.obs_keys:
+            keys += [c for c in (f"{key}_pred", f"{key}_conf", f"{key}_entropy") if c in self.obs]
+        keys += [c for c in self.obs.columns if c not in keys and c != "cellmapper_unmapped"]
+        return keys
+
+    def apply_to(self, table: AnnData) -> None:
+        """Write the additions into ``table`` (main thread only; the table must be the job's query)."""
+        for column in self.obs.columns:
+            table.obs[column] = (
+                self.obs[column].to_numpy()
+                if not isinstance(self.obs[column].dtype, pd.CategoricalDtype)
+                else self.obs[column].values
+            )
+        for key, value in self.obsm.items():
+            table.obsm[key] = value
+        for key, value in self.uns.items():
+            table.uns[key] = value
+
+    def annotated(self, table: AnnData) -> AnnData:
+        """A copy of ``table`` with the additions (for export without touching the original)."""
+        out = table.copy()
+        self.apply_to(out)
+        return out
+
+
+def detached(adata: AnnData, rows: np.ndarray | None = None, *, keep_graphs: bool = False) -> AnnData:
+    """New AnnData containers over ``adata`` (optionally a row subset) safe for the worker to mutate.
+
+    obs/var/uns and the obsm mapping are copied; large matrices are shared (rows: sliced copies),
+    so writing new columns or keys never reaches the original object.
+    """
+    take = slice(None) if rows is None else np.asarray(rows)
+
+    def rows_of(value: Any) -> Any:
+        if rows is None:
+            return value
+        return value.iloc[take] if isinstance(value, pd.DataFrame) else value[take]
+
+    obs = adata.obs.copy() if rows is None else adata.obs.iloc[take].copy()
+    out = AnnData(
+        X=rows_of(adata.X) if adata.X is not None else None,
+        obs=obs,
+        var=adata.var.copy(),
+        obsm={k: rows_of(v) for k, v in adata.obsm.items()},
+        layers={k: rows_of(v) for k, v in adata.layers.items() if k is not None},
+        uns=copy.deepcopy(dict(adata.uns)),
+    )
+    if keep_graphs and rows is None:
+        for key, value in adata.obsp.items():
+            out.obsp[key] = value
+    return out
+
+
+def _full_length(values: Any, rows: np.ndarray, n: int, index: pd.Index) -> Any:
+    """Scatter per-mapped-row values back to a full-length array/frame (NaN elsewhere)."""
+    if isinstance(values, pd.DataFrame):
+        frame = pd.DataFrame(np.nan, index=index, columns=values.columns, dtype=float)
+        frame.iloc[rows] = values.to_numpy(dtype=float)
+        return frame
+    values = np.asarray(values)
+    out = np.full((n, *values.shape[1:]), np.nan, dtype=np.result_type(values.dtype, np.float32))
+    out[rows] = values
+    return out
+
+
+def _full_obs(sub_obs: pd.DataFrame, columns: list[str], rows: np.ndarray, index: pd.Index) -> pd.DataFrame:
+    out = pd.DataFrame(index=index)
+    for column in columns:
+        series = sub_obs[column]
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            codes = np.full(len(index), -1, dtype=np.int64)
+            codes[rows] = series.cat.codes.to_numpy()
+            out[column] = pd.Categorical.from_codes(codes, categories=series.cat.categories)
+        elif series.dtype.kind == "b":
+            full = np.zeros(len(index), dtype=bool) if len(rows) == len(index) else np.ones(len(index), bool)
+            full[rows] = series.to_numpy()
+            out[column] = full
+        else:
+            full = np.full(len(index), np.nan)
+            full[rows] = series.to_numpy(dtype=float)
+            out[column] = full
+    return out
+
+
+NICHE_OUTPUTS = {"obs": ("niche",), "obsm": ("niche_features",), "uns": ("niche_colors", "niche_composition")}
+
+
+def strip_previous_outputs(query: AnnData, job: MappingJob) -> None:
+    """Remove what an earlier run wrote (same keys), so this run's additions are recognised as new."""
+    obs = ["cellmapper_unmapped", QUALITY_KEY, *NICHE_OUTPUTS["obs"]]
+    obsm = list(NICHE_OUTPUTS["obsm"])
+    uns = list(NICHE_OUTPUTS["uns"])
+    for key in job.obs_keys:
+        obs += [f"{key}_pred", f"{key}_conf", f"{key}_entropy"]
+        obsm += [f"{key}_proba"]
+        uns += [f"{key}_pred_colors"]
+    obsm += [f"{key}_pred" for key in job.obsm_keys]
+    query.obs = query.obs.drop(columns=[c for c in obs if c in query.obs.columns])
+    for key in obsm:
+        query.obsm.pop(key, None)
+    for key in uns:
+        query.uns.pop(key, None)
+
+
+def run_mapping(job: MappingJob) -> Generator[Progress, None, MappingResult]:
+    """Worker body: map the job's rows, yield progress between chunks, return the additions."""
+    rows = np.asarray(job.rows, dtype=np.int64)
+    full_rows = len(rows) == job.query.n_obs and np.array_equal(rows, np.arange(job.query.n_obs))
+    query = detached(job.query, None if full_rows else rows)
+    reference = detached(job.reference, keep_graphs=True)
+    strip_previous_outputs(query, job)
+    obs_before = set(query.obs.columns)
+    obsm_before = set(query.obsm.keys())
+    uns_before = set(query.uns.keys())
+    coords = None if job.coords_yx is None else np.asarray(job.coords_yx, dtype=np.float64)[:, ::-1]
+    niches = job.niches and bool(job.obs_keys) and coords is not None
+    warnings: list[str] = []
+    if job.niches and not niches:
+        warnings.append("Niches need transferred cell-type probabilities (an obs key to transfer).")
+    cmap = yield from iter_annotate(query, reference, job.params(niches=niches), coords=coords)
+    reference_obs = pd.DataFrame(index=job.reference.obs_names)
+    if job.presence:
+        reference_obs[PRESENCE_KEY] = reference.obs[PRESENCE_KEY].to_numpy()
+    new_obs = [c for c in query.obs.columns if c not in obs_before]
+    index = job.query.obs_names
+    obs = _full_obs(query.obs, new_obs, rows, index)
+    if not full_rows and "cellmapper_unmapped" in obs:
+        outside = np.ones(len(index), bool)
+        outside[rows] = False
+        obs.loc[outside, "cellmapper_unmapped"] = True
+    n = job.query.n_obs
+    obsm: dict[str, Any] = {}
+    for key in query.obsm.keys():
+        if key in obsm_before:
+            continue
+        value = query.obsm[key]
+        if isinstance(value, pd.DataFrame) and full_rows:
+            obsm[key] = value.set_axis(index)
+        else:
+            obsm[key] = value if full_rows else _full_length(value, rows, n, index)
+    uns = {k: query.uns[k] for k in query.uns.keys() if k not in uns_before or k == "cellmapper"}
+    neighbors = getattr(cmap, "neighbors", None)
+    indices = np.asarray(neighbors.indices) if neighbors is not None else np.empty((len(rows), 0), np.int64)
+    return MappingResult(
+        job_id=job.job_id,
+        rows=rows,
+        obs=obs,
+        obsm=obsm,
+        uns=uns,
+        reference_obs=reference_obs,
+        neighbor_indices=indices,
+        obs_keys=tuple(job.obs_keys),
+        obsm_keys=tuple(job.obsm_keys),
+        warnings=tuple(warnings),
+        imputed=getattr(cmap, "query_imputed", None) if job.layer_key is not None else None,
+    )

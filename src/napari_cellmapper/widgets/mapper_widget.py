@@ -1,0 +1,789 @@
+"""The CellMapper dock widget: pick reference and query, set parameters, run, look, export.
+
+The widget only builds a :class:`~napari_cellmapper.widgets.job.MappingJob` from its fields and
+hands it to the :class:`~napari_cellmapper.widgets.controller.MappingController`; drawing is done
+by :class:`~napari_cellmapper.viewer.scene.CellMapperScene`. No mapping logic lives here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QCompleter,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_cellmapper.viewer.scene import CellMapperScene
+from napari_cellmapper.viewer.selection import cell_info
+from napari_cellmapper.widgets.controller import MappingController, error_message
+from napari_cellmapper.widgets.job import BACKENDS, BUILD_FROM_GENES, KERNELS, MappingJob, MappingResult
+from napari_cellmapper.widgets.legend import ColorKey
+from napari_cellmapper.widgets.sources import (
+    QuerySource,
+    ReferenceSource,
+    element_coordinate_systems,
+    load_query,
+    load_reference,
+    queries_in_layers,
+    references_in_layers,
+    shared_genes,
+    shared_representations,
+    table_elements,
+    table_names,
+    transferable_obs,
+    transferable_obsm,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+GPU_LABEL = "GPU (cupy)"
+CLICK_HINT = "Click a cell to see its transferred label and reference neighbours."
+
+
+def _gpu_available() -> bool:
+    try:
+        from napari_cellmapper.core.neighbors import gpu_available
+
+        return bool(gpu_available())
+    except Exception:  # noqa: BLE001 - no cupy, no driver: no GPU
+        return False
+
+
+def _notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+class CheckList(QListWidget):
+    """A list of checkable names."""
+
+    def set_items(self, names: list[str], checked: set[str] | None = None) -> None:
+        checked = checked or set()
+        self.clear()
+        for name in names:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
+            self.addItem(item)
+
+    def checked(self) -> list[str]:
+        return [
+            self.item(i).text()
+            for i in range(self.count())
+            if self.item(i).checkState() == Qt.CheckState.Checked
+        ]
+
+    def set_checked(self, names: set[str] | list[str]) -> None:
+        names = set(names)
+        for i in range(self.count()):
+            item = self.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+
+
+class CellMapperWidget(QWidget):
+    """Dock widget mapping a single-cell reference onto a SpatialData sample."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.scene = CellMapperScene(napari_viewer)
+        self.controller = MappingController(self._apply_result, parent=self)
+        self.controller.running.connect(self._set_running)
+        self.controller.progressed.connect(self._on_progress)
+        self.controller.failed.connect(lambda msg: self.status.setText(f"Failed: {msg}"))
+        self.controller.cancelled.connect(lambda: self.status.setText("Cancelled; nothing changed."))
+        self.controller.dropped.connect(
+            lambda job_id: self.status.setText(f"Dropped stale result of run {job_id}.")
+        )
+        self.references: list[ReferenceSource] = []
+        self.queries: list[QuerySource] = []
+        self.result: MappingResult | None = None
+        self._syncing = False
+        self._build()
+        self._click = self.scene.click_callback(self.show_cell)
+        self.viewer.mouse_drag_callbacks.append(self._click)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.refresh_sources()
+
+    # ================================================================== layout
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(2, 2, 2, 2)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        scroll.setWidget(body)
+        outer.addWidget(scroll)
+
+        # ---- data
+        data = QGroupBox("Data")
+        form = QFormLayout(data)
+        self.reference_combo = QComboBox()
+        self.reference_combo.setToolTip("Single-cell reference: an open layer or a file (.h5ad or .zarr)")
+        self.open_reference_button = QPushButton("Open…")
+        self.open_reference_button.setToolTip("Read a reference from an .h5ad file or a .zarr store")
+        form.addRow("Reference", _row(self.reference_combo, self.open_reference_button))
+        self.query_combo = QComboBox()
+        self.query_combo.setToolTip("Spatial query: a SpatialData open in the viewer or a .zarr store")
+        self.open_query_button = QPushButton("Open…")
+        self.open_query_button.setToolTip("Read a SpatialData .zarr store as the spatial query")
+        form.addRow("Query", _row(self.query_combo, self.open_query_button))
+        self.table_combo = QComboBox()
+        self.table_combo.setToolTip("Query table whose rows are the cells to annotate")
+        form.addRow("Table", self.table_combo)
+        self.element_combo = QComboBox()
+        self.element_combo.setToolTip(
+            "Element holding the cells' geometry (points, circles, polygons or labels)"
+        )
+        form.addRow("Element", self.element_combo)
+        self.cs_combo = QComboBox()
+        self.cs_combo.setToolTip("Coordinate system the tissue and the cells are drawn in")
+        form.addRow("Coordinates", self.cs_combo)
+        self.sizes_label = QLabel("–")
+        self.sizes_label.setWordWrap(True)
+        self.sizes_label.setToolTip("Sizes of the reference and query and the genes they share")
+        form.addRow(self.sizes_label)
+        layout.addWidget(data)
+
+        # ---- mapping
+        mapping = QGroupBox("Mapping")
+        form = QFormLayout(mapping)
+        self.rep_combo = QComboBox()
+        self.rep_combo.setToolTip(
+            "Joint latent space: an obsm key both datasets share, or build one from the shared genes "
+            "(normalise, log1p, scale, PCA)"
+        )
+        form.addRow("Joint space", self.rep_combo)
+        self.obs_list = CheckList()
+        self.obs_list.setToolTip("Reference obs columns to transfer (cell types, labels, numbers)")
+        self.obs_list.setMaximumHeight(62)
+        form.addRow("Transfer obs", self.obs_list)
+        self.obsm_list = CheckList()
+        self.obsm_list.setToolTip("Reference embeddings (obsm) to transfer, e.g. X_umap")
+        self.obsm_list.setMaximumHeight(48)
+        form.addRow("Transfer obsm", self.obsm_list)
+        self.expression_check = QCheckBox("impute expression (reference X)")
+        self.expression_check.setToolTip("Also transfer the reference's expression matrix (can be large)")
+        form.addRow(self.expression_check)
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 500)
+        self.k_spin.setValue(30)
+        self.k_spin.setToolTip("Number of reference neighbours per query cell (k)")
+        self.kernel_combo = QComboBox()
+        self.kernel_combo.addItems(list(KERNELS))
+        self.kernel_combo.setToolTip("How neighbour distances become weights (gauss is a good default)")
+        form.addRow("Neighbours (k)", self.k_spin)
+        form.addRow("Kernel", self.kernel_combo)
+        self.backend_combo = QComboBox()
+        self.backend_combo.setToolTip("Nearest-neighbour search backend")
+        self._fill_backends()
+        form.addRow("Backend", self.backend_combo)
+        self.presence_check = QCheckBox("presence scores")
+        self.presence_check.setToolTip(
+            "How well each reference cell is represented in the query (HNOCA-tools)"
+        )
+        form.addRow(self.presence_check)
+        self.niches_check = QCheckBox("niches")
+        self.niches_check.setToolTip("Cluster the cells by the cell-type mix of their spatial neighbourhood")
+        self.niches_spin = QSpinBox()
+        self.niches_spin.setRange(2, 50)
+        self.niches_spin.setValue(8)
+        self.niches_spin.setToolTip("Number of niches (k-means clusters)")
+        form.addRow(_row(self.niches_check, self.niches_spin))
+        self.region_button = QPushButton("Draw region")
+        self.region_button.setToolTip(
+            "Add a 'cellmapper region' shapes layer; the next run maps only the cells inside"
+        )
+        self.clear_region_button = QPushButton("Clear region")
+        self.clear_region_button.setToolTip("Remove the region: the next run maps all cells")
+        form.addRow(_row(self.region_button, self.clear_region_button))
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Map the reference onto the query (runs in the background)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running mapping; nothing is changed")
+        self.cancel_button.setEnabled(False)
+        form.addRow(_row(self.run_button, self.cancel_button))
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+        self.status.setToolTip("What the mapping is doing")
+        form.addRow(self.status)
+        layout.addWidget(mapping)
+
+        # ---- display
+        display = QGroupBox("Display")
+        form = QFormLayout(display)
+        self.color_combo = QComboBox()
+        self.color_combo.setToolTip("What colours the cells (recolours in place)")
+        form.addRow("Colour cells by", self.color_combo)
+        self.color_key = ColorKey()
+        self.color_key.setMinimumHeight(110)
+        form.addRow(self.color_key)
+        self.gene_edit = QLineEdit()
+        self.gene_edit.setPlaceholderText("gene name (after a run with imputed expression)")
+        self.gene_edit.setToolTip("Colour the cells by the imputed expression of a gene (press Enter)")
+        self.gene_edit.setEnabled(False)
+        form.addRow("Imputed gene", self.gene_edit)
+        self.reference_color_combo = QComboBox()
+        self.reference_color_combo.setToolTip("What colours the reference embedding (e.g. presence_score)")
+        form.addRow("Colour reference by", self.reference_color_combo)
+        self.reference_color_key = ColorKey()
+        self.reference_color_key.setMaximumHeight(70)
+        form.addRow(self.reference_color_key)
+        self.cell_label = QLabel(CLICK_HINT)
+        self.cell_label.setWordWrap(True)
+        self.cell_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.cell_label.setToolTip("The clicked cell: label, confidence, top-3 probabilities, neighbours")
+        form.addRow(self.cell_label)
+        self.export_button = QPushButton("Export annotated SpatialData…")
+        self.export_button.setToolTip("Write the query with the transferred annotations to a .zarr store")
+        self.export_button.setEnabled(False)
+        form.addRow(self.export_button)
+        layout.addWidget(display)
+        layout.addStretch(1)
+        for combo in body.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
+        self.scroll_area = scroll
+        # never clip the form: the dock is at least as wide as the form's minimum
+        self.setMinimumWidth(
+            max(body.minimumSizeHint().width(), 340) + scroll.verticalScrollBar().sizeHint().width() + 8
+        )
+
+        menu = QMenu(self.open_reference_button)
+        menu.addAction(".h5ad file…", lambda: self._open_reference_dialog("h5ad"))
+        menu.addAction(".zarr store…", lambda: self._open_reference_dialog("zarr"))
+        self.open_reference_button.setMenu(menu)
+        self.open_query_button.clicked.connect(self._open_query_dialog)
+        self.reference_combo.currentIndexChanged.connect(self._on_reference_changed)
+        self.query_combo.currentIndexChanged.connect(self._on_query_changed)
+        self.table_combo.currentIndexChanged.connect(self._on_table_changed)
+        self.element_combo.currentIndexChanged.connect(self._on_element_changed)
+        self.cs_combo.currentIndexChanged.connect(self._on_cs_changed)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.controller.cancel)
+        self.region_button.clicked.connect(self.add_region)
+        self.clear_region_button.clicked.connect(self.clear_region)
+        self.color_combo.currentTextChanged.connect(self._on_color_changed)
+        self.reference_color_combo.currentTextChanged.connect(self._on_reference_color_changed)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.gene_edit.returnPressed.connect(lambda: self.show_gene(self.gene_edit.text().strip()))
+        self.niches_check.toggled.connect(self.niches_spin.setEnabled)
+        self.niches_spin.setEnabled(False)
+
+    def _fill_backends(self) -> None:
+        gpu = _gpu_available()
+        for label, name in BACKENDS.items():
+            self.backend_combo.addItem(label, name)
+            if name == "cupy" and not gpu:
+                index = self.backend_combo.count() - 1
+                item = self.backend_combo.model().item(index)
+                item.setEnabled(False)
+                item.setToolTip(
+                    "No NVIDIA GPU with cupy found: install napari-cellmapper[gpu] on a GPU machine"
+                )
+                self.backend_combo.setItemData(index, item.toolTip(), Qt.ItemDataRole.ToolTipRole)
+
+    def scroll_to(self, widget: QWidget) -> None:
+        """Scroll the dock vertically so that ``widget`` is visible."""
+        y = widget.mapTo(self.scroll_area.widget(), widget.rect().topLeft()).y()
+        self.scroll_area.verticalScrollBar().setValue(max(y - 40, 0))
+
+    # ================================================================ sources
+    @property
+    def reference(self) -> Any:
+        index = self.reference_combo.currentIndex()
+        return self.references[index].adata if 0 <= index < len(self.references) else None
+
+    @property
+    def query(self) -> QuerySource | None:
+        index = self.query_combo.currentIndex()
+        return self.queries[index] if 0 <= index < len(self.queries) else None
+
+    @property
+    def table(self) -> Any:
+        query, name = self.query, self.table_combo.currentText()
+        return query.sdata.tables[name] if query is not None and name in query.sdata.tables else None
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if not self._syncing:
+            self.refresh_sources()
+
+    def refresh_sources(self) -> None:
+        """Re-list references and queries from open layers, keeping the current choices."""
+        current_ref, current_query = self.reference, self.query
+        files_ref = [s for s in self.references if s.label.endswith("(file)")]
+        files_query = [s for s in self.queries if s.label.endswith("(file)")]
+        references = references_in_layers(self.viewer.layers)
+        references += [s for s in files_ref if not any(r.adata is s.adata for r in references)]
+        queries = queries_in_layers(self.viewer.layers)
+        queries += [s for s in files_query if not any(q.sdata is s.sdata for q in queries)]
+        if [r.adata for r in references] != [r.adata for r in self.references]:
+            self.references = references
+            self._refill(
+                self.reference_combo,
+                [r.label for r in references],
+                next((i for i, r in enumerate(references) if r.adata is current_ref), 0),
+            )
+            self._on_reference_changed()
+        if [q.sdata for q in queries] != [q.sdata for q in self.queries]:
+            self.queries = queries
+            keep = next(
+                (
+                    i
+                    for i, q in enumerate(queries)
+                    if current_query is not None and q.sdata is current_query.sdata
+                ),
+                0,
+            )
+            self._refill(self.query_combo, [q.label for q in queries], keep)
+            if current_query is None or self.query is None or self.query.sdata is not current_query.sdata:
+                self._on_query_changed()
+
+    @staticmethod
+    def _refill(combo: QComboBox, items: list[str], index: int = 0) -> None:
+        combo.blockSignals(True)
+        current = combo.currentText()
+        combo.clear()
+        combo.addItems(items)
+        if items:
+            combo.setCurrentIndex(
+                index if 0 <= index < len(items) else max(items.index(current), 0) if current in items else 0
+            )
+        combo.blockSignals(False)
+
+    def add_reference(self, source: ReferenceSource) -> None:
+        """Use ``source`` as the reference (adds it to the list)."""
+        self.references.append(source)
+        self._refill(self.reference_combo, [r.label for r in self.references], len(self.references) - 1)
+        self._on_reference_changed()
+
+    def add_query(self, source: QuerySource) -> None:
+        """Use ``source`` as the query (adds it to the list)."""
+        self.queries.append(source)
+        self._refill(self.query_combo, [q.label for q in self.queries], len(self.queries) - 1)
+        self._on_query_changed()
+
+    def open_reference(self, path: str | Path) -> bool:
+        """Read a reference file; a bad file gives an error notification and changes nothing."""
+        try:
+            source = load_reference(path)
+        except Exception as error:  # noqa: BLE001 - any reader failure is reported, nothing changes
+            _notify_error(f"Could not read the reference {str(path)!r}: {error_message(error)}")
+            return False
+        self.add_reference(source)
+        return True
+
+    def open_query(self, path: str | Path) -> bool:
+        """Read a SpatialData query; a bad file gives an error notification and changes nothing."""
+        try:
+            source = load_query(path)
+            if not table_names(source.sdata):
+                raise ValueError("it has no table annotating cells (points, shapes or labels)")
+        except Exception as error:  # noqa: BLE001
+            _notify_error(f"Could not read the query {str(path)!r}: {error_message(error)}")
+            return False
+        self.add_query(source)
+        return True
+
+    def _open_reference_dialog(self, kind: str = "h5ad") -> None:
+        if kind == "h5ad":
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Open reference", "", "AnnData (*.h5ad);;All files (*)"
+            )
+        else:
+            path = QFileDialog.getExistingDirectory(
+                self, "Open reference .zarr store (AnnData or SpatialData)"
+            )
+        if path:
+            self.open_reference(path)
+
+    def _open_query_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open SpatialData .zarr")
+        if path:
+            self.open_query(path)
+
+    def _on_reference_changed(self, *_: Any) -> None:
+        adata = self.reference
+        self.controller.invalidate()
+        if adata is None:
+            self.obs_list.set_items([])
+            self.obsm_list.set_items([])
+        else:
+            obs = transferable_obs(adata)
+            default = {o for o in obs if "type" in o.lower()} or set(obs[:1])
+            self.obs_list.set_items(obs, default)
+            self.obsm_list.set_items(transferable_obsm(adata), {k for k in ("X_umap",) if k in adata.obsm})
+            self._sync(lambda: self.scene.show_reference(adata))
+            self.viewer.reset_view()
+            self._fill_reference_colors()
+        self._update_rep_and_sizes()
+
+    def _on_query_changed(self, *_: Any) -> None:
+        query = self.query
+        self._refill(self.table_combo, table_names(query.sdata) if query else [])
+        self._on_table_changed()
+
+    def _on_table_changed(self, *_: Any) -> None:
+        query, name = self.query, self.table_combo.currentText()
+        self._refill(self.element_combo, table_elements(query.sdata, name) if query and name else [])
+        self._on_element_changed()
+
+    def _on_element_changed(self, *_: Any) -> None:
+        query, element = self.query, self.element_combo.currentText()
+        self._refill(
+            self.cs_combo, element_coordinate_systems(query.sdata, element) if query and element else []
+        )
+        self._on_cs_changed()
+
+    def _on_cs_changed(self, *_: Any) -> None:
+        self.controller.invalidate()
+        self.result = None
+        self.export_button.setEnabled(False)
+        query = self.query
+        if query is not None and self.cs_combo.currentText():
+            try:
+                self._sync(
+                    lambda: self.scene.show_query(
+                        query.sdata,
+                        self.table_combo.currentText(),
+                        self.element_combo.currentText(),
+                        self.cs_combo.currentText(),
+                        path=query.path,
+                    )
+                )
+                self.scene.place_reference()
+                self.viewer.reset_view()
+            except Exception as error:  # noqa: BLE001 - a broken element must not kill the widget
+                _notify_error(f"Could not draw the query: {error_message(error)}")
+        self._update_rep_and_sizes()
+        self._fill_colors()
+
+    def _sync(self, action: Any) -> Any:
+        """Run a layer-changing action without re-listing sources in between."""
+        self._syncing = True
+        try:
+            return action()
+        finally:
+            self._syncing = False
+
+    def _update_rep_and_sizes(self) -> None:
+        reference, table = self.reference, self.table
+        reps = shared_representations(reference, table) if reference is not None and table is not None else []
+        current = self.rep_combo.currentText()
+        items = reps + [BUILD_FROM_GENES]
+        had_reps = self.rep_combo.count() > 1
+        keep = current in items and (current != BUILD_FROM_GENES or had_reps)
+        self._refill(self.rep_combo, items, items.index(current) if keep else 0)
+        parts = []
+        if reference is not None:
+            parts.append(f"reference {reference.n_obs:,} cells × {reference.n_vars:,} genes")
+        if table is not None:
+            n_cells = len(self.scene.geometry.rows) if self.scene.geometry is not None else table.n_obs
+            parts.append(f"query {n_cells:,} cells × {table.n_vars:,} genes")
+        if reference is not None and table is not None:
+            parts.append(f"{shared_genes(reference, table):,} shared genes")
+        self.sizes_label.setText("; ".join(parts) if parts else "Open a reference and a spatial query.")
+
+    # ================================================================ running
+    def build_job(self) -> MappingJob:
+        """The frozen job described by the form (raises ValueError when inputs are missing)."""
+        reference, table, geometry = self.reference, self.table, self.scene.geometry
+        if reference is None:
+            raise ValueError("Choose a reference first (open a .h5ad file or a reference layer).")
+        if table is None or geometry is None:
+            raise ValueError("Choose a spatial query (a SpatialData .zarr) and its table first.")
+        rows, coords = geometry.rows, geometry.coords_yx
+        mask = self.scene.region_mask()
+        if mask is not None:
+            if not mask.any():
+                raise ValueError("No cells lie inside the drawn region; draw it over the cells or clear it.")
+            rows, coords = rows[mask], coords[mask]
+        rep = self.rep_combo.currentText()
+        return MappingJob(
+            reference=reference,
+            query=table,
+            rows=np.asarray(rows),
+            coords_yx=np.asarray(coords),
+            use_rep=None if rep in ("", BUILD_FROM_GENES) else rep,
+            obs_keys=tuple(self.obs_list.checked()),
+            obsm_keys=tuple(self.obsm_list.checked()),
+            layer_key="X" if self.expression_check.isChecked() else None,
+            n_neighbors=int(self.k_spin.value()),
+            kernel=self.kernel_combo.currentText(),
+            backend=str(self.backend_combo.currentData()),
+            presence=self.presence_check.isChecked(),
+            niches=self.niches_check.isChecked(),
+            n_niches=int(self.niches_spin.value()),
+        )
+
+    def run(self) -> Any:
+        """Start a mapping in the background; returns the worker (None when the form is incomplete)."""
+        try:
+            job = self.build_job()
+        except ValueError as error:
+            _notify_error(str(error))
+            return None
+        n = len(job.rows)
+        self.status.setText(f"Mapping {n:,} cells…")
+        return self.controller.start(job)
+
+    def cancel(self) -> None:
+        self.controller.cancel()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        for widget in (
+            self.reference_combo,
+            self.query_combo,
+            self.table_combo,
+            self.element_combo,
+            self.cs_combo,
+            self.open_reference_button,
+            self.open_query_button,
+        ):
+            widget.setEnabled(not running)
+
+    def _on_progress(self, stage: str, done: int, total: int) -> None:
+        self.status.setText(f"{stage}: {done}/{total}")
+
+    def _apply_result(self, result: MappingResult) -> None:
+        """Main thread: write the additions into the data, then update the layers in place."""
+        table, reference = self.table, self.reference
+        result.apply_to(table)
+        for column in result.reference_obs.columns:
+            reference.obs[column] = result.reference_obs[column].to_numpy()
+        self.result = result
+        self._sync(
+            lambda: (
+                self.scene.apply_result(result),
+                self.scene.highlight_cell(None),
+                self.scene.highlight_neighbors(None),
+            )
+        )
+        self.cell_label.setText(CLICK_HINT)
+        self._fill_colors(prefer=result.color_keys[0] if result.color_keys else None)
+        self._fill_reference_colors(
+            prefer="presence_score" if "presence_score" in result.reference_obs else None
+        )
+        self.export_button.setEnabled(True)
+        imputed = result.imputed is not None
+        self.gene_edit.setEnabled(imputed)
+        if imputed:
+            completer = QCompleter([str(g) for g in result.imputed.var_names], self.gene_edit)
+            completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+            self.gene_edit.setCompleter(completer)
+        n_mapped = len(result.rows)
+        self.status.setText(f"Done: {n_mapped:,} cells mapped.")
+        for warning in result.warnings:
+            from napari.utils.notifications import show_warning
+
+            show_warning(warning)
+
+    # ================================================================ display
+    def _fill_colors(self, prefer: str | None = None) -> None:
+        keys = self.scene.color_keys()
+        current = prefer or self.color_combo.currentText()
+        self.color_combo.blockSignals(True)
+        self.color_combo.clear()
+        self.color_combo.addItems(keys)
+        if current in keys:
+            self.color_combo.setCurrentText(current)
+        self.color_combo.blockSignals(False)
+        self._on_color_changed(self.color_combo.currentText())
+
+    def _on_color_changed(self, key: str) -> None:
+        if not key or self.scene.cells_layer is None or key not in self.scene.cells_layer.features:
+            self.color_key.show_info(None)
+            return
+        info = self.scene.color_cells(key)
+        self.color_key.show_info(_described(info, self.table))
+
+    def _fill_reference_colors(self, prefer: str | None = None) -> None:
+        layer = self.scene.reference_layer
+        keys = [str(c) for c in layer.features.columns] if layer is not None else []
+        current = prefer or self.reference_color_combo.currentText()
+        self.reference_color_combo.blockSignals(True)
+        self.reference_color_combo.clear()
+        self.reference_color_combo.addItems(keys)
+        if current in keys:
+            self.reference_color_combo.setCurrentText(current)
+        elif self.reference is not None:
+            from napari_cellmapper.viewer.scene import default_color_key
+
+            default = default_color_key(self.reference.obs)
+            if default in keys:
+                self.reference_color_combo.setCurrentText(default)
+        self.reference_color_combo.blockSignals(False)
+        self._on_reference_color_changed(self.reference_color_combo.currentText())
+
+    def _on_reference_color_changed(self, key: str) -> None:
+        info = self.scene.color_reference(key) if key else None
+        self.reference_color_key.show_info(info)
+
+    def show_gene(self, gene: str) -> bool:
+        """Colour the cells by a gene's imputed expression (adds the feature ``"<gene> (imputed)"``)."""
+        result, table = self.result, self.table
+        if result is None or result.imputed is None or table is None:
+            _notify_error("Run a mapping with 'impute expression' first.")
+            return False
+        if gene not in result.imputed.var_names:
+            _notify_error(f"{gene!r} is not a reference gene.")
+            return False
+        name = f"{gene} (imputed)"
+        self._sync(lambda: self.scene.set_cell_values(name, result.imputed_gene(gene, table.n_obs)))
+        self._fill_colors(prefer=name)
+        return True
+
+    def info_key(self) -> str | None:
+        """The transferred obs key the cell info talks about."""
+        if self.result is not None and self.result.obs_keys:
+            colour = self.color_combo.currentText()
+            for key in self.result.obs_keys:
+                if colour.startswith(f"{key}_"):
+                    return key
+            return self.result.obs_keys[0]
+        return None
+
+    def show_cell(self, index: int) -> str:
+        """Show the clicked cell (index into the cells layer); returns the text shown."""
+        geometry, table = self.scene.geometry, self.table
+        if geometry is None or table is None:
+            return ""
+        row = int(geometry.rows[index])
+        info = cell_info(table, row, self.info_key(), self.result)
+        reference_obs = self.reference.obs if self.reference is not None else None
+        text = info.as_text(reference_obs)
+        self.cell_label.setText(text)
+        self._sync(
+            lambda: (
+                self.scene.highlight_cell(index),
+                self.scene.highlight_neighbors(info.neighbors if len(info.neighbors) else None),
+            )
+        )
+        return text
+
+    # ================================================================ region
+    def add_region(self) -> Any:
+        """Create (or select) the region shapes layer, ready to draw a polygon."""
+        layer = self._sync(lambda: self.scene.region_layer(create=True))
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_polygon"
+        self.status.setText(
+            "Draw a polygon (double-click to close); the next run maps only the cells inside."
+        )
+        return layer
+
+    def clear_region(self) -> None:
+        layer = self.scene.region_layer(create=False)
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+        self.status.setText("Region cleared: the next run maps all cells.")
+
+    # ================================================================ export
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export annotated SpatialData", "annotated.zarr", "SpatialData (*.zarr)"
+        )
+        if path:
+            self.export(path)
+
+    def export(self, path: str | Path, *, confirm: bool = True) -> Path | None:
+        """Write the annotated query to ``path`` (asks before overwriting); returns the path written."""
+        from napari_cellmapper.widgets._npe2 import export_query
+
+        query, table_name = self.query, self.table_combo.currentText()
+        if query is None or self.result is None:
+            _notify_error("Run a mapping before exporting.")
+            return None
+        path = Path(path)
+        if path.suffix != ".zarr":
+            path = path.with_name(path.name + ".zarr")
+        overwrite = False
+        if path.exists():
+            if not confirm:
+                _notify_error(f"{str(path)!r} exists; choose another name.")
+                return None
+            answer = QMessageBox.question(
+                self,
+                "Overwrite?",
+                f"{path} exists. Overwrite it?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return None
+            overwrite = True
+        try:
+            written = export_query(query.sdata, table_name, path, source_path=query.path, overwrite=overwrite)
+        except Exception as error:  # noqa: BLE001
+            _notify_error(f"Export failed: {error_message(error)}")
+            return None
+        from napari.utils.notifications import show_info
+
+        show_info(f"Wrote {written}")
+        self.status.setText(f"Exported to {written}")
+        return Path(written)
+
+    # ================================================================ cleanup
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        self.controller.cancel()
+        if self._click in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._click)
+        super().closeEvent(event)
+
+
+def _described(info: Any, table: Any) -> Any:
+    """Legend entries of niches with their main cell types (from ``uns["<key>_composition"]``)."""
+    import dataclasses
+
+    import pandas as pd
+
+    composition = table.uns.get(f"{info.key}_composition") if table is not None and info.categorical else None
+    if not isinstance(composition, pd.DataFrame):
+        return info
+    try:
+        from napari_cellmapper.core.niches import describe_niches
+
+        text = describe_niches(composition, top=2)
+    except Exception:  # noqa: BLE001 - descriptions are a nicety
+        return info
+    labels = {str(k): str(v) for k, v in text.items()}
+    entries = tuple(
+        (f"{label}: {labels[label]}" if labels.get(label) else label, color) for label, color in info.entries
+    )
+    return dataclasses.replace(info, entries=entries)
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    box = QWidget()
+    layout = QHBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return box

@@ -1,0 +1,106 @@
+"""The command line: map h5ad and SpatialData queries, stream, bad input as one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from _core_fixtures import make_pair
+from napari_cellmapper.cli import main
+
+
+@pytest.fixture
+def files(tmp_path):
+    query, reference = make_pair(n_query=50, n_ref=80, seed=2)
+    query.obsm["spatial"] = np.random.default_rng(0).uniform(0, 50, size=(query.n_obs, 2))
+    ref_path, query_path = tmp_path / "ref.h5ad", tmp_path / "query.h5ad"
+    reference.write_h5ad(ref_path)
+    query.write_h5ad(query_path)
+    return ref_path, query_path, tmp_path
+
+
+def test_map_h5ad(files, capsys):
+    ref, query, tmp = files
+    out = tmp / "out.h5ad"
+    code = main(["map", "--reference", str(ref), "--query", str(query), "--use-rep", "X_joint", "--obs", "celltype",
+                 "--obsm", "X_umap", "-k", "10", "--niches", "2", "--presence", "--reference-out", str(tmp / "r.h5ad"),
+                 "--layer", "X", "--imputed-out", str(tmp / "imp.h5ad"), "--out", str(out), "-q"])  # fmt: skip
+    assert code == 0
+    result = ad.read_h5ad(out)
+    for column in ("celltype_pred", "celltype_conf", "celltype_entropy", "mapping_quality", "niche"):
+        assert column in result.obs
+    assert "X_umap_pred" in result.obsm and "celltype_pred_colors" in result.uns
+    assert "presence_score" in ad.read_h5ad(tmp / "r.h5ad").obs
+    assert ad.read_h5ad(tmp / "imp.h5ad").n_vars == result.n_vars
+    assert "mapped 50 query cells" in capsys.readouterr().err
+    # never overwrites silently
+    assert main(["map", "--reference", str(ref), "--query", str(query), "--use-rep", "X_joint", "--obs", "celltype",
+                 "--out", str(out), "-q"]) == 2  # fmt: skip
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--use-rep", "X_missing", "--obs", "celltype"], "X_missing"),
+        (["--use-rep", "X_joint", "--obs", "nope"], "nope"),
+        (["--use-rep", "X_joint", "--kernel", "magic"], "kernel"),
+        (["--use-rep", "X_joint", "--backend", "cupy"], "GPU"),
+        (["--use-rep", "X_joint", "-k", "500"], "larger than the reference"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(files, capsys, extra, message):
+    ref, query, tmp = files
+    code = main(["map", "--reference", str(ref), "--query", str(query), *extra, "--out", str(tmp / "o.h5ad"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+    assert not (tmp / "o.h5ad").exists()
+
+
+def test_missing_file_subprocess(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_cellmapper.cli", "map", "--reference", str(tmp_path / "no.h5ad"),
+         "--query", str(tmp_path / "no2.h5ad"), "--out", str(tmp_path / "o.h5ad")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_map_spatialdata_zarr(tmp_path, capsys):
+    from napari_cellmapper import datasets
+
+    reference, _ = datasets.pbmc_example()
+    ref = tmp_path / "ref.h5ad"
+    reference.write_h5ad(ref)
+    sample = datasets.write_spatial_example(tmp_path / "sample.zarr")
+    out = tmp_path / "annotated.zarr"
+    code = main(["map", "--reference", str(ref), "--query", str(sample), "--table", "table", "--use-rep", "X_joint",
+                 "--obs", "cell_type", "--presence", "--niches", "4", "--out", str(out), "-q"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    import spatialdata
+
+    table = spatialdata.read_zarr(out).tables["table"]
+    for column in ("cell_type_pred", "cell_type_conf", "cell_type_entropy", "mapping_quality", "niche"):
+        assert column in table.obs
+    assert list(table.obs["cell_type_pred"].cat.categories)[:3] == list(reference.obs["cell_type"].cat.categories)[:3]
+    assert "reference" in str(table.uns["cellmapper"])
+
+
+def test_stream_command(files):
+    ref, query, tmp = files
+    out = tmp / "streamed.zarr"
+    assert main(["map", "--stream", "--chunk-size", "20", "--reference", str(ref), "--query", str(query),
+                 "--use-rep", "X_joint", "--obs", "celltype", "--out", str(out), "-q"]) == 0  # fmt: skip
+    assert ad.read_zarr(out).n_obs == 50
+
+
+def test_example_command(capsys):
+    assert main(["example", "-q"]) == 0
+    line = capsys.readouterr().out
+    assert "accuracy" in line and "niches" in line

@@ -1,0 +1,51 @@
+"""The whole run (mapping, quality, presence, niches) behind one frozen parameter set."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from _core_fixtures import make_pair
+from napari_cellmapper import CellMapperInputError
+from napari_cellmapper.core.pipeline import MappingParams, annotate
+
+
+def test_params_are_frozen_and_hashable():
+    params = MappingParams(use_rep="X_joint", obs_keys=("celltype",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.n_neighbors = 5  # type: ignore[misc]
+    assert hash(params) == hash(MappingParams(use_rep="X_joint", obs_keys=("celltype",)))
+    assert params.fit_kwargs()["obs_keys"] == ["celltype"]
+
+
+def test_annotate_everything():
+    query, reference = make_pair(n_query=80, n_ref=120, seed=1)
+    coords = np.random.default_rng(0).uniform(0, 100, size=(query.n_obs, 2))
+    params = MappingParams(use_rep="X_joint", obs_keys=("celltype",), n_neighbors=10, presence=True, n_niches=3)
+    cmap = annotate(query, reference, params, coords=coords, progress=False)
+    assert cmap.reference_neighbors is not None and cmap.reference_neighbors.n_query == reference.n_obs
+    quality = query.obs["mapping_quality"].to_numpy()
+    assert quality.dtype == np.float32 and np.isfinite(quality).all() and (0 <= quality).all() and (quality <= 1).all()
+    presence = reference.obs["presence_score"].to_numpy()
+    assert np.isfinite(presence).all() and presence.min() >= 0 and presence.max() <= 1
+    assert query.obs["niche"].cat.categories.size == 3
+    assert len(query.uns["niche_colors"]) == 3
+    record = query.uns["cellmapper"]
+    assert record["pipeline"]["n_niches"] == 3 and record["kernel"] == "gauss"
+
+
+def test_niches_need_coordinates_before_any_work(monkeypatch):
+    import napari_cellmapper.core.mapper as mapper_mod
+
+    query, reference = make_pair(n_query=30, n_ref=40)
+    monkeypatch.setattr(mapper_mod, "iter_search", lambda *a, **k: pytest.fail("search must not run"))
+    params = MappingParams(use_rep="X_joint", obs_keys=("celltype",), n_neighbors=5, n_niches=3)
+    with pytest.raises(CellMapperInputError, match="coordinate"):
+        annotate(query, reference, params, progress=False)
+    with pytest.raises(CellMapperInputError, match="shape"):
+        annotate(query, reference, params, coords=np.zeros((3, 2)), progress=False)
+    with pytest.raises(CellMapperInputError, match="obs key"):
+        annotate(query, reference, MappingParams(use_rep="X_joint", n_niches=3), coords=np.zeros((30, 2)), progress=False)
+    assert "celltype_pred" not in query.obs

@@ -1,0 +1,107 @@
+"""Viewer layer data: transforms, geometry per element kind, images, colours, regions, cell info."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_cellmapper.viewer.colors import color_info, rgba_for
+from napari_cellmapper.viewer.selection import cell_info, inside_shapes
+from napari_cellmapper.viewer.spatial_layers import cell_geometry, image_layer_data, table_rows
+
+
+def _yx(xy: np.ndarray) -> np.ndarray:
+    return np.asarray(xy, float)[:, ::-1]
+
+
+def test_circles_geometry_in_table_order_with_transform(io_toy, io_apply):
+    geometry = cell_geometry(io_toy, "t_circles", "circles", "global")
+    assert geometry.kind == "circles"
+    intrinsic = np.array([[5, 6], [1, 2], [3, 4]], float)  # ids 12, 10, 11 (table order)
+    np.testing.assert_allclose(geometry.coords_yx, _yx(io_apply(intrinsic)))
+    # IO_AFFINE scales areas by 2 -> radius scale sqrt(2); diameter = 2 r s
+    np.testing.assert_allclose(geometry.sizes, 2 * 0.5 * np.sqrt(2.0))
+
+
+def test_polygons_points_labels_geometry(io_toy, io_apply):
+    polys = cell_geometry(io_toy, "t_polygons", "polygons", "global")
+    assert polys.kind == "polygons" and len(polys.polygons) == 2
+    np.testing.assert_allclose(polys.coords_yx, _yx(io_apply(np.array([[6, 3], [1, 1]], float))))
+    points = cell_geometry(io_toy, "t_points", "points", "global")
+    np.testing.assert_allclose(points.coords_yx, _yx(io_apply(np.array([[0.5, 1.5], [2, 2], [7, 1]]))))
+    labels = cell_geometry(io_toy, "t_labels", "labels", "global")
+    assert labels.kind == "labels"
+    # label 7 at pixel rows 4..5, cols 6..7 -> centre (y, x) = (4.5, 6.5) in pixel indices
+    np.testing.assert_allclose(labels.coords_yx[0], _yx(io_apply(np.array([[6.5, 4.5]])))[0])
+
+
+def test_multi_region_table_rows(io_toy):
+    table = io_toy.tables["t_multi"]
+    np.testing.assert_array_equal(table_rows(table, "circles"), [0, 2])
+    np.testing.assert_array_equal(table_rows(table, "polygons"), [1, 3])
+
+
+def test_image_layer_data_multiscale_rgb_affine():
+    from napari_cellmapper.datasets import spatial_example
+
+    sdata = spatial_example()
+    data, meta, kind = image_layer_data(sdata, "tissue", "global")
+    assert kind == "image" and meta["multiscale"] and meta["rgb"]
+    assert len(data) == 2 and data[0].shape[-1] == 3
+    # x' = 2x + 100, y' = 2y + 50  ->  in (y, x): diag(2, 2), translation (50, 100)
+    np.testing.assert_allclose(meta["affine"], [[2, 0, 50], [0, 2, 100], [0, 0, 1]])
+    data, meta, _ = image_layer_data(sdata, "tissue", "pixels")
+    np.testing.assert_allclose(meta["affine"], np.eye(3))
+
+
+def test_rgba_categorical_uses_palette_and_grey_for_missing():
+    values = pd.Series(pd.Categorical(["a", "b", None, "a"], categories=["a", "b"]))
+    rgba = rgba_for(values, ["#ff0000", "#0000ff"])
+    np.testing.assert_allclose(rgba[0], [1, 0, 0, 1])
+    np.testing.assert_allclose(rgba[1], [0, 0, 1, 1])
+    assert rgba[2][0] == pytest.approx(0xD3 / 255, abs=1e-3)
+    info = color_info(values, "x", ["#ff0000", "#0000ff"])
+    assert info.categorical and [e[0] for e in info.entries][:2] == ["a", "b"]
+
+
+def test_rgba_continuous_limits():
+    info = color_info(pd.Series([0.2, 0.8, np.nan]), "conf")
+    assert not info.categorical and info.clim == (0.2, 0.8)
+    rgba = rgba_for(pd.Series([0.2, 0.8, np.nan]), clim=info.clim)
+    assert rgba.shape == (3, 4) and not np.allclose(rgba[0], rgba[1])
+
+
+def test_inside_shapes_polygon_rectangle_ellipse():
+    coords = np.array([[1, 1], [5, 5], [9, 9], [1, 9]], float)
+    square = np.array([[0, 0], [0, 6], [6, 6], [6, 0]], float)
+    np.testing.assert_array_equal(inside_shapes(coords, [square]), [True, True, False, False])
+    ellipse = np.array([[8, 8], [8, 10], [10, 10], [10, 8]], float)
+    np.testing.assert_array_equal(
+        inside_shapes(coords, [square, ellipse], ["rectangle", "ellipse"]), [True, True, True, False]
+    )
+    line = np.array([[0, 0], [10, 10]], float)
+    assert not inside_shapes(coords, [line], ["line"]).any()
+
+
+def test_cell_info_top3_and_neighbours():
+    from anndata import AnnData
+
+    table = AnnData(np.zeros((2, 1), np.float32))
+    table.obs["ct_pred"] = pd.Categorical(["B", "T"])
+    table.obs["ct_conf"] = [0.7, 0.9]
+    table.obsm["ct_proba"] = pd.DataFrame(
+        [[0.7, 0.2, 0.1, 0.0], [0.05, 0.9, 0.05, 0.0]], columns=["B", "T", "NK", "M"], index=table.obs_names
+    )
+
+    class _Result:
+        rows = np.array([0, 1])
+        neighbor_indices = np.array([[3, 4], [5, -1]])
+
+    info = cell_info(table, 0, "ct", _Result())
+    assert info.label == "B" and info.confidence == pytest.approx(0.7)
+    assert [c for c, _ in info.top] == ["B", "T", "NK"]
+    np.testing.assert_array_equal(info.neighbors, [3, 4])
+    reference_obs = pd.DataFrame({"ct": ["B"] * 6})
+    text = info.as_text(reference_obs)
+    assert "ct: B" in text and "top: B 0.70" in text and "2 reference neighbours" in text

@@ -1,0 +1,73 @@
+"""The scene draws every cell kind on the tissue and recolours in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def test_polygons_and_points_drawn_with_transform(make_napari_viewer, io_toy, io_apply):
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    layer = scene.show_query(io_toy, "t_polygons", "polygons", "global")
+    assert layer.__class__.__name__ == "Shapes" and layer.nshapes == 2
+    # first table row is polygon id 1: square [4,8]x[2,4] -> corners transformed
+    corners = io_apply(np.array([[4, 2], [8, 2], [8, 4], [4, 4]], float))[:, ::-1]
+    np.testing.assert_allclose(np.sort(layer.data[0], axis=0), np.sort(corners, axis=0))
+    layer.features = layer.features.assign(kind=pd.Categorical(["a", "b"]))
+    info = scene.color_cells("kind")
+    assert info.categorical and [e[0] for e in info.entries] == ["a", "b"]
+    assert not np.allclose(layer.face_color[0], layer.face_color[1])
+    assert scene.cell_at(scene.geometry.coords_yx[1]) == 1
+    points = scene.show_query(io_toy, "t_points", "points", "global")
+    assert points.__class__.__name__ == "Points" and len(points.data) == 3
+    assert layer not in viewer.layers  # the previous cells layer was replaced
+
+
+def test_labels_drawn_with_affine_and_coloured(make_napari_viewer):
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    sdata = spatial_example("labels")
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    layer = scene.show_query(sdata, "table", "cells", "global")
+    assert layer.__class__.__name__ == "Labels" and layer.multiscale
+    np.testing.assert_allclose(layer.affine.affine_matrix, [[2, 0, 50], [0, 2, 100], [0, 0, 1]])
+    assert "index" in layer.features and len(layer.features) == sdata.tables["table"].n_obs
+    image = viewer.layers["tissue"]
+    np.testing.assert_allclose(image.affine.affine_matrix, layer.affine.affine_matrix)
+    info = scene.color_cells("cell_type_true")
+    assert info.categorical
+    first_id = int(layer.features["index"].iloc[0])
+    colours = sdata.tables["table"].uns["cell_type_true_colors"]
+    cats = list(sdata.tables["table"].obs["cell_type_true"].cat.categories)
+    expected = colours[cats.index(str(layer.features["cell_type_true"].iloc[0]))]
+    from matplotlib.colors import to_rgba
+
+    np.testing.assert_allclose(layer.colormap.map(first_id)[:3], to_rgba(expected)[:3], atol=1e-2)
+    # clicking the centre of a cell finds it through the label value
+    assert scene.cell_at(scene.geometry.coords_yx[0]) == 0
+
+
+def test_reference_placed_beside_tissue_and_neighbours_highlighted(make_napari_viewer):
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    scene.show_query(spatial_example(), "table", "cells", "global")
+    reference, _ = pbmc_example()
+    layer = scene.show_reference(reference)
+    lo, hi = scene.tissue_bounds()
+    extent = layer.extent.world
+    assert extent[0][1] > hi[1]  # right of the tissue
+    assert extent[1][0] - extent[0][0] == pytest.approx(hi[0] - lo[0], rel=1e-3)
+    highlight = scene.highlight_neighbors(np.array([0, 5, -1]))
+    assert len(highlight.data) == 2
+    np.testing.assert_allclose(highlight.scale, layer.scale)

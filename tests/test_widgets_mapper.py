@@ -1,0 +1,342 @@
+"""The CellMapper dock widget driven as a person would: fields, Run, Cancel, click, region, export."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.gui
+
+RUN_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages passed to napari's show_error (and show_warning), instead of popping up."""
+    import napari.utils.notifications as notifications
+
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda message: shown.append(str(message)))
+    monkeypatch.setattr(
+        notifications, "show_warning", lambda message: shown.append("warning: " + str(message))
+    )
+    monkeypatch.setattr(notifications, "show_info", lambda message: None)
+    return shown
+
+
+@pytest.fixture
+def demo(make_napari_viewer, errors):
+    """A viewer with the example reference and spatial query loaded and the widget docked."""
+    from napari_cellmapper.widgets.demo import open_demo
+
+    viewer = make_napari_viewer()
+    viewer, widget = open_demo(viewer)
+    yield viewer, widget
+    widget.controller.cancel()
+    if widget.controller.worker is not None:
+        widget.controller.worker.await_workers(5000) if hasattr(
+            widget.controller.worker, "await_workers"
+        ) else None
+
+
+def _wait_done(qtbot, widget, timeout=RUN_TIMEOUT_MS):
+    qtbot.waitUntil(lambda: not widget.controller.is_running, timeout=timeout)
+
+
+def _slow_runner(delay: float = 0.05, steps: int = 200):
+    """A runner that yields many progress events slowly before the real mapping."""
+    from napari_cellmapper.core.progress import Progress
+    from napari_cellmapper.widgets.job import run_mapping
+
+    def runner(job):
+        for i in range(steps):
+            time.sleep(delay)
+            yield Progress("waiting", i + 1, steps)
+        return (yield from run_mapping(job))
+
+    return runner
+
+
+def test_widget_lists_inputs(demo):
+    viewer, widget = demo
+    assert widget.reference is not None and widget.table is not None
+    assert "491 cells" in widget.sizes_label.text() and "765 shared genes" in widget.sizes_label.text()
+    reps = [widget.rep_combo.itemText(i) for i in range(widget.rep_combo.count())]
+    assert reps[0] == "X_joint" and reps[-1] == "build from shared genes"
+    assert widget.rep_combo.currentText() == "X_joint"
+    assert widget.obs_list.checked() == ["cell_type"]
+    assert widget.k_spin.value() == 30 and widget.kernel_combo.currentText() == "gauss"
+    assert widget.backend_combo.currentData() == "auto" and widget.niches_spin.value() == 8
+    from napari_cellmapper.widgets.mapper_widget import _gpu_available
+
+    gpu_index = widget.backend_combo.findData("cupy")
+    assert widget.backend_combo.model().item(gpu_index).isEnabled() == _gpu_available()
+    for child in widget.findChildren(type(widget.run_button)):
+        assert child.toolTip(), child.text()
+    names = [layer.name for layer in viewer.layers]
+    assert "tissue" in names and "cellmapper cells" in names and "example reference" in names
+
+
+def test_run_draws_transferred_cell_types(demo, qtbot, errors):
+    viewer, widget = demo
+    cells = widget.scene.cells_layer
+    n_layers = len(viewer.layers)
+    widget.presence_check.setChecked(True)
+    widget.niches_check.setChecked(True)
+    qtbot.mouseClick(widget.run_button, qtbot_button())
+    assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
+    _wait_done(qtbot, widget)
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert not [e for e in errors if not e.startswith("warning")], errors
+    assert widget.scene.cells_layer is cells and len(viewer.layers) == n_layers  # updated in place
+    features = cells.features
+    for column in ("cell_type_pred", "cell_type_conf", "cell_type_entropy", "niche"):
+        assert column in features
+    table = widget.table
+    assert "cell_type_pred" in table.obs and "X_umap_pred" in table.obsm
+    # cells coloured in the reference's colours
+    assert widget.color_combo.currentText() == "cell_type_pred"
+    reference = widget.reference
+    palette = dict(
+        zip(reference.obs["cell_type"].cat.categories, reference.uns["cell_type_colors"], strict=True)
+    )
+    from matplotlib.colors import to_rgba
+
+    first = str(features["cell_type_pred"].iloc[0])
+    np.testing.assert_allclose(cells.face_color[0][:3], to_rgba(palette[first])[:3], atol=1e-3)
+    assert first in widget.color_key.legend.labels()
+    # accuracy sanity: the example's true labels are known
+    truth = features["cell_type_true"].astype(str).to_numpy()
+    assert (features["cell_type_pred"].astype(str).to_numpy() == truth).mean() > 0.7
+    # presence on the reference embedding
+    assert "presence_score" in widget.scene.reference_layer.features
+    assert widget.reference_color_combo.currentText() == "presence_score"
+    # switching the colouring recolours in place
+    before = cells.face_color.copy()
+    widget.color_combo.setCurrentText("cell_type_conf")
+    assert widget.scene.cells_layer is cells and len(viewer.layers) == n_layers
+    assert widget.color_key.currentWidget() is widget.color_key.colorbar
+    assert not np.allclose(before, cells.face_color)
+    widget.color_combo.setCurrentText("niche")
+    assert widget.color_key.currentWidget() is widget.color_key.legend
+    assert widget.color_key.legend.count() >= 2
+    assert "%" in widget.color_key.legend.labels()[0]  # niches named by their main cell types
+
+
+def qtbot_button():
+    from qtpy.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton
+
+
+def test_cancel_leaves_everything_as_it_was(demo, qtbot, errors):
+    viewer, widget = demo
+    widget.controller.runner = _slow_runner()
+    obs_before = widget.table.obs.copy()
+    features_before = widget.scene.cells_layer.features.copy()
+    names_before = [layer.name for layer in viewer.layers]
+    widget.run()
+    qtbot.waitUntil(lambda: "waiting" in widget.status.text(), timeout=10_000)
+    with qtbot.waitSignal(widget.controller.cancelled, timeout=10_000):
+        qtbot.mouseClick(widget.cancel_button, qtbot_button())
+    _wait_done(qtbot, widget)
+    pd.testing.assert_frame_equal(widget.table.obs, obs_before)
+    pd.testing.assert_frame_equal(widget.scene.cells_layer.features, features_before)
+    assert [layer.name for layer in viewer.layers] == names_before
+    assert widget.run_button.isEnabled() and widget.result is None
+
+
+def test_failed_run_notifies_and_changes_nothing(demo, qtbot, errors):
+    from napari_cellmapper.core.validation import CellMapperInputError
+
+    viewer, widget = demo
+
+    def failing(job):
+        yield from ()
+        raise CellMapperInputError("The query and the reference share no genes. Use a joint space.")
+
+    widget.controller.runner = failing
+    obs_before = widget.table.obs.copy()
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert any("share no genes" in e for e in errors)
+    pd.testing.assert_frame_equal(widget.table.obs, obs_before)
+    assert "cell_type_pred" not in widget.scene.cells_layer.features
+
+
+def test_real_input_error_from_core(demo, qtbot, errors):
+    viewer, widget = demo
+    widget.obs_list.set_items(["cell_type", "no_such_column"], {"no_such_column"})
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert errors and "no_such_column" in errors[-1]
+    assert "no_such_column_pred" not in widget.table.obs
+
+
+def test_bad_files_notify_and_change_nothing(demo, tmp_path, errors):
+    viewer, widget = demo
+    bad = tmp_path / "broken.h5ad"
+    bad.write_text("not an h5ad file")
+    reference = widget.reference
+    assert widget.open_reference(bad) is False
+    assert errors and "broken.h5ad" in errors[-1]
+    assert widget.reference is reference
+    not_zarr = tmp_path / "empty.zarr"
+    not_zarr.mkdir()
+    table = widget.table
+    assert widget.open_query(not_zarr) is False
+    assert widget.table is table and "empty.zarr" in errors[-1]
+
+
+def test_stale_result_is_dropped(demo, qtbot, errors):
+    viewer, widget = demo
+    widget.controller.runner = _slow_runner(delay=0.01, steps=30)
+    dropped: list[int] = []
+    widget.controller.dropped.connect(dropped.append)
+    worker = widget.run()
+    job = widget.controller.current_job
+    widget.controller.invalidate()  # e.g. the user picked another query while it ran
+    with qtbot.waitSignal(worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    assert dropped == [job.job_id]
+    assert "cell_type_pred" not in widget.table.obs and widget.result is None
+
+
+def test_region_restricts_the_run(demo, qtbot, errors):
+    viewer, widget = demo
+    widget.niches_check.setChecked(True)
+    widget.run()  # a first run over all cells: the region run must replace its results
+    _wait_done(qtbot, widget)
+    assert widget.scene.cells_layer.features["cell_type_pred"].notna().all()
+    region = widget.add_region()
+    assert region.name == "cellmapper region" and region.mode == "add_polygon"
+    lo, hi = widget.scene.tissue_bounds()
+    mid = (lo + hi) / 2
+    polygon = np.array([[lo[0] - 1, lo[1] - 1], [lo[0] - 1, mid[1]], [mid[0], mid[1]], [mid[0], lo[1] - 1]])
+    region.add_polygons([polygon])
+    inside = widget.scene.region_mask()
+    assert 0 < inside.sum() < len(inside)
+    widget.run()
+    _wait_done(qtbot, widget)
+    pred = widget.scene.cells_layer.features["cell_type_pred"]
+    assert pred.notna().to_numpy()[inside].all()
+    assert pred.isna().to_numpy()[~inside].all()
+    assert widget.table.obs["cellmapper_unmapped"].to_numpy()[~inside].all()
+    assert widget.result.rows.size == inside.sum()
+    assert widget.scene.cells_layer.features["niche"].isna().to_numpy()[~inside].all()
+    assert not [e for e in errors if "Niches need" in e]
+    widget.clear_region()
+    assert widget.scene.region_mask() is None
+
+
+def test_empty_region_refuses_to_run(demo, errors):
+    viewer, widget = demo
+    region = widget.add_region()
+    region.add_polygons([np.array([[-100, -100], [-100, -90], [-90, -90], [-90, -100]], float)])
+    assert widget.run() is None
+    assert "No cells lie inside" in errors[-1]
+
+
+def test_click_shows_cell_and_reference_neighbours(demo, qtbot, errors):
+    viewer, widget = demo
+    widget.run()
+    _wait_done(qtbot, widget)
+    geometry = widget.scene.geometry
+    index = 7
+    # simulate a click on the canvas through the viewer's mouse callback
+    callback = widget._click
+
+    class Event:
+        button = 1
+        type = "mouse_press"
+        position = tuple(geometry.coords_yx[index])
+
+    generator = callback(viewer, Event())
+    next(generator)
+    Event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(generator)
+    text = widget.cell_label.text()
+    label = str(widget.table.obs["cell_type_pred"].iloc[geometry.rows[index]])
+    assert f"cell_type: {label}" in text and "top:" in text and "30 reference neighbours" in text
+    neighbours = viewer.layers["cellmapper reference neighbours"]
+    assert len(neighbours.data) == 30
+    rows = widget.result.neighbor_indices[index]
+    np.testing.assert_allclose(neighbours.data, np.asarray(widget.scene.reference_layer.data)[rows])
+    assert "cellmapper selected cell" in viewer.layers
+
+
+def test_export_writes_and_asks_before_overwriting(demo, qtbot, tmp_path, monkeypatch, errors):
+    import spatialdata
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, widget = demo
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert widget.export_button.isEnabled()
+    out = widget.export(tmp_path / "annotated.zarr")
+    assert out is not None and out.exists()
+    table = spatialdata.read_zarr(out).tables["table"]
+    assert "cell_type_pred" in table.obs
+    asked: list[str] = []
+
+    def answer_no(*args, **kwargs):
+        asked.append(args[2] if len(args) > 2 else "")
+        return QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(answer_no))
+    stamp = out.stat().st_mtime_ns
+    assert widget.export(out) is None and asked
+    assert out.stat().st_mtime_ns == stamp
+
+
+def test_imputed_expression_colours_cells(demo, qtbot, errors):
+    viewer, widget = demo
+    widget.expression_check.setChecked(True)
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert widget.result.imputed is not None and widget.gene_edit.isEnabled()
+    gene = str(widget.result.imputed.var_names[0])
+    assert widget.show_gene(gene)
+    assert widget.color_combo.currentText() == f"{gene} (imputed)"
+    assert widget.color_key.currentWidget() is widget.color_key.colorbar
+    assert widget.show_gene("NOT_A_GENE") is False and "NOT_A_GENE" in errors[-1]
+
+
+def test_labels_query_maps_and_colours_labels(make_napari_viewer, qtbot, errors):
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
+
+    viewer = make_napari_viewer()
+    widget = CellMapperWidget(viewer)
+    reference, _ = pbmc_example()
+    widget.add_reference(ReferenceSource("reference", reference))
+    widget.add_query(QuerySource("labels example", spatial_example("labels")))
+    cells = widget.scene.cells_layer
+    assert cells.__class__.__name__ == "Labels"
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert "cell_type_pred" in cells.features and widget.color_combo.currentText() == "cell_type_pred"
+    first_id = int(cells.features["index"].iloc[0])
+    assert cells.colormap.map(first_id)[3] > 0
+    assert "cell_type" in widget.show_cell(0)
+
+
+@pytest.mark.parametrize("kernel", ["gauss", "hnoca"])
+def test_build_from_shared_genes_with_presence(demo, qtbot, errors, kernel):
+    viewer, widget = demo
+    widget.rep_combo.setCurrentText("build from shared genes")
+    widget.kernel_combo.setCurrentText(kernel)
+    widget.backend_combo.setCurrentIndex(widget.backend_combo.findData("faiss-exact"))
+    widget.presence_check.setChecked(True)
+    job = widget.build_job()
+    assert job.use_rep is None and job.kernel == kernel and job.backend == "faiss-exact" and job.presence
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert not errors, errors
+    scores = widget.scene.reference_layer.features["presence_score"]
+    assert scores.between(0, 1).all() and scores.max() > 0.5

@@ -104,3 +104,11 @@ def test_example_command(capsys):
     assert main(["example", "-q"]) == 0
     line = capsys.readouterr().out
     assert "accuracy" in line and "niches" in line
+
+
+def test_demo_without_display_says_so(monkeypatch, capsys):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert main(["demo"]) == 2
+    assert "No display" in capsys.readouterr().err

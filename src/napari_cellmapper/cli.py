@@ -247,6 +247,17 @@ def _cmd_example(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    from napari_cellmapper.core.validation import CellMapperInputError
+
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    )
+    if headless:
+        raise CellMapperInputError(
+            "No display found (DISPLAY is unset): napari needs one. Run it on a desktop, under a virtual "
+            "display (`xvfb-run napari-cellmapper demo`), or map the example headless with "
+            "`napari-cellmapper example`."
+        )
     from napari_cellmapper.widgets.demo import launch_demo
 
     launch_demo(run=args.run)

@@ -28,7 +28,9 @@ def merfish_hypothalamus(data_dir: Path = DEFAULT_DATA) -> tuple[AnnData, AnnDat
     root = Path(data_dir) / "merfish_hypothalamus"
     x, cells, genes = _counts_csv(root / "spacexr/Reference/Merfish_Ref/counts.csv")
     types = pd.read_csv(root / "spacexr/Reference/Merfish_Ref/cell_types.csv", index_col=0)["x"]
-    reference = AnnData(X=x, obs=pd.DataFrame(index=pd.Index(cells, name=None)), var=pd.DataFrame(index=genes))
+    reference = AnnData(
+        X=x, obs=pd.DataFrame(index=pd.Index(cells, name=None)), var=pd.DataFrame(index=genes)
+    )
     reference.obs["cell_type"] = pd.Categorical(types.reindex(reference.obs_names).astype(str))
     reference = reference[~reference.obs["cell_type"].isin(NOT_CELL_TYPES)].copy()
     reference.obs["cell_type"] = reference.obs["cell_type"].cat.remove_unused_categories()

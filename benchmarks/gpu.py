@@ -43,13 +43,20 @@ def main() -> None:
         q = query.copy()
         start = time.perf_counter()
         CellMapper(q, reference).fit(
-            "X_joint", obs_keys="cell_type", obsm_keys="X_umap", n_neighbors=args.k, backend="cupy", progress=False
+            "X_joint",
+            obs_keys="cell_type",
+            obsm_keys="X_umap",
+            n_neighbors=args.k,
+            backend="cupy",
+            progress=False,
         )
         times.append(time.perf_counter() - start)
     runs = times[1:]
     acc = (q.obs["cell_type_pred"].astype(str) == q.obs["cell_type_true"].astype(str)).mean()
-    print(f"{name}: {args.n:,} x {args.n:,}, {args.dim} dims, k={args.k}: median {statistics.median(runs):.2f} s "
-          f"(runs {', '.join(f'{t:.2f}' for t in runs)}; warm-up {times[0]:.2f} s), accuracy {acc:.4f}")
+    print(
+        f"{name}: {args.n:,} x {args.n:,}, {args.dim} dims, k={args.k}: median {statistics.median(runs):.2f} s "
+        f"(runs {', '.join(f'{t:.2f}' for t in runs)}; warm-up {times[0]:.2f} s), accuracy {acc:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -75,13 +75,17 @@ def cellmapper_reference(reference, query, fallback: str, kernel: str) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     reference, query = merfish_hypothalamus(args.data)
     n_eval = int(query.obs["cell_type_true"].notna().sum())
-    print(f"MERFISH hypothalamus: reference {reference.n_obs} cells, query {query.n_obs} ({n_eval} evaluated)")
+    print(
+        f"MERFISH hypothalamus: reference {reference.n_obs} cells, query {query.n_obs} ({n_eval} evaluated)"
+    )
     print("| method | accuracy | macro F1 |\n|---|---|---|")
     rows = [
         ("napari-cellmapper, use_rep=None (defaults: PCA, k=30, gauss)", ours(reference, query)),

@@ -57,7 +57,7 @@ def prepare(root: Path, n: int) -> None:
     query.write_h5ad(query_path)
 
 
-def _sample_rows(n: int) -> "np.ndarray":  # noqa: F821
+def _sample_rows(n: int) -> np.ndarray:  # noqa: F821
     import numpy as np
 
     return np.sort(np.random.default_rng(7).choice(n, min(SAMPLE, n), replace=False))
@@ -67,7 +67,11 @@ def _exact_reference(query_rep, ref_rep, rows):
     import faiss
     import numpy as np
 
-    d2, idx = faiss.knn(np.ascontiguousarray(query_rep[rows], dtype=np.float32), np.ascontiguousarray(ref_rep, dtype=np.float32), K)
+    d2, idx = faiss.knn(
+        np.ascontiguousarray(query_rep[rows], dtype=np.float32),
+        np.ascontiguousarray(ref_rep, dtype=np.float32),
+        K,
+    )
     return np.sqrt(np.maximum(d2, 0)).astype(np.float32), idx
 
 
@@ -90,7 +94,6 @@ def _exact_accuracy(query, reference, rows, kernel: str = "gauss") -> float:
 
 def run_ours(root: Path, n: int, backend: str) -> dict:
     import anndata as ad
-    import numpy as np
 
     from napari_cellmapper.core.neighbors_faiss import recall_at_k
     from napari_cellmapper.core.pipeline import MappingParams, annotate
@@ -199,8 +202,23 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _spawn(tool: str, n: int, data_dir: Path, backend: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", tool, "--n", str(n), "--data-dir", str(data_dir), "--backend", backend]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        tool,
+        "--n",
+        str(n),
+        "--data-dir",
+        str(data_dir),
+        "--backend",
+        backend,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -218,10 +236,16 @@ def _fmt_table(results: list[dict]) -> str:
         by_n.setdefault(r["n"], {})[r["tool"]] = r["total_s"]
     for r in results:
         search = sum(v for k, v in r["stages"].items() if "neighbour" in k or "index" in k)
-        other = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items() if not ("neighbour" in k or "index" in k))
+        other = ", ".join(
+            f"{k} {v:.2f}" for k, v in r["stages"].items() if not ("neighbour" in k or "index" in k)
+        )
         cm = by_n[r["n"]].get("cellmapper")
         speed = f"{cm / r['total_s']:.1f}x" if cm and r["tool"] != "cellmapper" else ""
-        exact = f"{r['accuracy_exact_sample']:.4f} (ours on sample {r['accuracy_sample']:.4f})" if "accuracy_exact_sample" in r else ""
+        exact = (
+            f"{r['accuracy_exact_sample']:.4f} (ours on sample {r['accuracy_sample']:.4f})"
+            if "accuracy_exact_sample" in r
+            else ""
+        )
         lines.append(
             f"| {r['n']:,} | {r['tool']} | {r['backend']} | {r['total_s']:.2f} | {', '.join(f'{t:.2f}' for t in r['runs'])} "
             f"| {search:.2f} | {other} | {r['peak_rss_gb']:.2f} | {r['recall']:.4f} | {r['accuracy']:.4f} | {exact} | {speed} |"
@@ -230,10 +254,14 @@ def _fmt_table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cellmapper-max", type=int, default=100_000, help="largest size run through cellmapper")
+    parser.add_argument(
+        "--cellmapper-max", type=int, default=100_000, help="largest size run through cellmapper"
+    )
     parser.add_argument("--backend", default="auto")
     parser.add_argument(
         "--structure", choices=["structured", "isotropic"], default=None,
@@ -260,9 +288,15 @@ def main() -> None:
             runs.sort(key=lambda r: r["total_s"])
             best = runs[len(runs) // 2]
             best["runs"] = [r["total_s"] for r in runs]
-            best["stages"] = {k: statistics.median(r["stages"].get(k, 0.0) for r in runs) for k in best["stages"]}
+            best["stages"] = {
+                k: statistics.median(r["stages"].get(k, 0.0) for r in runs) for k in best["stages"]
+            }
             results.append(best)
-            print(f"n={n:,} {tool}: median {best['total_s']:.2f} s over {len(runs)} runs", file=sys.stderr, flush=True)
+            print(
+                f"n={n:,} {tool}: median {best['total_s']:.2f} s over {len(runs)} runs",
+                file=sys.stderr,
+                flush=True,
+            )
     print(_fmt_table(results))
     print(f"\n(structure {STRUCTURE}; data in {data_dir}; machine: {os.cpu_count()} cores)")
 

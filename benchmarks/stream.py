@@ -72,7 +72,9 @@ def worker(n_ref: int, n_query: int, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reference", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, nargs="+", default=[100_000, 1_000_000, 3_000_000])
     parser.add_argument("--out", default=None, help="scratch folder for the zarr outputs")
@@ -84,14 +86,27 @@ def main() -> None:
         return
     rows = []
     for n in args.queries:
-        cmd = [sys.executable, __file__, "--reference", str(args.reference), "--worker", str(n), "--out", str(out_dir)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        cmd = [
+            sys.executable,
+            __file__,
+            "--reference",
+            str(args.reference),
+            "--worker",
+            str(n),
+            "--out",
+            str(out_dir),
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"n_query={n} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(line[7:]))
         print(f"n_query={n:,}: {rows[-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
-    print(f"reference {args.reference:,} cells; chunks of {CHUNK:,} query cells; labels+confidence+UMAP written to zarr")
+    print(
+        f"reference {args.reference:,} cells; chunks of {CHUNK:,} query cells; labels+confidence+UMAP written to zarr"
+    )
     print("| query cells | seconds | µs per query cell | peak RSS GB | output GB |\n|---|---|---|---|---|")
     for r in rows:
         print(

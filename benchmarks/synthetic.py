@@ -41,7 +41,9 @@ def make_pair(
         bases = None
     elif structure == "structured":
         centres = rng.normal(0, 0.3, size=(n_types, dim)).astype(np.float32)
-        bases = np.stack([np.linalg.qr(rng.normal(size=(dim, 4)))[0].T for _ in range(n_types)]).astype(np.float32)
+        bases = np.stack([np.linalg.qr(rng.normal(size=(dim, 4)))[0].T for _ in range(n_types)]).astype(
+            np.float32
+        )
         spreads = np.full(n_types, 0.2, dtype=np.float32)
     else:
         raise ValueError(f"structure must be 'structured' or 'isotropic', not {structure!r}")

@@ -8,8 +8,8 @@ import sys
 import anndata as ad
 import numpy as np
 import pytest
-
 from _core_fixtures import make_pair
+
 from napari_cellmapper.cli import main
 
 
@@ -55,7 +55,9 @@ def test_map_h5ad(files, capsys):
 )
 def test_bad_input_is_one_line_exit_2(files, capsys, extra, message):
     ref, query, tmp = files
-    code = main(["map", "--reference", str(ref), "--query", str(query), *extra, "--out", str(tmp / "o.h5ad"), "-q"])
+    code = main(
+        ["map", "--reference", str(ref), "--query", str(query), *extra, "--out", str(tmp / "o.h5ad"), "-q"]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
@@ -88,7 +90,10 @@ def test_map_spatialdata_zarr(tmp_path, capsys):
     table = spatialdata.read_zarr(out).tables["table"]
     for column in ("cell_type_pred", "cell_type_conf", "cell_type_entropy", "mapping_quality", "niche"):
         assert column in table.obs
-    assert list(table.obs["cell_type_pred"].cat.categories)[:3] == list(reference.obs["cell_type"].cat.categories)[:3]
+    assert (
+        list(table.obs["cell_type_pred"].cat.categories)[:3]
+        == list(reference.obs["cell_type"].cat.categories)[:3]
+    )
     assert "reference" in str(table.uns["cellmapper"])
 
 

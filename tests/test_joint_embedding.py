@@ -7,13 +7,12 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from _core_fixtures import assert_unchanged, make_pair, snapshot
 from anndata import AnnData
 from scipy import sparse
 
 from napari_cellmapper import CellMapper, CellMapperInputError
 from napari_cellmapper.core import joint_embedding as J
-
-from _core_fixtures import assert_unchanged, make_pair, snapshot
 
 
 def _with_zero_cell_and_gene(sparse_x=True):

@@ -8,6 +8,7 @@ import anndata
 import numpy as np
 import pandas as pd
 import pytest
+from _core_fixtures import CELLTYPES, COLORS, assert_unchanged, make_pair, snapshot
 from anndata import AnnData
 from scipy import sparse
 
@@ -16,8 +17,6 @@ import napari_cellmapper.core.neighbors as nb
 from napari_cellmapper import CellMapper, CellMapperInputError
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR
 from napari_cellmapper.core.progress import Progress
-
-from _core_fixtures import CELLTYPES, COLORS, assert_unchanged, make_pair, snapshot
 
 
 @pytest.fixture
@@ -176,7 +175,10 @@ def test_numeric_obs_weighted_mean_and_key_lists(pair):
 def test_prediction_postfix(pair):
     query, reference = pair
     CellMapper(query, reference).fit(
-        use_rep="X_joint", obs_keys="celltype", obsm_keys="X_umap", prediction_postfix="_mapped",
+        use_rep="X_joint",
+        obs_keys="celltype",
+        obsm_keys="X_umap",
+        prediction_postfix="_mapped",
         progress=False,
     )
     assert "celltype_mapped" in query.obs and "X_umap_mapped" in query.obsm
@@ -224,8 +226,12 @@ def test_unmapped_query_cells_cosine(pair):
     query, reference = pair
     query.obsm["X_joint"][[0, 4]] = 0
     cmap = CellMapper(query, reference).fit(
-        use_rep="X_joint", obs_keys=["celltype", "score"], obsm_keys="X_umap", layer_key="X",
-        metric="cosine", progress=False,
+        use_rep="X_joint",
+        obs_keys=["celltype", "score"],
+        obsm_keys="X_umap",
+        layer_key="X",
+        metric="cosine",
+        progress=False,
     )
     unmapped = np.zeros(query.n_obs, bool)
     unmapped[[0, 4]] = True
@@ -314,7 +320,12 @@ def test_steps_out_of_order_raise(pair):
 def test_ivf_backend_and_options_recorded(pair):
     query, reference = pair
     CellMapper(query, reference).fit(
-        use_rep="X_joint", obs_keys="celltype", backend="faiss-ivf", n_neighbors=5, nlist=4, nprobe=4,
+        use_rep="X_joint",
+        obs_keys="celltype",
+        backend="faiss-ivf",
+        n_neighbors=5,
+        nlist=4,
+        nprobe=4,
         progress=False,
     )
     prov = query.uns["cellmapper"]
@@ -429,10 +440,14 @@ def _inf(a):
 
 BAD_INPUTS = {
     "use_rep missing in query": (
-        _set("query", lambda a: a.obsm.pop("X_joint")), {}, [r"use_rep='X_joint'", "missing", "query"]
+        _set("query", lambda a: a.obsm.pop("X_joint")),
+        {},
+        [r"use_rep='X_joint'", "missing", "query"],
     ),
     "use_rep missing in reference": (
-        _set("reference", lambda a: a.obsm.pop("X_joint")), {}, [r"use_rep='X_joint'", "missing", "reference"]
+        _set("reference", lambda a: a.obsm.pop("X_joint")),
+        {},
+        [r"use_rep='X_joint'", "missing", "reference"],
     ),
     "different widths": (
         _set("reference", lambda a: a.obsm.__setitem__("X_joint", a.obsm["X_joint"][:, :5].copy())),
@@ -442,13 +457,17 @@ BAD_INPUTS = {
     "NaN in query embedding": (_set("query", _nan), {}, ["query", "NaN or inf", "1 cell"]),
     "inf in reference embedding": (_set("reference", _inf), {}, ["reference", "NaN or inf"]),
     "k larger than reference": (
-        lambda q, r: None, {"n_neighbors": 121}, ["n_neighbors=121", "larger", "120 cells"]
+        lambda q, r: None,
+        {"n_neighbors": 121},
+        ["n_neighbors=121", "larger", "120 cells"],
     ),
     "k not positive": (lambda q, r: None, {"n_neighbors": 0}, ["n_neighbors", "positive"]),
     "empty reference": (None, {}, ["reference has no cells"]),
     "empty query": (None, {}, ["query has no cells"]),
     "obs key missing": (
-        lambda q, r: None, {"obs_keys": ["celltype", "cell_type"]}, ["'cell_type'", "not in reference.obs"]
+        lambda q, r: None,
+        {"obs_keys": ["celltype", "cell_type"]},
+        ["'cell_type'", "not in reference.obs"],
     ),
     "obs key all missing": (
         _set(
@@ -464,7 +483,9 @@ BAD_INPUTS = {
     "unknown kernel": (lambda q, r: None, {"kernel": "gaussian"}, ["Unknown kernel 'gaussian'"]),
     "unknown metric": (lambda q, r: None, {"metric": "l1"}, ["Unknown metric 'l1'"]),
     "obsm key missing": (
-        lambda q, r: None, {"obsm_keys": "X_tsne"}, ["obsm key 'X_tsne'", "not in reference.obsm"]
+        lambda q, r: None,
+        {"obsm_keys": "X_tsne"},
+        ["obsm key 'X_tsne'", "not in reference.obsm"],
     ),
     "layer missing": (lambda q, r: None, {"layer_key": "counts"}, ["layer_key='counts'", "not a layer"]),
 }
@@ -560,8 +581,12 @@ def test_pbmc68k_reduced_accuracy():
     truth = query.obs["bulk_labels"].to_numpy().copy()
     query.obs = query.obs.drop(columns=["bulk_labels", "louvain"])
     cmap = CellMapper(query, reference).fit(
-        use_rep="X_pca", obs_keys=["bulk_labels", "n_counts"], obsm_keys="X_umap", layer_key="X",
-        n_neighbors=15, progress=False,
+        use_rep="X_pca",
+        obs_keys=["bulk_labels", "n_counts"],
+        obsm_keys="X_umap",
+        layer_key="X",
+        n_neighbors=15,
+        progress=False,
     )
     pred = query.obs["bulk_labels_pred"]
     assert list(pred.cat.categories) == list(reference.obs["bulk_labels"].cat.categories)

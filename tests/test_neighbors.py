@@ -129,9 +129,7 @@ def test_neighbors_subset_and_adjacency():
     dist = np.array([[0.1, 0.2], [0.3, np.inf], [0.0, 1.0]], np.float32)
     n = nb.Neighbors(ind, dist, "euclidean", "faiss-exact", 4)
     np.testing.assert_array_equal(n.valid, [[True, True], [True, False], [True, True]])
-    np.testing.assert_array_equal(
-        n.adjacency().toarray(), [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]]
-    )
+    np.testing.assert_array_equal(n.adjacency().toarray(), [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]])
     sub = n.subset(np.array([2, 0]))
     np.testing.assert_array_equal(sub.indices, [[3, 0], [0, 2]])
     assert sub.n_reference == 4

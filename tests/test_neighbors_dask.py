@@ -84,8 +84,15 @@ def test_ivf_identical_and_calibrated_once(client, data):
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_array_equal(got.distances, want.distances)
     fixed = search(
-        query, reference, K, backend="dask", client=client, chunk_size=CHUNK,
-        index_backend="faiss-ivf", nprobe=3, seed=1,
+        query,
+        reference,
+        K,
+        backend="dask",
+        client=client,
+        chunk_size=CHUNK,
+        index_backend="faiss-ivf",
+        nprobe=3,
+        seed=1,
     )
     want = search(query, reference, K, backend="faiss-ivf", chunk_size=CHUNK, nprobe=3, seed=1)
     np.testing.assert_array_equal(fixed.indices, want.indices)

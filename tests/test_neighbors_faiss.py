@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _core_fixtures import clustered
 
 from napari_cellmapper.core import neighbors as nb
 from napari_cellmapper.core import neighbors_faiss as nf
-
-from _core_fixtures import clustered
 
 
 def test_recall_at_k_hand_cases():

@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from _core_fixtures import make_pair
+
 from napari_cellmapper import CellMapperInputError
 from napari_cellmapper.core.pipeline import MappingParams, annotate
 
@@ -23,11 +23,18 @@ def test_params_are_frozen_and_hashable():
 def test_annotate_everything():
     query, reference = make_pair(n_query=80, n_ref=120, seed=1)
     coords = np.random.default_rng(0).uniform(0, 100, size=(query.n_obs, 2))
-    params = MappingParams(use_rep="X_joint", obs_keys=("celltype",), n_neighbors=10, presence=True, n_niches=3)
+    params = MappingParams(
+        use_rep="X_joint", obs_keys=("celltype",), n_neighbors=10, presence=True, n_niches=3
+    )
     cmap = annotate(query, reference, params, coords=coords, progress=False)
     assert cmap.reference_neighbors is not None and cmap.reference_neighbors.n_query == reference.n_obs
     quality = query.obs["mapping_quality"].to_numpy()
-    assert quality.dtype == np.float32 and np.isfinite(quality).all() and (0 <= quality).all() and (quality <= 1).all()
+    assert (
+        quality.dtype == np.float32
+        and np.isfinite(quality).all()
+        and (0 <= quality).all()
+        and (quality <= 1).all()
+    )
     presence = reference.obs["presence_score"].to_numpy()
     assert np.isfinite(presence).all() and presence.min() >= 0 and presence.max() <= 1
     assert query.obs["niche"].cat.categories.size == 3
@@ -47,5 +54,11 @@ def test_niches_need_coordinates_before_any_work(monkeypatch):
     with pytest.raises(CellMapperInputError, match="shape"):
         annotate(query, reference, params, coords=np.zeros((3, 2)), progress=False)
     with pytest.raises(CellMapperInputError, match="obs key"):
-        annotate(query, reference, MappingParams(use_rep="X_joint", n_niches=3), coords=np.zeros((30, 2)), progress=False)
+        annotate(
+            query,
+            reference,
+            MappingParams(use_rep="X_joint", n_niches=3),
+            coords=np.zeros((30, 2)),
+            progress=False,
+        )
     assert "celltype_pred" not in query.obs

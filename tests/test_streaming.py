@@ -6,8 +6,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-
 from _core_fixtures import make_pair
+
 from napari_cellmapper import CellMapper, CellMapperInputError
 from napari_cellmapper.core.progress import Progress
 from napari_cellmapper.core.streaming import iter_map_stream, iter_rep_chunks, map_stream
@@ -38,12 +38,17 @@ def test_stream_equals_in_memory(pair, tmp_path):
     )  # fmt: skip
     result = ad.read_zarr(out)
     assert list(result.obs_names) == list(query.obs_names)
-    assert list(result.obs["celltype_pred"].cat.categories) == [*reference.obs["celltype"].cat.categories, "unmapped"]
+    assert list(result.obs["celltype_pred"].cat.categories) == [
+        *reference.obs["celltype"].cat.categories,
+        "unmapped",
+    ]
     np.testing.assert_array_equal(
         result.obs["celltype_pred"].astype(str).to_numpy(), whole.obs["celltype_pred"].astype(str).to_numpy()
     )
     np.testing.assert_allclose(result.obs["celltype_conf"], whole.obs["celltype_conf"], atol=1e-5)
-    np.testing.assert_allclose(result.obsm["celltype_proba"], whole.obsm["celltype_proba"].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        result.obsm["celltype_proba"], whole.obsm["celltype_proba"].to_numpy(), atol=1e-5
+    )
     np.testing.assert_allclose(result.obsm["X_umap_pred"], whole.obsm["X_umap_pred"], atol=1e-4)
     np.testing.assert_allclose(result.X.toarray(), cmap.query_imputed.X.toarray(), atol=1e-4)
     assert list(result.uns["celltype_pred_colors"])[:4] == list(reference.uns["celltype_colors"])
@@ -85,9 +90,22 @@ def test_stream_bad_input(pair, tmp_path):
     with pytest.raises(CellMapperInputError, match="exists"):
         map_stream(reference, _chunks(query, 50), tmp_path / "exists.zarr", use_rep="X_joint", progress=False)
     with pytest.raises(CellMapperInputError, match="hnoca"):
-        map_stream(reference, _chunks(query, 50), tmp_path / "a.zarr", use_rep="X_joint", kernel="hnoca", progress=False)
+        map_stream(
+            reference,
+            _chunks(query, 50),
+            tmp_path / "a.zarr",
+            use_rep="X_joint",
+            kernel="hnoca",
+            progress=False,
+        )
     with pytest.raises(CellMapperInputError, match="dimensions"):
-        map_stream(reference, [(query.obs_names, np.zeros((query.n_obs, 3)))], tmp_path / "b.zarr", use_rep="X_joint", progress=False)
+        map_stream(
+            reference,
+            [(query.obs_names, np.zeros((query.n_obs, 3)))],
+            tmp_path / "b.zarr",
+            use_rep="X_joint",
+            progress=False,
+        )
     with pytest.raises(CellMapperInputError, match="empty"):
         map_stream(reference, [], tmp_path / "c.zarr", use_rep="X_joint", progress=False)
     assert not (tmp_path / "b.zarr").exists() and not (tmp_path / "c.zarr").exists()

@@ -43,7 +43,9 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--obsm", action="append", default=[], help="reference obsm key to transfer (repeatable)")
     m.add_argument("--layer", default=None, help="transfer expression from this layer ('X' for X)")
     m.add_argument("-k", "--n-neighbors", type=int, default=30, help="neighbours per query cell (30)")
-    m.add_argument("--kernel", default="gauss", help="gauss, gauss_adaptive, scarches, inverse_distance, equal, hnoca")
+    m.add_argument(
+        "--kernel", default="gauss", help="gauss, gauss_adaptive, scarches, inverse_distance, equal, hnoca"
+    )
     m.add_argument("--backend", default="auto", help="auto, faiss-exact, faiss-ivf, cupy, dask")
     m.add_argument("--metric", default="euclidean", help="euclidean or cosine")
     m.add_argument("--joint", default="pca", help="joint embedding from shared genes: pca or cca")
@@ -134,7 +136,10 @@ def _cmd_stream(args) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    print(f"streamed the query onto {reference.n_obs:,} reference cells in {time.perf_counter() - started:.1f} s -> {out}", file=sys.stderr)
+    print(
+        f"streamed the query onto {reference.n_obs:,} reference cells in {time.perf_counter() - started:.1f} s -> {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -277,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(err).strip("'\"") or type(err).__name__
-        return _fail(message.splitlines()[0] if len(message) > 500 else " ".join(message.split()), EXIT_BAD_INPUT)
+        return _fail(
+            message.splitlines()[0] if len(message) > 500 else " ".join(message.split()), EXIT_BAD_INPUT
+        )
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was written.", 130)
     except Exception as err:  # noqa: BLE001 - one line for users, --debug for the traceback

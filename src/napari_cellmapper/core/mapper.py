@@ -38,7 +38,6 @@ from napari_cellmapper.core.neighbors import (
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 from napari_cellmapper.core.transfer import (
-    UNMAPPED,
     LabelTransfer,
     category_codes,
     iter_transfer_dense,
@@ -206,10 +205,16 @@ class CellMapper:
             if value is not None:
                 self.params[attr] = value
         if emb is not None:
-            self.params["joint"] = {"method": joint, "n_genes": emb.info["n_genes"], "n_comps": emb.info["n_comps"]}
+            self.params["joint"] = {
+                "method": joint,
+                "n_genes": emb.info["n_genes"],
+                "n_comps": emb.info["n_comps"],
+            }
         return neighbors
 
-    def compute_neighbors(self, use_rep: str | None = None, n_neighbors: int = 30, *, progress: Any = True, **kwargs: Any) -> Neighbors:
+    def compute_neighbors(
+        self, use_rep: str | None = None, n_neighbors: int = 30, *, progress: Any = True, **kwargs: Any
+    ) -> Neighbors:
         """Find the ``n_neighbors`` nearest reference cells of every query cell.
 
         Parameters
@@ -273,7 +278,9 @@ class CellMapper:
         return future
 
     # ------------------------------------------------------------------ step 2: kernel
-    def iter_compute_mapping_matrix(self, kernel: str = "gauss", *, sigma: float | None = None) -> Steps[sparse.csr_matrix]:
+    def iter_compute_mapping_matrix(
+        self, kernel: str = "gauss", *, sigma: float | None = None
+    ) -> Steps[sparse.csr_matrix]:
         """Generator version of :meth:`compute_mapping_matrix`."""
         if self.neighbors is None:
             raise val.CellMapperInputError("Call compute_neighbors() (or fit()) before the kernel.")
@@ -348,7 +355,9 @@ class CellMapper:
                 obs_new[f"{key}_conf"] = res.confidence
                 obs_new[f"{key}_entropy"] = res.entropy
                 obsm_new[f"{key}_proba"] = pd.DataFrame(
-                    res.probabilities, index=self.query.obs_names, columns=[val.storable_name(c) for c in cats]
+                    res.probabilities,
+                    index=self.query.obs_names,
+                    columns=[val.storable_name(c) for c in cats],
                 )
                 ref_colors = self.reference.uns.get(f"{key}_colors")
                 colors = colors_for(list(cats), None if ref_colors is None else list(ref_colors))

@@ -101,7 +101,9 @@ class Neighbors:
 
     def subset(self, rows: np.ndarray) -> Neighbors:
         """The neighbours of a subset of query cells."""
-        return Neighbors(self.indices[rows], self.distances[rows], self.metric, self.backend, self.n_reference)
+        return Neighbors(
+            self.indices[rows], self.distances[rows], self.metric, self.backend, self.n_reference
+        )
 
     def adjacency(self) -> sparse.csr_matrix:
         """Binary (n_query, n_reference) CSR adjacency of the usable edges."""
@@ -274,7 +276,5 @@ def search(
     **options
         Backend options, e.g. ``nprobe``/``nlist`` for IVF, ``client`` for dask.
     """
-    steps = iter_search(
-        query, reference, k, metric=metric, backend=backend, chunk_size=chunk_size, **options
-    )
+    steps = iter_search(query, reference, k, metric=metric, backend=backend, chunk_size=chunk_size, **options)
     return run_steps(steps, progress)

@@ -127,7 +127,9 @@ def iter_annotate(
             from napari_cellmapper.core.presence import add_presence_scores
 
             yield Progress("presence scores", 0, 1)
-            add_presence_scores(reference, cmap.mapping_matrix, ref_graph, key=PRESENCE_KEY, groups=query_groups)
+            add_presence_scores(
+                reference, cmap.mapping_matrix, ref_graph, key=PRESENCE_KEY, groups=query_groups
+            )
             yield Progress("presence scores", 1, 1)
     if params.n_niches:
         from napari_cellmapper.core.niches import add_niches
@@ -159,4 +161,6 @@ def annotate(
     progress: Any = True,
 ) -> CellMapper:
     """Run :func:`iter_annotate` to completion (progress bars on stderr by default)."""
-    return run_steps(iter_annotate(query, reference, params, coords=coords, query_groups=query_groups), progress)
+    return run_steps(
+        iter_annotate(query, reference, params, coords=coords, query_groups=query_groups), progress
+    )

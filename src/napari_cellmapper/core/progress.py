@@ -48,7 +48,12 @@ def run_steps(steps: Steps[T], progress: bool | ProgressCallback | None = None) 
             bar = bars.get(event.stage)
             if bar is None:
                 bar = bars[event.stage] = tqdm(
-                    total=event.total, desc=event.stage, file=sys.stderr, leave=False, dynamic_ncols=True, delay=0.5
+                    total=event.total,
+                    desc=event.stage,
+                    file=sys.stderr,
+                    leave=False,
+                    dynamic_ncols=True,
+                    delay=0.5,
                 )
             bar.n = event.done  # type: ignore[attr-defined]
             bar.refresh()  # type: ignore[attr-defined]

@@ -182,7 +182,9 @@ def iter_map_stream(
             m = mapping_matrix(nb, kernel, sigma=sigma)
             chunk = AnnData(
                 obs=pd.DataFrame(index=names),
-                X=(yield from _silent(iter_transfer_expression(m, expression))) if expression is not None else None,
+                X=(yield from _silent(iter_transfer_expression(m, expression)))
+                if expression is not None
+                else None,
                 var=reference.var[[]].copy() if expression is not None else None,
             )
             for key, (codes, cats) in labels.items():
@@ -218,7 +220,9 @@ def _silent(steps: Steps[Any]) -> Steps[Any]:
     yield  # pragma: no cover - makes this a generator
 
 
-def _write_uns(path: Path, reference: AnnData, labels, n_neighbors, kernel, metric, sigma, index, use_rep) -> None:
+def _write_uns(
+    path: Path, reference: AnnData, labels, n_neighbors, kernel, metric, sigma, index, use_rep
+) -> None:
     import zarr
     from anndata.io import write_elem
 

@@ -155,4 +155,6 @@ def iter_transfer_expression(
         if not blocks:
             return sparse.csr_matrix((0, x.shape[1]), dtype=np.float32)
         return sparse.vstack(blocks, format="csr", dtype=np.float32)
-    return (yield from iter_transfer_dense(matrix, np.asarray(expression), chunk_size=chunk_size, stage=stage))
+    return (
+        yield from iter_transfer_dense(matrix, np.asarray(expression), chunk_size=chunk_size, stage=stage)
+    )

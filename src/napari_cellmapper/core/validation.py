@@ -171,9 +171,7 @@ def check_obsm_keys(reference: AnnData, keys: Sequence[str]) -> None:
     for key in keys:
         if key not in reference.obsm:
             available = ", ".join(map(repr, reference.obsm.keys())) or "none"
-            raise CellMapperInputError(
-                f"obsm key {key!r} is not in reference.obsm (available: {available})."
-            )
+            raise CellMapperInputError(f"obsm key {key!r} is not in reference.obsm (available: {available}).")
         check_finite(get_rep(reference, key, "reference"), f"reference.obsm[{key!r}]")
 
 

@@ -124,13 +124,11 @@ def iter_annotate(
             query.obs[QUALITY_KEY] = np.asarray(mapping_quality(cmap.neighbors, ref_graph), dtype=np.float32)
             yield Progress("mapping quality", 1, 1)
         if params.presence:
-            from napari_cellmapper.core.presence import add_presence_scores
+            from napari_cellmapper.core.presence import iter_add_presence_scores
 
-            yield Progress("presence scores", 0, 1)
-            add_presence_scores(
+            yield from iter_add_presence_scores(
                 reference, cmap.mapping_matrix, ref_graph, key=PRESENCE_KEY, groups=query_groups
             )
-            yield Progress("presence scores", 1, 1)
     if params.n_niches:
         from napari_cellmapper.core.niches import add_niches
 

@@ -489,7 +489,7 @@ def presence_scores(
     return run_steps(steps, progress)
 
 
-def add_presence_scores(
+def iter_add_presence_scores(
     reference: AnnData,
     mapping: Any,
     reference_graph: Any = None,
@@ -498,12 +498,8 @@ def add_presence_scores(
     groups: Any = None,
     use_rep: str | None = None,
     **kwargs: Any,
-) -> pd.DataFrame:
-    """Write presence scores into ``reference.obs[key]`` (and per group to ``obsm[f"{key}_groups"]``).
-
-    ``reference_graph`` defaults to ``reference.obsm[use_rep]`` (kNN searched); other keyword
-    arguments go to :func:`presence_scores`. Returns the score table.
-    """
+) -> Generator[Progress, None, pd.DataFrame]:
+    """Generator version of :func:`add_presence_scores` (progress per random-walk step)."""
     if reference_graph is None:
         if use_rep is None or use_rep not in reference.obsm:
             raise CellMapperInputError(
@@ -511,7 +507,7 @@ def add_presence_scores(
                 "use_rep naming a reference.obsm embedding to build it from."
             )
         reference_graph = np.asarray(reference.obsm[use_rep], dtype=np.float32)
-    frame = presence_scores(
+    frame = yield from iter_presence_scores(
         mapping, reference_graph, groups=groups, reference_index=reference.obs_names, **kwargs
     )
     if frame.shape[0] != reference.n_obs:
@@ -524,6 +520,28 @@ def add_presence_scores(
         reference.obs[key] = frame["max"].to_numpy()
         reference.obsm[f"{key}_groups"] = frame.drop(columns="max")
     return frame
+
+
+def add_presence_scores(
+    reference: AnnData,
+    mapping: Any,
+    reference_graph: Any = None,
+    *,
+    key: str = "presence_score",
+    groups: Any = None,
+    use_rep: str | None = None,
+    progress: Any = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Write presence scores into ``reference.obs[key]`` (and per group to ``obsm[f"{key}_groups"]``).
+
+    ``reference_graph`` defaults to ``reference.obsm[use_rep]`` (kNN searched); other keyword
+    arguments go to :func:`presence_scores`. Returns the score table.
+    """
+    steps = iter_add_presence_scores(
+        reference, mapping, reference_graph, key=key, groups=groups, use_rep=use_rep, **kwargs
+    )
+    return run_steps(steps, progress)
 
 
 # --------------------------------------------------------------------------------------------

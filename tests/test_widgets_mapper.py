@@ -334,7 +334,8 @@ def test_build_from_shared_genes_with_presence(demo, qtbot, errors, kernel):
     widget.backend_combo.setCurrentIndex(widget.backend_combo.findData("faiss-exact"))
     widget.presence_check.setChecked(True)
     job = widget.build_job()
-    assert job.use_rep is None and job.kernel == kernel and job.backend == "faiss-exact" and job.presence
+    p = job.params
+    assert p.use_rep is None and p.kernel == kernel and p.backend == "faiss-exact" and p.presence
     widget.run()
     _wait_done(qtbot, widget)
     assert not errors, errors

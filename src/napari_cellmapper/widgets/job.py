@@ -9,6 +9,7 @@ the main thread. No Qt and no napari here, so this module is testable on its own
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from napari_cellmapper.core import validation
 from napari_cellmapper.core.pipeline import PRESENCE_KEY, QUALITY_KEY, MappingParams, iter_annotate
 from napari_cellmapper.core.progress import Progress
 
@@ -30,7 +32,7 @@ BACKENDS: dict[str, str] = {
     "CPU approximate (faiss IVF)": "faiss-ivf",
     "GPU (cupy)": "cupy",
 }
-KERNELS = ("gauss", "gauss_adaptive", "scarches", "inverse_distance", "equal", "hnoca")
+KERNELS = validation.KERNELS
 BUILD_FROM_GENES = "build from shared genes"
 
 
@@ -44,39 +46,16 @@ class MappingJob:
     """Everything a mapping run needs, fixed when Run is clicked.
 
     ``query`` is the full SpatialData table; ``rows`` are the table rows to map (the element's
-    cells, restricted to a drawn region if any) and ``coords_yx`` their positions (for niches).
+    cells, restricted to a drawn region if any) and ``coords_yx`` their positions (for niches);
+    ``params`` are the core's parameters, the same the command line builds (``n_niches=0``: none).
     """
 
     reference: AnnData
     query: AnnData
     rows: np.ndarray
     coords_yx: np.ndarray | None = None
-    use_rep: str | None = None
-    obs_keys: tuple[str, ...] = ()
-    obsm_keys: tuple[str, ...] = ()
-    layer_key: str | None = None
-    n_neighbors: int = 30
-    kernel: str = "gauss"
-    backend: str = "auto"
-    presence: bool = False
-    niches: bool = False
-    n_niches: int = 8
+    params: MappingParams = field(default_factory=MappingParams)
     job_id: int = field(default_factory=next_job_id)
-
-    def params(self, *, niches: bool | None = None) -> MappingParams:
-        """The core's parameter set for this job (the same the CLI builds)."""
-        use_niches = self.niches if niches is None else niches
-        return MappingParams(
-            use_rep=self.use_rep,
-            obs_keys=tuple(self.obs_keys),
-            obsm_keys=tuple(self.obsm_keys),
-            layer_key=self.layer_key,
-            n_neighbors=self.n_neighbors,
-            kernel=self.kernel,
-            backend=self.backend,
-            presence=self.presence,
-            n_niches=self.n_niches if use_niches else 0,
-        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,11 +180,11 @@ def strip_previous_outputs(query: AnnData, job: MappingJob) -> None:
     obs = ["cellmapper_unmapped", QUALITY_KEY, *NICHE_OUTPUTS["obs"]]
     obsm = list(NICHE_OUTPUTS["obsm"])
     uns = list(NICHE_OUTPUTS["uns"])
-    for key in job.obs_keys:
+    for key in job.params.obs_keys:
         obs += [f"{key}_pred", f"{key}_conf", f"{key}_entropy"]
         obsm += [f"{key}_proba"]
         uns += [f"{key}_pred_colors"]
-    obsm += [f"{key}_pred" for key in job.obsm_keys]
+    obsm += [f"{key}_pred" for key in job.params.obsm_keys]
     query.obs = query.obs.drop(columns=[c for c in obs if c in query.obs.columns])
     for key in obsm:
         query.obsm.pop(key, None)
@@ -224,13 +203,14 @@ def run_mapping(job: MappingJob) -> Generator[Progress, None, MappingResult]:
     obsm_before = set(query.obsm.keys())
     uns_before = set(query.uns.keys())
     coords = None if job.coords_yx is None else np.asarray(job.coords_yx, dtype=np.float64)[:, ::-1]
-    niches = job.niches and bool(job.obs_keys) and coords is not None
+    params = job.params
     warnings: list[str] = []
-    if job.niches and not niches:
+    if params.n_niches and not (params.obs_keys and coords is not None):
         warnings.append("Niches need transferred cell-type probabilities (an obs key to transfer).")
-    cmap = yield from iter_annotate(query, reference, job.params(niches=niches), coords=coords)
+        params = dataclasses.replace(params, n_niches=0)
+    cmap = yield from iter_annotate(query, reference, params, coords=coords)
     reference_obs = pd.DataFrame(index=job.reference.obs_names)
-    if job.presence:
+    if params.presence:
         reference_obs[PRESENCE_KEY] = reference.obs[PRESENCE_KEY].to_numpy()
     new_obs = [c for c in query.obs.columns if c not in obs_before]
     index = job.query.obs_names
@@ -260,8 +240,8 @@ def run_mapping(job: MappingJob) -> Generator[Progress, None, MappingResult]:
         uns=uns,
         reference_obs=reference_obs,
         neighbor_indices=indices,
-        obs_keys=tuple(job.obs_keys),
-        obsm_keys=tuple(job.obsm_keys),
+        obs_keys=params.obs_keys,
+        obsm_keys=params.obsm_keys,
         warnings=tuple(warnings),
-        imputed=getattr(cmap, "query_imputed", None) if job.layer_key is not None else None,
+        imputed=getattr(cmap, "query_imputed", None) if params.layer_key is not None else None,
     )

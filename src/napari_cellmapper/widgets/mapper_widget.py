@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_cellmapper.core.pipeline import MappingParams
 from napari_cellmapper.viewer.scene import CellMapperScene
 from napari_cellmapper.viewer.selection import cell_info
 from napari_cellmapper.widgets.controller import MappingController, error_message
@@ -529,16 +530,17 @@ class CellMapperWidget(QWidget):
             query=table,
             rows=np.asarray(rows),
             coords_yx=np.asarray(coords),
-            use_rep=None if rep in ("", BUILD_FROM_GENES) else rep,
-            obs_keys=tuple(self.obs_list.checked()),
-            obsm_keys=tuple(self.obsm_list.checked()),
-            layer_key="X" if self.expression_check.isChecked() else None,
-            n_neighbors=int(self.k_spin.value()),
-            kernel=self.kernel_combo.currentText(),
-            backend=str(self.backend_combo.currentData()),
-            presence=self.presence_check.isChecked(),
-            niches=self.niches_check.isChecked(),
-            n_niches=int(self.niches_spin.value()),
+            params=MappingParams(
+                use_rep=None if rep in ("", BUILD_FROM_GENES) else rep,
+                obs_keys=tuple(self.obs_list.checked()),
+                obsm_keys=tuple(self.obsm_list.checked()),
+                layer_key="X" if self.expression_check.isChecked() else None,
+                n_neighbors=int(self.k_spin.value()),
+                kernel=self.kernel_combo.currentText(),
+                backend=str(self.backend_combo.currentData()),
+                presence=self.presence_check.isChecked(),
+                n_niches=int(self.niches_spin.value()) if self.niches_check.isChecked() else 0,
+            ),
         )
 
     def run(self) -> Any:

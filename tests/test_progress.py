@@ -45,7 +45,19 @@ def test_silent_progress_writes_nothing(capsys):
     assert out.out == "" and out.err == ""
 
 
-def test_true_shows_tqdm_bar_on_stderr(capsys):
+@pytest.fixture
+def no_bar_delay(monkeypatch):
+    import napari_cellmapper.core.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "BAR_DELAY", 0)
+
+
+def test_quick_stages_print_no_bar(capsys):
+    assert run_steps(_work(3), progress=True) == "done"
+    assert capsys.readouterr().err == ""
+
+
+def test_true_shows_tqdm_bar_on_stderr(capsys, no_bar_delay):
     assert run_steps(_work(3), progress=True) == "done"
     out = capsys.readouterr()
     assert out.out == ""
@@ -53,7 +65,7 @@ def test_true_shows_tqdm_bar_on_stderr(capsys):
     assert "stage B" in out.err
 
 
-def test_errors_propagate_and_bars_are_closed(capsys):
+def test_errors_propagate_and_bars_are_closed(capsys, no_bar_delay):
     def failing():
         yield Progress("doomed", 1, 10)
         raise RuntimeError("boom")

@@ -25,6 +25,8 @@ class Progress:
 
 
 Steps = Generator[Progress, None, T]
+#: seconds a stage must run before its bar appears (quick stages stay silent)
+BAR_DELAY = 0.5
 ProgressCallback = Callable[[Progress], None]
 
 
@@ -53,10 +55,11 @@ def run_steps(steps: Steps[T], progress: bool | ProgressCallback | None = None) 
                     file=sys.stderr,
                     leave=False,
                     dynamic_ncols=True,
-                    delay=0.5,
+                    delay=BAR_DELAY,
                 )
-            bar.n = event.done  # type: ignore[attr-defined]
-            bar.refresh()  # type: ignore[attr-defined]
+            # update() (unlike refresh()) honours tqdm's delay and minimum interval: quick stages
+            # print nothing, long ones a bar that redraws a few times a second
+            bar.update(event.done - bar.n)  # type: ignore[attr-defined]
             if event.done >= event.total:
                 bar.close()  # type: ignore[attr-defined]
                 bars.pop(event.stage, None)

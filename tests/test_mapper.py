@@ -59,7 +59,10 @@ def no_search(monkeypatch):
 # ---------------------------------------------------------------- the announced API
 
 
-def test_three_line_api(pair, capsys):
+def test_three_line_api(pair, capsys, monkeypatch):
+    import napari_cellmapper.core.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "BAR_DELAY", 0)  # show even the quick stages' bars
     query, reference = pair
     ref_before = snapshot(reference)
     cmap = CellMapper(query, reference).fit(

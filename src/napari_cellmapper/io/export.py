@@ -41,6 +41,7 @@ import ctypes
 import errno
 import os
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -442,6 +443,21 @@ def export_annotated(
             _checkpoint("consolidated")
         _commit(staging, target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_staging(staging)
         raise
     return target
+
+
+def _remove_staging(staging: Path, attempts: int = 20, pause: float = 0.05) -> None:
+    """Delete a staging folder, also when writes that zarr had in flight land after the failure.
+
+    zarr writes chunks concurrently: when one write fails, others may still complete for a moment,
+    re-creating files in a folder that is being deleted. Retry until the folder stays gone.
+    """
+    for _ in range(attempts):
+        shutil.rmtree(staging, ignore_errors=True)
+        if not staging.exists():
+            time.sleep(pause)  # a late write would re-create it within this pause
+            if not staging.exists():
+                return
+        time.sleep(pause)

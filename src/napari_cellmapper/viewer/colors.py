@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-UNMAPPED = "#d3d3d3"
+from napari_cellmapper.core.palettes import colors_for
+
 CONTINUOUS_COLORMAP = "viridis"
 
 
@@ -38,15 +39,7 @@ def palette_for(categories: list[str], uns: Any = None, key: str | None = None) 
         colors = uns.get(f"{key}_colors") if hasattr(uns, "get") else None
     if colors is not None and len(colors) >= len(categories):
         return [str(c) for c in list(colors)[: len(categories)]]
-    try:
-        from napari_cellmapper.core.palettes import colors_for
-
-        return list(colors_for(categories, colors))
-    except ImportError:  # pragma: no cover - palettes ships with the core
-        import matplotlib
-
-        cmap = matplotlib.colormaps["tab20"]
-        return [matplotlib.colors.to_hex(cmap(i % 20)) for i in range(len(categories))]
+    return colors_for(categories, colors)
 
 
 def as_categorical(values: pd.Series) -> pd.Categorical:

@@ -89,36 +89,15 @@ def _is_pyramid(element: Any) -> bool:
 
 
 def _label_centroids(labels: Any, ids: np.ndarray) -> np.ndarray:
-    """(y, x) centres of the given label values in element pixel coordinates (NaN if absent)."""
-    level = labels
-    factor = 1.0
-    if _is_pyramid(labels):
-        names = sorted(labels.children)
-        full = next(iter(labels[names[0]].data_vars.values()))
-        level = full
-        for name in names:  # coarsest level with fewer than ~25M pixels
-            arr = next(iter(labels[name].data_vars.values()))
-            level = arr
-            if arr.shape[-1] * arr.shape[-2] <= 25_000_000:
-                break
-        factor = full.shape[-1] / level.shape[-1]
-    data = np.asarray(level.data)
-    ys, xs = np.nonzero(data)
-    values = data[ys, xs].astype(np.int64)
-    if values.size == 0:
-        return np.full((len(ids), 2), np.nan)
-    size = int(max(values.max(), np.max(ids, initial=0))) + 1
-    count = np.bincount(values, minlength=size).astype(float)
-    cy = np.bincount(values, weights=ys, minlength=size)
-    cx = np.bincount(values, weights=xs, minlength=size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centres = np.column_stack([cy / count, cx / count])
-    centres = (centres + 0.5) * factor - 0.5
-    ids = np.asarray(ids, dtype=np.int64)
-    out = np.full((len(ids), 2), np.nan)
-    ok = (ids >= 0) & (ids < size)
-    out[ok] = centres[ids[ok]]
-    return out
+    """(y, x) centres of the given label values in element pixel coordinates (NaN if absent).
+
+    Built on :func:`napari_cellmapper.io.spatial.label_centroids` (full resolution, block by
+    block), shifted by half a pixel: napari centres pixel ``i`` at ``i``, spatialdata at ``i + 0.5``.
+    """
+    from napari_cellmapper.io.spatial import label_centroids
+
+    centres = label_centroids(labels).reindex(np.asarray(ids, dtype=np.int64))
+    return centres[["y", "x"]].to_numpy(dtype=float) - 0.5
 
 
 def _polygon_yx(geom: Any) -> np.ndarray:

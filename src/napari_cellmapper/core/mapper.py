@@ -37,6 +37,7 @@ from napari_cellmapper.core.neighbors import (
 )
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
+from napari_cellmapper.core.sparse_product import warm_up
 from napari_cellmapper.core.transfer import (
     LabelTransfer,
     category_codes,
@@ -476,6 +477,8 @@ class CellMapper:
             from napari_cellmapper.core.neighbors import resolve_backend
 
             resolve_backend(backend, self.query.n_obs, self.reference.n_obs)
+        if layer_key is not None:
+            warm_up()  # loads the expression kernels while the search runs
         yield from self.iter_compute_neighbors(
             use_rep,
             n_neighbors,

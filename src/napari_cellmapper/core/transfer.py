@@ -13,6 +13,7 @@ import pandas as pd
 from scipy import sparse
 
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
+from napari_cellmapper.core.sparse_product import iter_product
 
 DEFAULT_TRANSFER_CHUNK = 131_072
 UNMAPPED = "unmapped"
@@ -129,6 +130,7 @@ def iter_transfer_dense(
     """``M · Y`` for a dense reference matrix (an embedding), float32, chunked."""
     values = np.asarray(values, dtype=np.float32)
     out = np.empty((matrix.shape[0], values.shape[1]), dtype=np.float32)
+    yield Progress(stage, 0, matrix.shape[0])
     for start, stop in chunk_bounds(matrix.shape[0], chunk_size):
         out[start:stop] = matrix[start:stop] @ values
         yield Progress(stage, stop, matrix.shape[0])
@@ -139,22 +141,28 @@ def iter_transfer_expression(
     matrix: sparse.csr_matrix,
     expression: np.ndarray | sparse.spmatrix | sparse.sparray,
     *,
-    chunk_size: int = 32_768,
+    chunk_size: int = DEFAULT_TRANSFER_CHUNK,
     stage: str = "transfer expression",
 ) -> Steps[np.ndarray | sparse.csr_matrix]:
-    """``M · X`` for the reference expression: sparse in, sparse (CSR, float32) out."""
+    """``M · X`` for the reference expression: sparse in, sparse (CSR, float32, sorted) out.
+
+    Sparse input goes through :mod:`.sparse_product` (parallel, one dense block of query rows at a
+    time); dense input through :func:`iter_transfer_dense`.
+    """
     n_query = matrix.shape[0]
-    if sparse.issparse(expression):
-        x = sparse.csr_matrix(expression, dtype=np.float32)
-        blocks = []
-        for start, stop in chunk_bounds(n_query, chunk_size):
-            block = (matrix[start:stop] @ x).tocsr()
-            block.sort_indices()
-            blocks.append(block)
-            yield Progress(stage, stop, n_query)
-        if not blocks:
-            return sparse.csr_matrix((0, x.shape[1]), dtype=np.float32)
-        return sparse.vstack(blocks, format="csr", dtype=np.float32)
-    return (
-        yield from iter_transfer_dense(matrix, np.asarray(expression), chunk_size=chunk_size, stage=stage)
-    )
+    if not sparse.issparse(expression):
+        return (
+            yield from iter_transfer_dense(matrix, np.asarray(expression), chunk_size=chunk_size, stage=stage)
+        )
+    x = sparse.csr_matrix(expression, dtype=np.float32)
+    if not x.has_canonical_format:
+        x = x.copy()
+        x.sum_duplicates()
+    yield Progress(stage, 0, n_query)
+    product = iter_product(sparse.csr_matrix(matrix), x, chunk_size)
+    while True:
+        try:
+            done = next(product)
+        except StopIteration as finished:
+            return finished.value
+        yield Progress(stage, done, n_query)

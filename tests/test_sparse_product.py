@@ -7,6 +7,12 @@ from scipy import sparse
 from napari_cellmapper.core import sparse_product as sp
 
 
+@pytest.fixture(autouse=True)
+def _always_kernels(monkeypatch):
+    """The products here are small: run them on the kernels all the same."""
+    monkeypatch.setattr(sp, "SMALL_PRODUCT", 0)
+
+
 def _product(matrix, x, chunk_size):
     steps = sp.iter_product(matrix, x, chunk_size)
     done = []
@@ -42,6 +48,20 @@ def test_matches_scipy(chunk_size):
     np.testing.assert_allclose(out.data, expected.data, rtol=1e-5)
     assert done[-1] == 300 and done == sorted(done)
     assert len(done) == -(-300 // min(chunk_size, 300))
+
+
+def test_small_products_stay_with_scipy(monkeypatch):
+    m = _mapping(300, 200, 12, seed=8)
+    x = sparse.random(200, 45, density=0.1, random_state=9, format="csr", dtype=np.float32)
+    kernels, _ = _product(m, x, 64)
+    monkeypatch.setattr(sp, "SMALL_PRODUCT", 10**12)
+    assert not sp.uses_kernels(m.nnz, x)
+    monkeypatch.setattr(sp, "_accumulate", None)  # would fail if called
+    small, done = _product(m, x, 64)
+    assert small.dtype == np.float32 and small.has_sorted_indices and done[-1] == 300
+    np.testing.assert_array_equal(small.indices, kernels.indices)
+    np.testing.assert_allclose(small.data, kernels.data, rtol=1e-5)
+    assert not sp.uses_kernels(10**9, np.ones((3, 3)))  # dense input never does
 
 
 def test_blocks_are_bounded_by_the_dense_budget(monkeypatch):

@@ -37,7 +37,7 @@ from napari_cellmapper.core.neighbors import (
 )
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
-from napari_cellmapper.core.sparse_product import warm_up
+from napari_cellmapper.core.sparse_product import uses_kernels, warm_up
 from napari_cellmapper.core.transfer import (
     LabelTransfer,
     category_codes,
@@ -374,8 +374,7 @@ class CellMapper:
             )
         imputed = None
         if layer_key is not None:
-            x = self.reference.X if layer_key == "X" else self.reference.layers[layer_key]
-            values = yield from iter_transfer_expression(m, x, **chunk)
+            values = yield from iter_transfer_expression(m, self._reference_layer(layer_key), **chunk)
             imputed = AnnData(X=values, obs=self.query.obs[[]].copy(), var=self.reference.var.copy())
         # commit: nothing above touched the query
         unmapped = unmapped_rows(m)
@@ -436,6 +435,12 @@ class CellMapper:
         )
 
     # ------------------------------------------------------------------ all at once
+    def _reference_layer(self, layer_key: str | None) -> Any:
+        """The reference expression matrix named by ``layer_key`` ("X" or a layer), or None."""
+        if layer_key is None:
+            return None
+        return self.reference.X if layer_key == "X" else self.reference.layers[layer_key]
+
     def iter_fit(
         self,
         use_rep: str | None = None,
@@ -477,7 +482,8 @@ class CellMapper:
             from napari_cellmapper.core.neighbors import resolve_backend
 
             resolve_backend(backend, self.query.n_obs, self.reference.n_obs)
-        if layer_key is not None:
+        expression = self._reference_layer(layer_key)
+        if expression is not None and uses_kernels(self.query.n_obs * n_neighbors, expression):
             warm_up()  # loads the expression kernels while the search runs
         yield from self.iter_compute_neighbors(
             use_rep,

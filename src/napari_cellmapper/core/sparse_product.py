@@ -21,6 +21,14 @@ from numba import njit, prange
 from scipy import sparse
 
 DENSE_BLOCK_ENTRIES = 1 << 23  # 8M float32 values = 32 MB per dense block
+#: below this many multiply-adds scipy's product finishes before numba's kernels would even load
+#: in a fresh process (about 0.4 s), so small products stay with scipy
+SMALL_PRODUCT = 30_000_000
+
+
+def uses_kernels(matrix_nnz: int, x: sparse.spmatrix | sparse.sparray) -> bool:
+    """Whether a product with ``matrix_nnz`` mapping entries and this ``x`` runs on the kernels."""
+    return sparse.issparse(x) and matrix_nnz * x.nnz / max(x.shape[0], 1) >= SMALL_PRODUCT
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -68,10 +76,19 @@ def iter_product(
 ) -> Generator[int, None, sparse.csr_matrix]:
     """``matrix @ x`` as CSR float32 with sorted indices; yields the number of query rows done.
 
-    ``matrix`` is ``(n_query, n_reference)`` CSR, ``x`` is ``(n_reference, n_genes)`` CSR. Each
-    block is packed straight into the output arrays, which grow (rarely) from an estimate taken
-    on the first block, so the output is never held twice.
+    ``matrix`` is ``(n_query, n_reference)`` CSR, ``x`` is ``(n_reference, n_genes)`` CSR.
+    Products of :data:`SMALL_PRODUCT` multiply-adds or more run on the numba kernels.
     """
+    if uses_kernels(matrix.nnz, x):
+        return (yield from _iter_kernel_product(matrix, x, chunk_size))
+    return (yield from _iter_scipy_product(matrix, x, chunk_size))
+
+
+def _iter_kernel_product(
+    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int
+) -> Generator[int, None, sparse.csr_matrix]:
+    """The kernels' product. Each dense block is packed straight into the output arrays, which
+    grow (rarely) from an estimate taken on the first block, so the output is never held twice."""
     n_query, n_cols = matrix.shape[0], x.shape[1]
     itype = _index_dtype(matrix.nnz, matrix.shape[1], x.nnz, n_cols)
     m_indptr = matrix.indptr.astype(itype, copy=False)
@@ -107,6 +124,21 @@ def iter_product(
     return out
 
 
+def _iter_scipy_product(
+    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int
+) -> Generator[int, None, sparse.csr_matrix]:
+    blocks = []
+    for start in range(0, matrix.shape[0], chunk_size):
+        stop = min(start + chunk_size, matrix.shape[0])
+        block = sparse.csr_matrix(matrix[start:stop] @ x, dtype=np.float32)
+        block.sort_indices()
+        blocks.append(block)
+        yield stop
+    if not blocks:
+        return sparse.csr_matrix(matrix.shape[:1] + x.shape[1:], dtype=np.float32)
+    return sparse.csr_matrix(sparse.vstack(blocks, format="csr"), dtype=np.float32)
+
+
 def _grown(values: np.ndarray, size: int) -> np.ndarray:
     out = np.empty(size, dtype=values.dtype)
     out[: len(values)] = values
@@ -123,7 +155,7 @@ def warm_up() -> threading.Thread:
 
     def run() -> None:
         eye = sparse.csr_matrix(np.eye(2, dtype=np.float32))
-        for _ in iter_product(eye, eye, 1):
+        for _ in _iter_kernel_product(eye, eye, 1):
             pass
 
     thread = threading.Thread(target=run, name="cellmapper-numba-warm-up", daemon=True)

@@ -324,3 +324,60 @@ def test_rendered_pixels_follow_recolouring(make_napari_viewer):
     np.testing.assert_allclose(centre_pixel(), [255, 255, 255], atol=3)
     P.color_points_by(layer, "kind", colors={"b": "#00ff00"})
     np.testing.assert_allclose(centre_pixel(), [0, 255, 0], atol=3)
+
+
+def _markers_of(layer):
+    return [vis.node.points_markers for vis in P._vispy_points_of(layer)]
+
+
+@pytest.mark.gui
+def test_gl_points_draw_the_same_pixels_as_quads(make_napari_viewer):
+    """GL_POINTS (large layers) and napari's instanced quads give the same picture, recoloured too."""
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(3)
+    coords = rng.uniform(0, 400, (3000, 2)).astype(np.float32)
+    feats = pd.DataFrame({"kind": pd.Categorical(rng.choice(list("abc"), 3000)), "score": rng.random(3000)})
+    shots = {}
+    for variant in ("quads", "points", "switched"):  # switched: to points after the first upload
+        viewer.layers.clear()
+        layer = P.add_cell_points(viewer, coords, feats, "kind", size=6, gl_points=variant == "points")
+        (markers,) = _markers_of(layer)
+        viewer.reset_view()
+        if variant == "switched":
+            viewer.screenshot(canvas_only=True, flash=False)
+            assert markers._data is not None and P._use_gl_points(markers)
+        assert markers._method == ("instanced" if variant == "quads" else "points")
+        shots[variant, "kind"] = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+        P.color_points_by(layer, "score")
+        shots[variant, "score"] = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+    for variant in ("points", "switched"):
+        for key in ("kind", "score"):
+            quads, points = shots["quads", key].astype(int), shots[variant, key].astype(int)
+            assert quads.shape == points.shape
+            assert (quads[..., :3].sum(-1) > 0).mean() > 0.1  # something was drawn
+            assert (np.abs(quads - points).max(axis=-1) <= 8).mean() > 0.99
+    assert np.abs(shots["points", "kind"].astype(int) - shots["points", "score"]).max() > 50
+
+
+@pytest.mark.gui
+def test_gl_points_default_for_large_layers_only(make_napari_viewer, monkeypatch):
+    viewer = make_napari_viewer()
+    coords, feats = _cells(50)
+    small = P.add_cell_points(viewer, coords, feats, "cell_type", name="small")
+    assert [m._method for m in _markers_of(small)] == ["instanced"]
+    monkeypatch.setattr(P, "LARGE_LAYER", 10)
+    big = P.add_cell_points(viewer, coords, feats, "cell_type", name="big")
+    (markers,) = _markers_of(big)
+    assert markers._method == "points" and markers._draw_mode == "points"
+    assert P._use_gl_points(markers)  # idempotent
+    kept = P.add_cell_points(viewer, coords, feats, "cell_type", name="kept", gl_points=False)
+    assert [m._method for m in _markers_of(kept)] == ["instanced"]
+
+
+def test_gl_points_refuses_an_unexpected_visual():
+    class NotMarkers:
+        _method = "instanced"
+        _draw_mode = "triangles"
+
+    assert not P._use_gl_points(NotMarkers())
+    assert not P._use_gl_points(object())

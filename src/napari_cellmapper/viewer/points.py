@@ -44,8 +44,16 @@ public ``face_color`` setter triggers twice, and drawing 2-3 frames per add. Her
 * a recolour writes only the colours into the canvas' vertex buffer (below) and the thumbnail
   from a 1024-point sample (public ``layer.thumbnail`` setter; napari leaves it stale).
 
-What remains is the GL frame itself: llvmpipe needs about as long to redraw the unchanged canvas
-as it needs to show a recolour (see ``benchmarks/bench_points_layer.py``).
+* large layers are drawn as ``GL_POINTS`` instead of napari's instanced quads (below): napari
+  (through vispy's ``Markers(method="instanced")``) runs the marker vertex shader, with its three
+  extra passes through the transform chain for data-scaled sizes, on 4 vertices per cell; as
+  points it runs once per cell. Measured at 1M cells under Xvfb/llvmpipe: 1.05 s -> 0.6 s per
+  frame, with identical pixels (``tests/test_viewer_points.py`` compares the two renderings).
+  The price: GL clamps a point to the implementation's largest point size (llvmpipe and some
+  Intel GPUs: 255 px, most others 2047+), so a cell zoomed to more than that is drawn at that
+  size. ``add_cell_points(..., gl_points=False)`` keeps napari's quads.
+
+What remains is the GL frame itself (see ``benchmarks/bench_points_layer.py``).
 
 Private napari/vispy attributes used (each guarded, each with a public fallback; see the tests)
 --------------------------------------------------------------------------------------------
@@ -67,6 +75,10 @@ Private napari/vispy attributes used (each guarded, each with a public fallback;
     the ``a_bg_color`` field of vispy's interleaved vertex array and the buffer is re-sent.
     Used only when the vertex array matches the layer's view (same length, expected field);
     otherwise, or on any error, napari's own ``_on_data_change`` runs.
+``Markers._method`` / ``._draw_mode`` / ``._vbo`` and the shader hooks ``setup_texcoord``,
+    ``apply_offset`` (vertex) and ``pointcoord`` (fragment) of the layer's ``points_markers``:
+    switched to what vispy itself sets up for ``Markers(method="points")``. Checked first; on
+    any mismatch the layer keeps napari's instanced quads.
 """
 
 from __future__ import annotations
@@ -432,6 +444,46 @@ def _upload_face_colors(vis: Any, layer: Any) -> bool:
     return True
 
 
+_POINTS_SETUP_TEXCOORD = "void setup_texcoord() {}"
+_POINTS_APPLY_OFFSET = "vec4 apply_offset(vec4 fb_pos, float total_size) { return fb_pos; }"
+
+
+def _use_gl_points(markers: Any) -> bool:
+    """Switch a vispy ``Markers`` visual from instanced quads to ``GL_POINTS`` (module docstring).
+
+    Returns whether the visual now draws points. Does the same as vispy's own
+    ``Markers(method="points")`` set-up, on a visual napari built with ``method="instanced"``.
+    """
+    method = getattr(markers, "_method", None)
+    if method == "points":
+        return True
+    try:
+        from vispy.visuals.shaders import Function
+
+        if method != "instanced" or getattr(markers, "_draw_mode", None) != "triangle_strip":
+            return False
+        program = markers.shared_program
+        for hook in ("setup_texcoord", "apply_offset"):
+            program.vert[hook]  # the hooks vispy's instanced set-up filled (KeyError if not)
+        program.frag["pointcoord"]
+        markers._vbo  # noqa: B018
+    except Exception:  # pragma: no cover - vispy changed
+        return False
+    program.vert["setup_texcoord"] = Function(_POINTS_SETUP_TEXCOORD)
+    program.vert["apply_offset"] = Function(_POINTS_APPLY_OFFSET)
+    program.frag["pointcoord"] = None  # drop the varying that replaced gl_PointCoord
+    program.frag["pointcoord"] = "gl_PointCoord"
+    markers._method, markers._draw_mode = "points", "points"
+    data = getattr(markers, "_data", None)
+    if data is not None and data.dtype.names:  # already uploaded: one vertex per cell, no divisor
+        for name in data.dtype.names:
+            view = markers._vbo[name]
+            view.divisor = None
+            program[name] = view
+    markers.update()
+    return True
+
+
 def _set_face_rgba(layer: Any, rgba: np.ndarray) -> None:
     """Put (n, 4) RGBA on the layer in DIRECT mode, uploading only the colours when possible.
 
@@ -505,6 +557,7 @@ def add_cell_points(
     affine: Any = None,
     scale: Any = None,
     translate: Any = None,
+    gl_points: bool | None = None,
     **kwargs: Any,
 ) -> napari.layers.Points:
     """Add ``n`` cells as one Points layer coloured by ``features[color_by]``; return the layer.
@@ -516,7 +569,9 @@ def add_cell_points(
     {category: colour} mapping. ``size`` is in data units (scalar). Other keyword arguments go to
     ``napari.layers.Points``; for layers of ``LARGE_LAYER`` points or more the defaults are the
     cheap-to-draw ``border_width=0``, ``antialiasing=0`` and ``canvas_size_limits=(1, 10000)``
-    (pass them to override). Borders default to 0 at every size.
+    (pass them to override). Borders default to 0 at every size. ``gl_points`` draws the cells
+    as ``GL_POINTS`` rather than napari's instanced quads (about 2x faster frames; a cell is at
+    most the GL point-size limit wide, see the module docstring); default: for large layers.
     """
     from napari.layers import Points
 
@@ -576,6 +631,11 @@ def add_cell_points(
     if isinstance(kwargs.get("symbol", "o"), str):
         _fast_symbols(layer)
     viewer.add_layer(layer)
+    if large if gl_points is None else bool(gl_points):
+        for vis in _vispy_points_of(layer):
+            markers = getattr(getattr(vis, "node", None), "points_markers", None)
+            if markers is not None and not _use_gl_points(markers):
+                warnings.warn("GL_POINTS drawing unavailable; using napari's quads", stacklevel=2)
     if visible:
         layer.visible = True
     return layer

@@ -7,6 +7,11 @@ subprocess so peak resident memory is its own. Prints, for each: wall time per s
 peak RSS, recall@k against exact search (on a query sample) and label accuracy (with the accuracy
 that exact search gives on the same sample).
 
+cellmapper runs twice per size: with its defaults (``only_yx=False``, which searches four graphs:
+what the issue measured, 80.6 s at 100k there) and with ``only_yx=True``, the cheapest call that
+still gives every output here (its presence score needs only the query->reference graph). The
+speed-up column is given against both.
+
 Run it in the benchmark environment, which has cellmapper (never a project dependency)::
 
     make bench-env

@@ -83,11 +83,15 @@ def test_map_spatialdata_zarr(tmp_path, capsys):
     sample = datasets.write_spatial_example(tmp_path / "sample.zarr")
     out = tmp_path / "annotated.zarr"
     code = main(["map", "--reference", str(ref), "--query", str(sample), "--table", "table", "--use-rep", "X_joint",
-                 "--obs", "cell_type", "--presence", "--niches", "4", "--out", str(out), "-q"])  # fmt: skip
+                 "--obs", "cell_type", "--presence", "--niches", "4", "--layer", "X", "--out", str(out),
+                 "-q"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     import spatialdata
 
-    table = spatialdata.read_zarr(out).tables["table"]
+    written = spatialdata.read_zarr(out)
+    table = written.tables["table"]
+    imputed = written.tables["table_imputed"]  # the expression transferred from the reference
+    assert list(imputed.var_names) == list(reference.var_names) and imputed.n_obs == table.n_obs
     for column in ("cell_type_pred", "cell_type_conf", "cell_type_entropy", "mapping_quality", "niche"):
         assert column in table.obs
     assert (

@@ -441,8 +441,62 @@ def test_older_format_source(io_pristine, io_digest, tmp_path):
     annotated = _annotated(io_pristine)
     with pytest.raises(CellMapperInputError, match="older SpatialData format.*new path"):
         export.export_annotated(old, TABLE, annotated, in_place=True)
-    out = export.export_annotated(old, TABLE, annotated, tmp_path / "new.zarr")
+    imputed = _imputed(io_pristine)
+    out = export.export_annotated(old, TABLE, annotated, tmp_path / "new.zarr", imputed=imputed)
     assert (out / "zarr.json").is_file()
     _check_round_trip(out, annotated)
+    np.testing.assert_array_equal(_read(out).tables[f"{TABLE}_imputed"].X.toarray(), imputed.X.toarray())
     assert io_digest(old) == before
     assert _staging_left(tmp_path) == []
+
+
+def _imputed(source: Path, rows: slice = slice(None)) -> AnnData:
+    """Imputed expression (reference genes) of some cells of the source table, sparse."""
+    from scipy import sparse
+
+    obs_names = _read(source).tables[TABLE].obs_names[rows]
+    x = sparse.random(len(obs_names), 7, density=0.4, random_state=6, format="csr", dtype=np.float32)
+    genes = pd.DataFrame(index=[f"gene{i}" for i in range(7)])
+    return AnnData(X=x, obs=pd.DataFrame(index=obs_names), var=genes)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_imputed_expression_is_a_second_table(io_source, io_digest, in_place):
+    imputed = _imputed(io_source, slice(10, 40))  # a region-restricted run imputes some cells
+    before = io_digest(io_source)
+    target = None if in_place else io_source.parent / "out.zarr"
+    out = export.export_annotated(
+        io_source, TABLE, _annotated(io_source), target, in_place=in_place, imputed=imputed
+    )
+    sdata = _read(out)
+    table, imp = sdata.tables[TABLE], sdata.tables[f"{TABLE}_imputed"]
+    assert list(imp.obs_names) == list(imputed.obs_names) and list(imp.var_names) == list(imputed.var_names)
+    np.testing.assert_array_equal(imp.X.toarray(), imputed.X.toarray())
+    attrs = imp.uns["spatialdata_attrs"]
+    assert attrs["region"] == "cells" and attrs["instance_key"] == "cell_id"
+    np.testing.assert_array_equal(imp.obs["cell_id"], table.obs.loc[imputed.obs_names, "cell_id"])
+    assert imp.uns["cellmapper"]["imputed_from_table"] == TABLE
+    _check_round_trip(out, _annotated(io_source))
+    if not in_place:
+        assert io_digest(io_source) == before
+    else:  # exporting again replaces the imputed table, nothing else appears
+        again = _imputed(io_source, slice(0, 5))
+        export.export_annotated(io_source, TABLE, _annotated(io_source), in_place=True, imputed=again)
+        assert _read(io_source).tables[f"{TABLE}_imputed"].n_obs == 5
+        assert sorted(_read(io_source).tables) == sorted([TABLE, f"{TABLE}_imputed"])
+    assert _staging_left(io_source.parent) == []
+
+
+def test_bad_imputed_expression_changes_nothing(io_source, io_digest):
+    before = io_digest(io_source)
+    wrong = _imputed(io_source)
+    wrong.obs_names = [f"other{i}" for i in range(wrong.n_obs)]
+    with pytest.raises(CellMapperInputError, match="all cells of table"):
+        export.export_annotated(io_source, TABLE, _annotated(io_source), in_place=True, imputed=wrong)
+    with pytest.raises(CellMapperInputError, match="must differ"):
+        export.export_annotated(
+            io_source, TABLE, _annotated(io_source), in_place=True,
+            imputed=_imputed(io_source), imputed_table_name=TABLE,
+        )  # fmt: skip
+    assert io_digest(io_source) == before
+    assert _staging_left(io_source.parent) == []

@@ -274,13 +274,17 @@ def test_export_writes_and_asks_before_overwriting(demo, qtbot, tmp_path, monkey
     from qtpy.QtWidgets import QMessageBox
 
     viewer, widget = demo
+    widget.expression_check.setChecked(True)
     widget.run()
     _wait_done(qtbot, widget)
     assert widget.export_button.isEnabled()
     out = widget.export(tmp_path / "annotated.zarr")
     assert out is not None and out.exists()
-    table = spatialdata.read_zarr(out).tables["table"]
+    written = spatialdata.read_zarr(out)
+    table, imputed = written.tables["table"], written.tables["table_imputed"]
     assert "cell_type_pred" in table.obs
+    assert list(imputed.var_names) == list(widget.result.imputed.var_names)
+    assert imputed.n_obs == widget.result.imputed.n_obs
     asked: list[str] = []
 
     def answer_no(*args, **kwargs):

@@ -41,7 +41,12 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--use-rep", default=None, help="obsm key of the joint embedding (default: build one)")
     m.add_argument("--obs", action="append", default=[], help="reference obs column to transfer (repeatable)")
     m.add_argument("--obsm", action="append", default=[], help="reference obsm key to transfer (repeatable)")
-    m.add_argument("--layer", default=None, help="transfer expression from this layer ('X' for X)")
+    m.add_argument(
+        "--layer",
+        default=None,
+        help="transfer expression from this layer ('X' for X); "
+        "a .zarr output gets it as the table '<table>_imputed'",
+    )
     m.add_argument("-k", "--n-neighbors", type=int, default=30, help="neighbours per query cell (30)")
     m.add_argument(
         "--kernel", default="gauss", help="gauss, gauss_adaptive, scarches, inverse_distance, equal, hnoca"
@@ -201,6 +206,7 @@ def _cmd_map(args) -> int:
             in_place=args.in_place,
             overwrite=args.overwrite,
             provenance={"reference": str(Path(args.reference).resolve())},
+            imputed=cmap.query_imputed,
         )
     else:
         _write_h5ad_atomic(query, out, args.overwrite)

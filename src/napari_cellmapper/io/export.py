@@ -157,6 +157,31 @@ def merge_annotations(
     return out
 
 
+def imputed_table(source: AnnData, imputed: AnnData, table_name: str) -> AnnData:
+    """The imputed expression as a table annotating the same cells as ``source``.
+
+    ``imputed`` holds the imputed expression (reference genes) of some or all cells of the source
+    table, by obs name (a run restricted to a region imputes only its cells). The result keeps
+    those rows with ``X`` and ``var`` of ``imputed`` and the source's region/instance columns and
+    ``spatialdata_attrs``, so SpatialData links it to the same element.
+    """
+    if not isinstance(imputed, AnnData):
+        raise CellMapperInputError(f"`imputed` must be an AnnData, got {type(imputed).__name__}.")
+    if not imputed.obs_names.is_unique or not imputed.obs_names.isin(source.obs_names).all():
+        raise CellMapperInputError(
+            f"The imputed expression must have unique obs names, all cells of table {table_name!r}; "
+            "pass the `query_imputed` of the run that mapped this table."
+        )
+    attrs = dict(source.uns.get(ATTRS_KEY) or {})
+    keys = [k for k in (attrs.get("region_key"), attrs.get("instance_key")) if k in source.obs]
+    obs = source.obs.loc[imputed.obs_names, keys].copy()
+    out = AnnData(X=imputed.X, obs=obs, var=imputed.var.copy())
+    if attrs:
+        out.uns[ATTRS_KEY] = copy.deepcopy(attrs)
+    out.uns["cellmapper"] = {"imputed_from_table": table_name}
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # file-system helpers
 
@@ -183,11 +208,11 @@ def _staging_dir(target: Path) -> Path:
     return staging
 
 
-def _clone_tree(src: Path, dst: Path, *, skip: Path, link: bool) -> None:
-    """Clone ``src`` into ``dst`` (which exists), leaving out the sub-tree ``skip`` (relative)."""
+def _clone_tree(src: Path, dst: Path, *, skip: set[Path], link: bool) -> None:
+    """Clone ``src`` into ``dst`` (which exists), leaving out the sub-trees ``skip`` (relative)."""
     for root, dirs, files in os.walk(src):
         rel = Path(root).relative_to(src)
-        if rel == skip:
+        if rel in skip:
             dirs[:] = []
             continue
         (dst / rel).mkdir(exist_ok=True)
@@ -207,15 +232,15 @@ def _clone_tree(src: Path, dst: Path, *, skip: Path, link: bool) -> None:
             shutil.copy2(s, d)
 
 
-def _write_table_into(staging: Path, table: AnnData, table_name: str) -> Path:
-    """Write ``table`` as a SpatialData table group under ``staging``; return its directory."""
+def _write_tables_into(staging: Path, tables: Mapping[str, AnnData]) -> Path:
+    """Write ``tables`` as SpatialData table groups under ``staging``; return their ``tables`` dir."""
     from spatialdata import SpatialData
 
     tmp = staging / _TABLE_TMP
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "table annotates an element not present" is expected here
-            SpatialData(tables={table_name: table}).write(tmp, consolidate_metadata=False)
+            SpatialData(tables=dict(tables)).write(tmp, consolidate_metadata=False)
     except OSError:
         raise
     except Exception as err:  # noqa: BLE001 - anndata/zarr refuse some Python objects
@@ -224,7 +249,7 @@ def _write_table_into(staging: Path, table: AnnData, table_name: str) -> Path:
             "obs/obsm/uns values (e.g. arbitrary Python objects, mixed-type object columns) to numbers, "
             "strings, categoricals, arrays or dicts of those."
         ) from err
-    return tmp / "tables" / table_name
+    return tmp / "tables"
 
 
 def _consolidate(path: Path) -> None:
@@ -368,6 +393,8 @@ def export_annotated(
     in_place: bool = False,
     overwrite: bool = False,
     provenance: Mapping[str, Any] | None = None,
+    imputed: AnnData | None = None,
+    imputed_table_name: str | None = None,
 ) -> Path:
     """Write the annotated query as a SpatialData zarr store, atomically.
 
@@ -388,6 +415,11 @@ def export_annotated(
         Allow replacing an existing SpatialData store at ``out_path``.
     provenance
         Extra entries for ``uns["cellmapper"]`` (parameters, reference name, ...).
+    imputed
+        Imputed expression (``CellMapper.query_imputed``), written as one more table annotating
+        the same cells (see :func:`imputed_table`).
+    imputed_table_name
+        Its name; default ``f"{table_name}_imputed"`` (replaced if it exists).
 
     Returns
     -------
@@ -415,24 +447,37 @@ def export_annotated(
     }
     extra = dict(provenance or {})
     extra["export"] = export_info
-    table = merge_annotations(sdata.tables[table_name], annotated_table, table_name, provenance=extra)
+    source_table = sdata.tables[table_name]
+    table = merge_annotations(source_table, annotated_table, table_name, provenance=extra)
+    tables = {table_name: table}
+    if imputed is not None:
+        name = imputed_table_name or f"{table_name}_imputed"
+        if name == table_name:
+            raise CellMapperInputError("`imputed_table_name` must differ from the mapped table's name.")
+        if in_place and name in sdata.tables and not _clonable(source, name):
+            raise CellMapperInputError(f"Table {name!r} of {str(source)!r} cannot be replaced in place.")
+        tables[name] = imputed_table(source_table, imputed, table_name)
 
     staging = _staging_dir(target)
     try:
         _checkpoint("staging-created")
         if _clonable(source, table_name):
-            new_table_dir = _write_table_into(staging, table, table_name)
+            written = _write_tables_into(staging, tables)
             _checkpoint("table-written")
-            _clone_tree(source, staging, skip=Path("tables") / table_name, link=in_place)
+            skip = {Path("tables") / name for name in tables}
+            _clone_tree(source, staging, skip=skip, link=in_place)
             _checkpoint("cloned")
-            os.rename(new_table_dir, staging / "tables" / table_name)
+            (staging / "tables").mkdir(exist_ok=True)
+            for name in tables:
+                os.rename(written / name, staging / "tables" / name)
             shutil.rmtree(staging / _TABLE_TMP)
             _checkpoint("table-placed")
             if _has_consolidated_metadata(source):
                 _consolidate(staging)
             _checkpoint("consolidated")
         else:  # older format: a full write in the current format
-            sdata.tables[table_name] = table
+            for name, value in tables.items():
+                sdata.tables[name] = value
             store = staging / "store.zarr"
             sdata.write(store, update_sdata_path=False)
             _checkpoint("table-written")

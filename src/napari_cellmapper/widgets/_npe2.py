@@ -111,29 +111,44 @@ def read_spatial_layers(path: str | list[str]) -> list[LayerData]:
 
 # ------------------------------------------------------------------------------------ writer
 def export_query(
-    sdata: Any, table_name: str, path: str | Path, *, source_path: str | None = None, overwrite: bool = False
+    sdata: Any,
+    table_name: str,
+    path: str | Path,
+    *,
+    source_path: str | None = None,
+    overwrite: bool = False,
+    imputed: Any = None,
 ) -> Path:
-    """Write the (annotated) query: via ``io.export`` from its source store, else a full write."""
+    """Write the (annotated) query: via ``io.export`` from its source store, else a full write.
+
+    ``imputed`` (AnnData of imputed expression) becomes the table ``f"{table_name}_imputed"``."""
     path = Path(path)
     table = sdata.tables[table_name]
     if source_path is not None and Path(source_path).exists():
         from napari_cellmapper.io.export import export_annotated
 
         if path.resolve() == Path(source_path).resolve():
-            return Path(export_annotated(source_path, table_name, table, in_place=True))
-        return Path(export_annotated(source_path, table_name, table, path, overwrite=overwrite))
+            return Path(export_annotated(source_path, table_name, table, in_place=True, imputed=imputed))
+        return Path(
+            export_annotated(source_path, table_name, table, path, overwrite=overwrite, imputed=imputed)
+        )
     if path.exists() and not overwrite:
         from napari_cellmapper.core.validation import CellMapperInputError
 
         raise CellMapperInputError(f"{str(path)!r} exists; pass overwrite=True or choose another path.")
     from spatialdata import SpatialData
 
+    tables = {**dict(sdata.tables), table_name: table}
+    if imputed is not None:
+        from napari_cellmapper.io.export import imputed_table
+
+        tables[f"{table_name}_imputed"] = imputed_table(table, imputed, table_name)
     shallow = SpatialData(
         images=dict(sdata.images),
         labels=dict(sdata.labels),
         points=dict(sdata.points),
         shapes=dict(sdata.shapes),
-        tables={**dict(sdata.tables), table_name: table},
+        tables=tables,
     )
     shallow.write(path, overwrite=overwrite)
     return path

@@ -742,7 +742,14 @@ class CellMapperWidget(QWidget):
                 return None
             overwrite = True
         try:
-            written = export_query(query.sdata, table_name, path, source_path=query.path, overwrite=overwrite)
+            written = export_query(
+                query.sdata,
+                table_name,
+                path,
+                source_path=query.path,
+                overwrite=overwrite,
+                imputed=self.result.imputed,
+            )
         except Exception as error:  # noqa: BLE001
             _notify_error(f"Export failed: {error_message(error)}")
             return None

@@ -76,6 +76,23 @@ def h5_safe(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _to_all_rows(
+    found: Neighbors, searched: np.ndarray, reference_rows: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbours of the searched query rows (a mask) -> one row per query cell, reference
+    indices mapped back through ``reference_rows`` (None: all reference rows were searched).
+    Rows not searched get index -1 and distance inf. No copy when everything was searched."""
+    idx = found.indices
+    if reference_rows is not None:
+        idx = np.where(idx >= 0, reference_rows[np.maximum(idx, 0)], -1)
+    if searched.all():
+        return idx, found.distances
+    indices = np.full((searched.size, idx.shape[1]), -1, dtype=np.int64)
+    distances = np.full((searched.size, idx.shape[1]), np.inf, dtype=np.float32)
+    indices[searched], distances[searched] = idx, found.distances
+    return indices, distances
+
+
 class CellMapper:
     """k-NN mapping of labels, embeddings and expression from a reference onto a query.
 
@@ -172,9 +189,10 @@ class CellMapper:
             yield Progress("build index", 0, 1)
             index = build_index(prepare_rep(r_rep[ref_rows], metric), resolved, **search_options)
             yield Progress("build index", 1, 1)
+        all_query, all_reference = bool(q_ok.all()), ref_rows.size == r_rep.shape[0]
         found = yield from iter_search(
-            q_rep[q_ok],
-            r_rep[ref_rows],
+            q_rep if all_query else q_rep[q_ok],
+            r_rep if all_reference else r_rep[ref_rows],
             n_neighbors,
             metric=metric,
             backend=resolved,
@@ -183,10 +201,7 @@ class CellMapper:
             **({} if index is not None else search_options),
         )
         self._index = index
-        indices = np.full((q_rep.shape[0], n_neighbors), -1, dtype=np.int64)
-        distances = np.full((q_rep.shape[0], n_neighbors), np.inf, dtype=np.float32)
-        indices[q_ok] = np.where(found.indices >= 0, ref_rows[np.maximum(found.indices, 0)], -1)
-        distances[q_ok] = found.distances
+        indices, distances = _to_all_rows(found, q_ok, None if all_reference else ref_rows)
         neighbors = Neighbors(indices, distances, metric, found.backend, r_rep.shape[0])
         self.joint = emb
         self._search_options = {} if index is not None else dict(search_options)
@@ -241,8 +256,10 @@ class CellMapper:
 
     def _iter_reference_search(self, k: int) -> Steps[Neighbors]:
         """Search the reference against itself with the index of the query search (no state change)."""
-        rows = np.flatnonzero(self._reference_usable)
-        rep = self._reference_rep[rows]
+        usable = self._reference_usable
+        everyone = bool(usable.all())
+        rows = None if everyone else np.flatnonzero(usable)
+        rep = self._reference_rep if everyone else self._reference_rep[rows]
         relaxed = getattr(self._index, "relaxed", None)
         found = yield from iter_search(
             rep,
@@ -255,10 +272,7 @@ class CellMapper:
             **self._search_options,
         )
         n_ref = self._reference_rep.shape[0]
-        indices = np.full((n_ref, k), -1, dtype=np.int64)
-        distances = np.full((n_ref, k), np.inf, dtype=np.float32)
-        indices[rows] = np.where(found.indices >= 0, rows[np.maximum(found.indices, 0)], -1)
-        distances[rows] = found.distances
+        indices, distances = _to_all_rows(found, usable, rows)
         return Neighbors(indices, distances, found.metric, found.backend, n_ref)
 
     def iter_compute_reference_neighbors(self, n_neighbors: int | None = None) -> Steps[Neighbors]:

@@ -43,6 +43,26 @@ def test_annotate_everything():
     assert record["pipeline"]["n_niches"] == 3 and record["kernel"] == "gauss"
 
 
+def test_reference_graph_has_its_own_k():
+    """The reference's graph (presence, quality) uses reference_k, not the mapping's k; the hnoca
+    kernel keeps the graph of the mapping's k it needed anyway."""
+    query, reference = make_pair(n_query=80, n_ref=120, seed=2)
+    base = dict(use_rep="X_joint", obs_keys=("celltype",), n_neighbors=20, presence=True)
+    cmap = annotate(query.copy(), reference.copy(), MappingParams(**base), progress=False)
+    assert cmap.neighbors.k == 20 and cmap.reference_neighbors.k == 15
+    cmap = annotate(query.copy(), reference.copy(), MappingParams(**base, reference_k=7), progress=False)
+    assert cmap.reference_neighbors.k == 7
+    big = MappingParams(**base, reference_k=10_000)  # capped at the reference's size
+    assert annotate(query.copy(), reference.copy(), big, progress=False).reference_neighbors.k == 120
+    hnoca = MappingParams(**base, kernel="hnoca")
+    assert annotate(query.copy(), reference.copy(), hnoca, progress=False).reference_neighbors.k == 20
+    for bad in (0, -3, 2.5, True):
+        before = reference.copy()
+        with pytest.raises(CellMapperInputError, match="reference_k"):
+            annotate(query.copy(), reference, MappingParams(**base, reference_k=bad), progress=False)
+        assert reference.obs.equals(before.obs)
+
+
 def test_niches_need_coordinates_before_any_work(monkeypatch):
     import napari_cellmapper.core.mapper as mapper_mod
 

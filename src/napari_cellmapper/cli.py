@@ -56,6 +56,10 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--joint", default="pca", help="joint embedding from shared genes: pca or cca")
     m.add_argument("--n-comps", type=int, default=30, help="components of the built joint embedding (30)")
     m.add_argument("--presence", action="store_true", help="presence scores on the reference")
+    m.add_argument(
+        "--reference-k", type=int, default=15,
+        help="neighbours per cell in the reference's own graph (presence, quality; 15)",
+    )  # fmt: skip
     m.add_argument("--niches", type=int, default=0, metavar="N", help="find N niches (needs a spatial query)")
     m.add_argument("--out", required=True, help="output .h5ad or .zarr")
     m.add_argument("--reference-out", default=None, help="write the reference with presence scores here")
@@ -169,6 +173,7 @@ def _cmd_map(args) -> int:
         joint=args.joint,
         n_comps=args.n_comps,
         presence=args.presence,
+        reference_k=args.reference_k,
         n_niches=args.niches,
     )
     reference = _read_reference(args)

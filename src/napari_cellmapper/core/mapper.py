@@ -76,6 +76,12 @@ def h5_safe(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Neighbours per cell in the reference's own k-NN graph (presence scores, mapping quality).
+#: HNOCA-tools gives that graph its own k, independent of the mapping's; 15 is scanpy's default,
+#: the graph a reference usually ships with. The hnoca kernel uses the mapping's k instead.
+REFERENCE_GRAPH_K = 15
+
+
 def _to_all_rows(
     found: Neighbors, searched: np.ndarray, reference_rows: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -283,10 +289,10 @@ class CellMapper:
         self.reference_neighbors = yield from self._iter_reference_search(k)
         return self.reference_neighbors
 
-    def _start_reference_search(self) -> Future[Neighbors]:
+    def _start_reference_search(self, n_neighbors: int) -> Future[Neighbors]:
         """Search the reference graph in a background thread (faiss releases the GIL), so it
         overlaps with the single-threaded kernel and transfer steps."""
-        k = self._reference_k(None)
+        k = self._reference_k(n_neighbors)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellmapper-reference-graph")
         future = executor.submit(run_steps, self._iter_reference_search(k))
         executor.shutdown(wait=False)
@@ -472,12 +478,14 @@ class CellMapper:
         chunk_size: int | None = None,
         prediction_postfix: str = "_pred",
         reference_graph: bool = False,
+        reference_k: int = REFERENCE_GRAPH_K,
         **search_options: Any,
     ) -> Steps[CellMapper]:
         """Generator version of :meth:`fit` (for napari's generator workers).
 
-        ``reference_graph=True`` also computes the reference's own k-NN graph (for presence
-        scores and mapping quality), in a background thread that overlaps the transfer steps.
+        ``reference_graph=True`` also computes the reference's own ``reference_k``-NN graph (for
+        presence scores and mapping quality), in a background thread that overlaps the transfer
+        steps. With the hnoca kernel, the graph the kernel needed (k = ``n_neighbors``) is kept.
         """
         self._check_common()
         val.check_choice("kernel", kernel, val.KERNELS)
@@ -485,6 +493,13 @@ class CellMapper:
         val.check_choice("metric", metric, val.METRICS)
         self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
         val.check_k(n_neighbors, self.reference.n_obs)
+        if reference_graph and (
+            not isinstance(reference_k, (int, np.integer)) or isinstance(reference_k, bool) or reference_k < 1
+        ):
+            raise val.CellMapperInputError(
+                f"reference_k must be a positive integer, got {reference_k!r} (it is capped at the "
+                "reference's size)."
+            )
         if use_rep is not None:
             q_rep = val.get_rep(self.query, use_rep, "query")
             r_rep = val.get_rep(self.reference, use_rep, "reference")
@@ -512,7 +527,7 @@ class CellMapper:
         )
         background = None
         if reference_graph and kernel != "hnoca" and self._index is not None:
-            background = self._start_reference_search()
+            background = self._start_reference_search(reference_k)
         yield from self.iter_compute_mapping_matrix(kernel)
         yield from self.iter_transfer(
             obs_keys, obsm_keys, layer_key, prediction_postfix=prediction_postfix, chunk_size=chunk_size
@@ -523,8 +538,8 @@ class CellMapper:
                 wait([background], timeout=0.1)
             self.reference_neighbors = background.result()
             yield Progress("reference neighbour graph", 1, 1)
-        elif reference_graph:
-            yield from self.iter_compute_reference_neighbors()
+        elif reference_graph and self.reference_neighbors is None:
+            yield from self.iter_compute_reference_neighbors(reference_k)
         return self
 
     def fit(

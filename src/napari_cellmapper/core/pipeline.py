@@ -12,7 +12,7 @@ import numpy as np
 from anndata import AnnData
 
 from napari_cellmapper.core import validation as val
-from napari_cellmapper.core.mapper import CellMapper, h5_safe
+from napari_cellmapper.core.mapper import REFERENCE_GRAPH_K, CellMapper, h5_safe
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 
 QUALITY_KEY = "mapping_quality"
@@ -35,6 +35,7 @@ class MappingParams:
     n_comps: int = 30
     presence: bool = False
     quality: bool = True
+    reference_k: int = REFERENCE_GRAPH_K
     n_niches: int = 0
     niche_key: str | None = None
     niche_neighbors: int = 15
@@ -56,6 +57,7 @@ class MappingParams:
             "metric": self.metric,
             "joint": self.joint,
             "n_comps": self.n_comps,
+            "reference_k": self.reference_k,
             **self.search_options,
         }
 

@@ -87,6 +87,7 @@ def test_writer_and_demo_run(make_napari_viewer, qtbot, example_paths, tmp_path,
             viewer.add_layer(__import__("napari").layers.Layer.create(data, meta, kind))
     widget = CellMapperWidget(viewer)
     assert widget.query is not None and widget.query.path == str(spatial)
+    widget.expression_check.setChecked(True)
     widget.run()
     qtbot.waitUntil(lambda: not widget.controller.is_running, timeout=60_000)
     cells = widget.scene.cells_layer
@@ -94,7 +95,9 @@ def test_writer_and_demo_run(make_napari_viewer, qtbot, example_paths, tmp_path,
     out = tmp_path / "saved.zarr"
     written = write_annotated(str(out), [(cells.data, cells._get_state(), "points")])
     assert written == [str(out)]
-    assert "cell_type_pred" in spatialdata.read_zarr(out).tables["table"].obs
+    saved = spatialdata.read_zarr(out)
+    assert "cell_type_pred" in saved.tables["table"].obs
+    assert saved.tables["table_imputed"].n_vars == widget.result.imputed.n_vars
 
 
 @pytest.mark.gui

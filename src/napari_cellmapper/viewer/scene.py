@@ -292,6 +292,9 @@ class CellMapperScene:
                 else values.iloc[rows].array
             )
         self.cells_layer.features = features
+        # File > Save (the npe2 writer) exports it as the table "<table>_imputed"; None clears a
+        # previous run's
+        self.cells_layer.metadata["imputed"] = getattr(result, "imputed", None)
         if self.reference_layer is not None and len(result.reference_obs.columns):
             ref_features = self.reference_layer.features.copy()
             for column in result.reference_obs.columns:

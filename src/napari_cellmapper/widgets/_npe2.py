@@ -162,7 +162,13 @@ def write_annotated(path: str, layer_data: Sequence[LayerData]) -> list[str]:
             target = Path(path)
             if target.suffix != ".zarr":
                 target = target.with_name(target.name + ".zarr")
-            written = export_query(meta["sdata"], meta["table"], target, source_path=meta.get("path"))
+            written = export_query(
+                meta["sdata"],
+                meta["table"],
+                target,
+                source_path=meta.get("path"),
+                imputed=meta.get("imputed"),  # set by the widget after a run with expression
+            )
             return [str(written)]
     return []
 

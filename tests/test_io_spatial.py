@@ -195,3 +195,16 @@ def test_errors_change_nothing(io_toy):
     for name, table in before.items():
         assert table.obs.equals(io_toy.tables[name].obs)
         assert table.uns.keys() == io_toy.tables[name].uns.keys()
+
+
+def test_kind_of_element_names_every_element():
+    from napari_cellmapper.datasets import spatial_example
+
+    sdata = spatial_example()
+    kinds = {
+        name: spatial.kind_of_element(sdata, name) for name in [*sdata.shapes, *sdata.labels, *sdata.images]
+    }
+    assert set(kinds.values()) <= {"circles", "polygons", "labels", "image"}
+    assert "image" in kinds.values() and kinds.get("cells") in ("circles", "labels")
+    with pytest.raises(KeyError, match="nope"):
+        spatial.kind_of_element(sdata, "nope")

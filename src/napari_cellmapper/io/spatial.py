@@ -226,6 +226,17 @@ def _kind_of(group: str, element: Any) -> str:
     return "mixed shapes (" + ", ".join(sorted(geom_types)) + ")"
 
 
+def kind_of_element(sdata: Any, element: str) -> str:
+    """Kind of a SpatialData element (by name; :func:`element_kind` takes a table): "points", "circles", "polygons", "labels", "image" or
+    "mixed shapes (...)". Raises ``KeyError`` for an unknown name."""
+    sdata = _as_sdata(sdata)
+    for group in ("labels", "points", "shapes", "images"):
+        elements = getattr(sdata, group)
+        if element in elements:
+            return _kind_of(group, elements[element])
+    raise KeyError(f"{element!r} is not an element of this SpatialData")
+
+
 def _element_coordinate_systems(element: Any) -> tuple[str, ...]:
     from spatialdata.transformations import get_transformation
 

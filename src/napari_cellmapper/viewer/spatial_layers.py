@@ -46,17 +46,14 @@ def table_attrs(table: Any) -> tuple[str | None, str | None, list[str]]:
 
 
 def element_kind(sdata: Any, element: str) -> str:
-    """ "points", "circles", "polygons" or "labels" for a cell-bearing element."""
-    if element in sdata.labels:
-        return "labels"
-    if element in sdata.points:
-        return "points"
-    if element in sdata.shapes:
-        geom = sdata.shapes[element]
-        if "radius" in geom.columns and len(geom) and geom.geometry.iloc[0].geom_type == "Point":
-            return "circles"
-        return "polygons"
-    raise KeyError(f"{element!r} is not a points, shapes or labels element of this SpatialData")
+    """ "points", "circles", "polygons" or "labels" for a cell-bearing element (see
+    :func:`napari_cellmapper.io.spatial.kind_of_element`)."""
+    from napari_cellmapper.io.spatial import kind_of_element
+
+    kind = kind_of_element(sdata, element)
+    if kind not in ("points", "circles", "polygons", "labels"):
+        raise KeyError(f"{element!r} is a {kind} element, not points, circles, polygons or labels")
+    return kind
 
 
 def coordinate_systems_of(sdata: Any, element: str) -> list[str]:

@@ -496,7 +496,7 @@ def test_bad_imputed_expression_changes_nothing(io_source, io_digest):
     with pytest.raises(CellMapperInputError, match="must differ"):
         export.export_annotated(
             io_source, TABLE, _annotated(io_source), in_place=True,
-            imputed=_imputed(io_source), imputed_table_name=TABLE,
+            imputed=_imputed(io_source), imputed_name=TABLE,
         )  # fmt: skip
     assert io_digest(io_source) == before
     assert _staging_left(io_source.parent) == []

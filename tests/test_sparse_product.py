@@ -5,6 +5,7 @@ import pytest
 from scipy import sparse
 
 from napari_cellmapper.core import sparse_product as sp
+from napari_cellmapper.core.progress import run_steps
 
 
 @pytest.fixture(autouse=True)
@@ -14,13 +15,13 @@ def _always_kernels(monkeypatch):
 
 
 def _product(matrix, x, chunk_size):
-    steps = sp.iter_product(matrix, x, chunk_size)
+    """The product and the rows done after each block (the stage's opening event left out)."""
     done = []
-    while True:
-        try:
-            done.append(next(steps))
-        except StopIteration as finished:
-            return finished.value, done
+    out = run_steps(
+        sp.iter_product(matrix, x, chunk_size, "product"),
+        lambda event: done.append(event.done) if event.done else None,
+    )
+    return out, done
 
 
 def _mapping(n_query, n_ref, k, seed):

@@ -190,15 +190,16 @@ class CellMapper:
         ref_rows = np.flatnonzero(r_ok)
         resolved = resolve_backend(backend, int(q_ok.sum()), ref_rows.size)
         check_backend_options(resolved, search_options)
+        all_query, all_reference = bool(q_ok.all()), ref_rows.size == r_rep.shape[0]
+        searched_ref = r_rep if all_reference else r_rep[ref_rows]
         index = None
         if resolved != "dask":
             yield Progress("build index", 0, 1)
-            index = build_index(prepare_rep(r_rep[ref_rows], metric), resolved, **search_options)
+            index = build_index(prepare_rep(searched_ref, metric), resolved, **search_options)
             yield Progress("build index", 1, 1)
-        all_query, all_reference = bool(q_ok.all()), ref_rows.size == r_rep.shape[0]
         found = yield from iter_search(
             q_rep if all_query else q_rep[q_ok],
-            r_rep if all_reference else r_rep[ref_rows],
+            searched_ref,
             n_neighbors,
             metric=metric,
             backend=resolved,
@@ -493,13 +494,8 @@ class CellMapper:
         val.check_choice("metric", metric, val.METRICS)
         self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
         val.check_k(n_neighbors, self.reference.n_obs)
-        if reference_graph and (
-            not isinstance(reference_k, (int, np.integer)) or isinstance(reference_k, bool) or reference_k < 1
-        ):
-            raise val.CellMapperInputError(
-                f"reference_k must be a positive integer, got {reference_k!r} (it is capped at the "
-                "reference's size)."
-            )
+        if reference_graph:
+            val.check_positive_int("reference_k", reference_k)  # capped at the reference's size
         if use_rep is not None:
             q_rep = val.get_rep(self.query, use_rep, "query")
             r_rep = val.get_rep(self.reference, use_rep, "reference")

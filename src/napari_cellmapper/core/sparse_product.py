@@ -14,11 +14,12 @@ background thread so a fresh process does not pay for it on the critical path.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
 
 import numpy as np
 from numba import njit, prange
 from scipy import sparse
+
+from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 
 DENSE_BLOCK_ENTRIES = 1 << 23  # 8M float32 values = 32 MB per dense block
 #: below this many multiply-adds scipy's product finishes before numba's kernels would even load
@@ -72,21 +73,24 @@ def block_rows(n_cols: int, chunk_size: int) -> int:
 
 
 def iter_product(
-    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int
-) -> Generator[int, None, sparse.csr_matrix]:
-    """``matrix @ x`` as CSR float32 with sorted indices; yields the number of query rows done.
+    matrix: sparse.csr_matrix, x: sparse.spmatrix | sparse.sparray, chunk_size: int, stage: str
+) -> Steps[sparse.csr_matrix]:
+    """``matrix @ x`` as CSR float32 with sorted indices; yields ``Progress(stage, rows done, n)``.
 
-    ``matrix`` is ``(n_query, n_reference)`` CSR, ``x`` is ``(n_reference, n_genes)`` CSR.
-    Products of :data:`SMALL_PRODUCT` multiply-adds or more run on the numba kernels.
+    ``matrix`` is ``(n_query, n_reference)`` CSR, ``x`` is ``(n_reference, n_genes)`` sparse (any
+    order or duplicates). Products of :data:`SMALL_PRODUCT` multiply-adds or more run on the numba
+    kernels.
     """
+    matrix, x = sparse.csr_matrix(matrix), sparse.csr_matrix(x, dtype=np.float32)
+    yield Progress(stage, 0, matrix.shape[0])
     if uses_kernels(matrix.nnz, x):
-        return (yield from _iter_kernel_product(matrix, x, chunk_size))
-    return (yield from _iter_scipy_product(matrix, x, chunk_size))
+        return (yield from _iter_kernel_product(matrix, x, chunk_size, stage))
+    return (yield from _iter_scipy_product(matrix, x, chunk_size, stage))
 
 
 def _iter_kernel_product(
-    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int
-) -> Generator[int, None, sparse.csr_matrix]:
+    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int, stage: str
+) -> Steps[sparse.csr_matrix]:
     """The kernels' product. Each dense block is packed straight into the output arrays, which
     grow (rarely) from an estimate taken on the first block, so the output is never held twice."""
     n_query, n_cols = matrix.shape[0], x.shape[1]
@@ -104,8 +108,7 @@ def _iter_kernel_product(
     step = block_rows(n_cols, chunk_size)
     buffer = np.empty((min(step, n_query), n_cols), dtype=np.float32)  # reused: no page faults
     counts_buffer = np.empty(min(step, n_query), dtype=np.int64)
-    for start in range(0, n_query, step):
-        stop = min(start + step, n_query)
+    for start, stop in chunk_bounds(n_query, step):
         block, counts = buffer[: stop - start], counts_buffer[: stop - start]
         rows = m_indptr[start : stop + 1]  # absolute offsets into m_indices / m_data
         _accumulate(rows, m_indices, m_data, x_indptr, x_indices, x_data, block, counts)
@@ -116,7 +119,7 @@ def _iter_kernel_product(
             estimate = max(need, int(need / stop * n_query * 1.05) + 1)
             indices, data = _grown(indices, estimate), _grown(data, estimate)
         _pack(block, indptr[start : stop + 1], indices, data)
-        yield stop
+        yield Progress(stage, stop, n_query)
     nnz = int(indptr[-1])
     indices, data = _trimmed(indices, nnz), _trimmed(data, nnz)
     out = sparse.csr_matrix((data, indices, indptr.astype(out_itype)), shape=(n_query, n_cols), copy=False)
@@ -125,15 +128,14 @@ def _iter_kernel_product(
 
 
 def _iter_scipy_product(
-    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int
-) -> Generator[int, None, sparse.csr_matrix]:
+    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int, stage: str
+) -> Steps[sparse.csr_matrix]:
     blocks = []
-    for start in range(0, matrix.shape[0], chunk_size):
-        stop = min(start + chunk_size, matrix.shape[0])
+    for start, stop in chunk_bounds(matrix.shape[0], chunk_size):
         block = sparse.csr_matrix(matrix[start:stop] @ x, dtype=np.float32)
         block.sort_indices()
         blocks.append(block)
-        yield stop
+        yield Progress(stage, stop, matrix.shape[0])
     if not blocks:
         return sparse.csr_matrix(matrix.shape[:1] + x.shape[1:], dtype=np.float32)
     return sparse.csr_matrix(sparse.vstack(blocks, format="csr"), dtype=np.float32)
@@ -155,7 +157,7 @@ def warm_up() -> threading.Thread:
 
     def run() -> None:
         eye = sparse.csr_matrix(np.eye(2, dtype=np.float32))
-        for _ in _iter_kernel_product(eye, eye, 1):
+        for _ in _iter_kernel_product(eye, eye, 1, "warm-up"):
             pass
 
     thread = threading.Thread(target=run, name="cellmapper-numba-warm-up", daemon=True)

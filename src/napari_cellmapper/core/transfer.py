@@ -149,20 +149,8 @@ def iter_transfer_expression(
     Sparse input goes through :mod:`.sparse_product` (parallel, one dense block of query rows at a
     time); dense input through :func:`iter_transfer_dense`.
     """
-    n_query = matrix.shape[0]
     if not sparse.issparse(expression):
         return (
             yield from iter_transfer_dense(matrix, np.asarray(expression), chunk_size=chunk_size, stage=stage)
         )
-    x = sparse.csr_matrix(expression, dtype=np.float32)
-    if not x.has_canonical_format:
-        x = x.copy()
-        x.sum_duplicates()
-    yield Progress(stage, 0, n_query)
-    product = iter_product(sparse.csr_matrix(matrix), x, chunk_size)
-    while True:
-        try:
-            done = next(product)
-        except StopIteration as finished:
-            return finished.value
-        yield Progress(stage, done, n_query)
+    return (yield from iter_product(matrix, expression, chunk_size, stage))

@@ -7,6 +7,7 @@ the fix, so the CLI can print it on one line and the plugin can show it as a not
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -122,10 +123,15 @@ def check_reps(query_rep: np.ndarray, ref_rep: np.ndarray, use_rep: str) -> None
     check_finite(ref_rep, f"reference.obsm[{use_rep!r}]")
 
 
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise if ``value`` is not a positive integer (bools are not integers here)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise CellMapperInputError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def check_k(k: int, n_reference: int) -> None:
     """Raise if k is not a positive integer at most the reference size."""
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise CellMapperInputError(f"n_neighbors must be a positive integer, got {k!r}.")
+    check_positive_int("n_neighbors", k)
     if k > n_reference:
         raise CellMapperInputError(
             f"n_neighbors={k} is larger than the reference ({n_reference} cells). "

@@ -157,6 +157,11 @@ def merge_annotations(
     return out
 
 
+def imputed_table_name(table_name: str) -> str:
+    """Default name of the table holding a mapped table's imputed expression."""
+    return f"{table_name}_imputed"
+
+
 def imputed_table(source: AnnData, imputed: AnnData, table_name: str) -> AnnData:
     """The imputed expression as a table annotating the same cells as ``source``.
 
@@ -394,7 +399,7 @@ def export_annotated(
     overwrite: bool = False,
     provenance: Mapping[str, Any] | None = None,
     imputed: AnnData | None = None,
-    imputed_table_name: str | None = None,
+    imputed_name: str | None = None,
 ) -> Path:
     """Write the annotated query as a SpatialData zarr store, atomically.
 
@@ -418,8 +423,8 @@ def export_annotated(
     imputed
         Imputed expression (``CellMapper.query_imputed``), written as one more table annotating
         the same cells (see :func:`imputed_table`).
-    imputed_table_name
-        Its name; default ``f"{table_name}_imputed"`` (replaced if it exists).
+    imputed_name
+        Its name; default :func:`imputed_table_name` (replaced if it exists).
 
     Returns
     -------
@@ -451,9 +456,9 @@ def export_annotated(
     table = merge_annotations(source_table, annotated_table, table_name, provenance=extra)
     tables = {table_name: table}
     if imputed is not None:
-        name = imputed_table_name or f"{table_name}_imputed"
+        name = imputed_name or imputed_table_name(table_name)
         if name == table_name:
-            raise CellMapperInputError("`imputed_table_name` must differ from the mapped table's name.")
+            raise CellMapperInputError("`imputed_name` must differ from the mapped table's name.")
         if in_place and name in sdata.tables and not _clonable(source, name):
             raise CellMapperInputError(f"Table {name!r} of {str(source)!r} cannot be replaced in place.")
         tables[name] = imputed_table(source_table, imputed, table_name)

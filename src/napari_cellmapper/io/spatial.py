@@ -227,8 +227,8 @@ def _kind_of(group: str, element: Any) -> str:
 
 
 def kind_of_element(sdata: Any, element: str) -> str:
-    """Kind of a SpatialData element (by name; :func:`element_kind` takes a table): "points", "circles", "polygons", "labels", "image" or
-    "mixed shapes (...)". Raises ``KeyError`` for an unknown name."""
+    """Kind of a SpatialData element, by name: "points", "circles", "polygons", "labels", "image"
+    or "mixed shapes (...)" (:func:`element_kind` takes a table). ``KeyError`` if unknown."""
     sdata = _as_sdata(sdata)
     for group in ("labels", "points", "shapes", "images"):
         elements = getattr(sdata, group)

@@ -121,7 +121,7 @@ def export_query(
 ) -> Path:
     """Write the (annotated) query: via ``io.export`` from its source store, else a full write.
 
-    ``imputed`` (AnnData of imputed expression) becomes the table ``f"{table_name}_imputed"``."""
+    ``imputed`` (AnnData of imputed expression) becomes the table ``imputed_table_name(table_name)``."""
     path = Path(path)
     table = sdata.tables[table_name]
     if source_path is not None and Path(source_path).exists():
@@ -140,9 +140,9 @@ def export_query(
 
     tables = {**dict(sdata.tables), table_name: table}
     if imputed is not None:
-        from napari_cellmapper.io.export import imputed_table
+        from napari_cellmapper.io.export import imputed_table, imputed_table_name
 
-        tables[f"{table_name}_imputed"] = imputed_table(table, imputed, table_name)
+        tables[imputed_table_name(table_name)] = imputed_table(table, imputed, table_name)
     shallow = SpatialData(
         images=dict(sdata.images),
         labels=dict(sdata.labels),

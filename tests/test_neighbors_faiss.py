@@ -64,7 +64,6 @@ def test_ivf_index_records_auto_parameters(clustered_20k):
     assert index.nprobe is None and index.calibrated_recall is None
     _, idx = index.search(np.ascontiguousarray(qry), 30)
     assert index.nprobe in {min(p, index.nlist) for p in nf._NPROBE_LADDER}
-    assert index.index.nprobe == index.nprobe
     assert index.calibrated_recall is not None and index.calibrated_recall >= nf.IVF_TARGET_RECALL
     assert nf.recall_at_k(idx, exact) >= 0.95
 
@@ -84,7 +83,7 @@ def test_ivf_explicit_parameters_skip_calibration():
     ref, qry, _, _ = clustered(2_000, 100, 8, 5, seed=2)
     index = nf.IVFIndex(ref, nlist=16, nprobe=3)
     index.search(qry, 5)
-    assert (index.nlist, index.nprobe, index.index.nprobe) == (16, 3, 3)
+    assert (index.nlist, index.nprobe) == (16, 3)
     assert index.calibrated_recall is None
 
 
@@ -93,3 +92,35 @@ def test_ivf_full_probe_is_exact():
     index = nf.IVFIndex(ref, nlist=20, nprobe=20)
     _, idx = index.search(qry, 10)
     assert nf.recall_at_k(idx, _exact(qry, ref, 10)) == 1.0
+
+
+def test_ivf_index_pickles_and_searches_the_same():
+    import pickle
+
+    ref, qry, _, _ = clustered(3_000, 200, 10, 6, seed=8)
+    index = nf.IVFIndex(ref, nlist=12, nprobe=3)
+    copy = pickle.loads(pickle.dumps(index))
+    a, b = index.search(qry, 7), copy.search(qry, 7)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_ivf_reference_cells_hold_each_row_once():
+    ref, _, _, _ = clustered(2_000, 10, 8, 5, seed=9)
+    index = nf.IVFIndex(ref, nlist=10, nprobe=2)
+    cells = index.reference_cells()
+    assert cells.shape == (2_000,) and cells.min() >= 0 and cells.max() < 10
+    # each row lies in the list of its nearest centroid
+    nearest = nb.search(ref, index._centroids[:, : ref.shape[1]], 1, backend="faiss-exact").indices[:, 0]
+    assert (cells == nearest).mean() > 0.99  # float32 near-ties aside
+
+
+def test_relaxed_view_probes_fewer_lists():
+    ref, qry, _, _ = clustered(3_000, 300, 10, 6, seed=10)
+    index = nf.IVFIndex(ref, nlist=30, nprobe=8)
+    exact = _exact(qry, ref, 10)
+    relaxed = index.relaxed()
+    assert relaxed.nprobe == 4
+    full = nf.recall_at_k(index.search(qry, 10)[1], exact)
+    half = nf.recall_at_k(relaxed.search(qry, 10)[1], exact)
+    assert half <= full and index.nprobe == 8  # the view leaves the index as it was

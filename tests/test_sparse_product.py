@@ -14,14 +14,25 @@ def _always_kernels(monkeypatch):
     monkeypatch.setattr(sp, "SMALL_PRODUCT", 0)
 
 
-def _product(matrix, x, chunk_size):
-    """The product and the rows done after each block (the stage's opening event left out)."""
+def _product(matrix, x, chunk_size, row_order=None):
+    """The product and the progress after each chunk (the stage's opening event left out)."""
     done = []
     out = run_steps(
-        sp.iter_product(matrix, x, chunk_size, "product"),
+        sp.iter_product(matrix, x, chunk_size, "product", row_order=row_order),
         lambda event: done.append(event.done) if event.done else None,
     )
     return out, done
+
+
+def _assert_same(out, matrix, x):
+    expected = (matrix @ x).tocsr()
+    expected.eliminate_zeros()
+    expected.sort_indices()
+    assert out.format == "csr" and out.dtype == np.float32 and out.shape == expected.shape
+    assert out.has_sorted_indices
+    np.testing.assert_array_equal(out.indptr, expected.indptr)
+    np.testing.assert_array_equal(out.indices, expected.indices)
+    np.testing.assert_allclose(out.data, expected.data, rtol=1e-5)
 
 
 def _mapping(n_query, n_ref, k, seed):
@@ -40,15 +51,41 @@ def test_matches_scipy(chunk_size):
     m = _mapping(300, 200, 12, seed=0)
     x = sparse.random(200, 45, density=0.1, random_state=1, format="csr", dtype=np.float32)
     out, done = _product(m, x, chunk_size)
-    expected = (m @ x).tocsr()
-    expected.sort_indices()
-    assert out.format == "csr" and out.dtype == np.float32 and out.shape == (300, 45)
-    assert out.has_sorted_indices
-    np.testing.assert_array_equal(out.indptr, expected.indptr)
-    np.testing.assert_array_equal(out.indices, expected.indices)
-    np.testing.assert_allclose(out.data, expected.data, rtol=1e-5)
-    assert done[-1] == 300 and done == sorted(done)
-    assert len(done) == -(-300 // min(chunk_size, 300))
+    _assert_same(out, m, x)
+    # two passes (count, fill) over the rows, chunk by chunk
+    assert done[-1] == 600 and done == sorted(done)
+    assert len(done) == 2 * -(-300 // min(chunk_size, 300))
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_row_order_changes_nothing_but_speed(monkeypatch, scan):
+    """Any processing order, with the accumulator scanned whole or its touched columns tracked,
+    gives exactly the same product."""
+    monkeypatch.setattr(sp, "scans_whole_rows", lambda matrix, x: scan)
+    m = _mapping(300, 200, 12, seed=10)
+    x = sparse.random(200, 450, density=0.02, random_state=11, format="csr", dtype=np.float32)
+    order = np.random.default_rng(12).permutation(300)
+    plain, _ = _product(m, x, 64)
+    ordered, done = _product(m, x, 64, row_order=order)
+    _assert_same(ordered, m, x)
+    np.testing.assert_array_equal(ordered.data, plain.data)
+    assert done[-1] == 600
+
+
+def test_scan_or_track_follows_the_shapes():
+    m = _mapping(100, 50, 10, seed=13)
+    dense_rows = sparse.random(50, 40, density=0.5, random_state=14, format="csr")
+    assert sp.scans_whole_rows(m, dense_rows)  # 10 x 20 entries touched per row, 40 genes
+    wide = sparse.random(50, 100_000, density=0.0001, random_state=15, format="csr")
+    assert not sp.scans_whole_rows(m, wide)  # 10 x 10 entries touched per row, 100k genes
+
+
+def test_row_order_must_be_a_permutation_of_the_rows():
+    m = _mapping(10, 8, 3, seed=16)
+    x = sparse.random(8, 5, density=0.5, random_state=17, format="csr", dtype=np.float32)
+    for bad in (np.arange(9), np.zeros(10, dtype=int), np.arange(1, 11)):
+        with pytest.raises(ValueError, match="row_order"):
+            _product(m, x, 4, row_order=bad)
 
 
 def test_small_products_stay_with_scipy(monkeypatch):
@@ -57,7 +94,7 @@ def test_small_products_stay_with_scipy(monkeypatch):
     kernels, _ = _product(m, x, 64)
     monkeypatch.setattr(sp, "SMALL_PRODUCT", 10**12)
     assert not sp.uses_kernels(m.nnz, x)
-    monkeypatch.setattr(sp, "_accumulate", None)  # would fail if called
+    monkeypatch.setattr(sp, "_fill", None)  # would fail if called
     small, done = _product(m, x, 64)
     assert small.dtype == np.float32 and small.has_sorted_indices and done[-1] == 300
     np.testing.assert_array_equal(small.indices, kernels.indices)
@@ -65,33 +102,15 @@ def test_small_products_stay_with_scipy(monkeypatch):
     assert not sp.uses_kernels(10**9, np.ones((3, 3)))  # dense input never does
 
 
-def test_blocks_are_bounded_by_the_dense_budget(monkeypatch):
-    monkeypatch.setattr(sp, "DENSE_BLOCK_ENTRIES", 100)
-    assert sp.block_rows(45, 10_000) == 2  # 100 // 45
-    assert sp.block_rows(1000, 10_000) == 1  # never zero rows
-    m = _mapping(50, 40, 5, seed=2)
-    x = sparse.random(40, 45, density=0.3, random_state=3, format="csr", dtype=np.float32)
-    out, done = _product(m, x, 10_000)
-    assert len(done) == 25
-    np.testing.assert_allclose(out.toarray(), (m @ x).toarray(), rtol=1e-5)
-
-
-def test_output_grows_past_a_short_first_estimate():
-    # the first block is all-empty rows, so the first capacity estimate is far too small
-    m = _mapping(100, 30, 4, seed=4).tolil()
-    m[:20] = 0
-    m = m.tocsr()
-    x = sparse.random(30, 20, density=0.5, random_state=5, format="csr", dtype=np.float32)
-    out, _ = _product(m, x, 20)
-    np.testing.assert_allclose(out.toarray(), (m @ x).toarray(), rtol=1e-5)
-    assert out.nnz == (m @ x).nnz
-
-
-def test_cancellation_to_zero_is_not_stored():
-    m = sparse.csr_matrix(np.array([[1.0, 1.0]], dtype=np.float32))
-    x = sparse.csr_matrix(np.array([[2.0, 1.0], [-2.0, 1.0]], dtype=np.float32))
-    out, _ = _product(m, x, 10)
-    assert out.nnz == 1 and out[0, 1] == 2.0
+@pytest.mark.parametrize("scan", [True, False])
+def test_cancellation_to_zero_is_not_stored(monkeypatch, scan):
+    """Sums that cancel to exactly zero leave no entry, and the rows after them close up."""
+    monkeypatch.setattr(sp, "scans_whole_rows", lambda matrix, x: scan)
+    m = sparse.csr_matrix(np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32))
+    x = sparse.csr_matrix(np.array([[2.0, 1.0, 3.0], [-2.0, 1.0, 0.5]], dtype=np.float32))
+    out, _ = _product(m, x, 10, row_order=np.array([2, 0, 1]))
+    _assert_same(out, m, x)
+    assert out.nnz == 2 + 3 + 2 and out[0, 0] == 0 and out[0, 1] == 2.0
 
 
 def test_empty_inputs():

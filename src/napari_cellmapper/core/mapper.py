@@ -37,7 +37,7 @@ from napari_cellmapper.core.neighbors import (
 )
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
-from napari_cellmapper.core.sparse_product import uses_kernels, warm_up
+from napari_cellmapper.core.sparse_product import uses_kernels
 from napari_cellmapper.core.transfer import (
     LabelTransfer,
     category_codes,
@@ -45,6 +45,7 @@ from napari_cellmapper.core.transfer import (
     iter_transfer_expression,
     iter_transfer_labels,
     transfer_numeric,
+    warm_up,
 )
 
 JOINT_KEY = "X_cellmapper_joint"
@@ -340,6 +341,17 @@ class CellMapper:
         return unmapped_rows(self.mapping_matrix)
 
     # ------------------------------------------------------------------ step 3: transfer
+    def _locality_order(self) -> np.ndarray | None:
+        """Query rows grouped by the coarse cell of the search index their nearest neighbour lies
+        in (None when the index has no cells): the expression product then reuses each group's
+        reference rows from cache."""
+        cells_of = getattr(self._index, "reference_cells", None)
+        if cells_of is None or self.neighbors is None or self._reference_usable is None:
+            return None
+        cells = np.full(self._reference_usable.size + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        cells[np.flatnonzero(self._reference_usable)] = cells_of()  # the index holds the usable rows
+        return np.argsort(cells[self.neighbors.indices[:, 0]], kind="stable")  # -1 (unmapped): last
+
     def iter_transfer(
         self,
         obs_keys: str | list[str] | None = None,
@@ -395,7 +407,9 @@ class CellMapper:
             )
         imputed = None
         if layer_key is not None:
-            values = yield from iter_transfer_expression(m, self._reference_layer(layer_key), **chunk)
+            values = yield from iter_transfer_expression(
+                m, self._reference_layer(layer_key), row_order=self._locality_order(), **chunk
+            )
             imputed = AnnData(X=values, obs=self.query.obs[[]].copy(), var=self.reference.var.copy())
         # commit: nothing above touched the query
         unmapped = unmapped_rows(m)
@@ -508,8 +522,8 @@ class CellMapper:
 
             resolve_backend(backend, self.query.n_obs, self.reference.n_obs)
         expression = self._reference_layer(layer_key)
-        if expression is not None and uses_kernels(self.query.n_obs * n_neighbors, expression):
-            warm_up()  # loads the expression kernels while the search runs
+        # loads the transfer kernels while the search runs
+        warm_up(expression is not None and uses_kernels(self.query.n_obs * n_neighbors, expression))
         yield from self.iter_compute_neighbors(
             use_rep,
             n_neighbors,

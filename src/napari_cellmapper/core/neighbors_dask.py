@@ -3,15 +3,16 @@
 The driver prepares the reference (float32, L2-normalised rows for cosine) and, for
 ``index_backend="faiss-ivf"``, trains the IVF index and calibrates ``nprobe`` once. It then
 scatters one payload to every worker (``broadcast=True``): the prepared reference for exact search,
-the serialised trained IVF index otherwise. Each worker builds (or deserialises) the faiss index
-once per reference token and keeps it in a small per-process cache, so query chunks only carry
-query rows. One task per query chunk; :class:`~napari_cellmapper.core.progress.Progress` is
+the trained IVF index (pickled) otherwise. Each worker builds the faiss index (or takes the IVF
+index) once per reference token and keeps it in a small per-process cache, so query chunks only
+carry query rows. One task per query chunk; :class:`~napari_cellmapper.core.progress.Progress` is
 yielded as tasks complete and the result is assembled in query order.
 
-Determinism: every chunk runs the same faiss call as the single-process path would on the same
+Determinism: every chunk runs the same search call as the single-process path would on the same
 rows (same chunk bounds for the same ``chunk_size``; the same trained IVF index and ``nprobe``).
-faiss' BLAS kernels round differently for different query-batch shapes and, for batches of a few
-thousand rows or more, different BLAS thread counts; results are bit-identical to
+faiss' BLAS kernels (exact search, the IVF's choice of lists) round differently for different
+query-batch shapes and, for batches of a few thousand rows or more, different BLAS thread counts;
+results are bit-identical to
 ``search(..., backend="faiss-exact"/"faiss-ivf")`` when both use the same ``chunk_size`` and
 BLAS does not multithread the batch (chunks up to ~2,000 rows, or equal faiss thread counts), and
 otherwise agree to float32 rounding (same neighbours except exact near-ties).
@@ -75,28 +76,12 @@ def _require_distributed() -> Any:
 # --------------------------------------------------------------------------- worker side
 
 
-class _IVFWorkerIndex:
-    """A deserialised, trained faiss IVF index searched with a fixed ``nprobe``."""
-
-    backend = "faiss-ivf"
-
-    def __init__(self, payload: np.ndarray, nprobe: int) -> None:
-        import faiss
-
-        self.index = faiss.deserialize_index(payload)
-        self.index.nprobe = int(nprobe)
-
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Squared L2 distances and indices (approximate)."""
-        return self.index.search(query, k)
-
-
-def _build_worker_index(payload: np.ndarray, kind: str, nprobe: int | None) -> Any:
+def _build_worker_index(payload: Any, kind: str, nprobe: int | None) -> Any:
     if kind == "faiss-exact":
         from napari_cellmapper.core.neighbors_faiss import FlatIndex
 
         return FlatIndex(payload)
-    return _IVFWorkerIndex(payload, int(nprobe or 1))
+    return payload  # the trained, calibrated IVFIndex itself, unpickled once by dask
 
 
 def _worker_index(payload: np.ndarray, token: str, kind: str, nprobe: int | None) -> Any:
@@ -171,7 +156,7 @@ def _payload(
     index_backend: str,
     chunk_size: int | None,
     options: dict[str, Any],
-) -> tuple[np.ndarray, tuple[str, str, int | None]]:
+) -> tuple[Any, tuple[str, str, int | None]]:
     """What to scatter once, and the (token, kind, nprobe) spec every task carries."""
     from dask.base import tokenize
 
@@ -186,8 +171,6 @@ def _payload(
         raise CellMapperInputError(
             f"Unknown option(s) {unknown} for index_backend='faiss-ivf'; use {list(_IVF_OPTIONS)}."
         )
-    import faiss
-
     from napari_cellmapper.core.neighbors_faiss import IVFIndex
 
     ivf = IVFIndex(ref, **options)
@@ -195,9 +178,8 @@ def _payload(
         # the single-process path calibrates on its first query chunk: do the same, once, here
         first = prepare_rep(query[: chunk_size or DEFAULT_CHUNK_SIZE], metric)
         ivf.calibrate(first, k)
-    payload = faiss.serialize_index(ivf.index)
-    token = tokenize(payload, "faiss-ivf", ivf.nprobe)
-    return payload, (token, "faiss-ivf", int(ivf.nprobe))
+    token = tokenize(ref, "faiss-ivf", options, ivf.nprobe)
+    return ivf, (token, "faiss-ivf", int(ivf.nprobe))
 
 
 def _default_chunk_size(n_query: int, n_threads: int) -> int:

@@ -1,4 +1,4 @@
-"""faiss indexes on the CPU: exact (flat) and approximate (IVF with calibrated nprobe).
+"""Indexes on the CPU: exact (faiss' flat index) and approximate (IVF with calibrated nprobe).
 
 Indexes answer ``search(query, k) -> (squared_l2, indices)``; the caller turns squared L2 into true
 Euclidean or cosine distances (see :mod:`napari_cellmapper.core.neighbors`).
@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from napari_cellmapper.core.ivf_scan import nearest_lists, scan, warm_up
 
 #: recall@k that the IVF calibration aims for on a query sample (the guarantee asked of it is 0.95)
 IVF_TARGET_RECALL = 0.965
@@ -48,10 +50,13 @@ def ivf_nlist(n_reference: int) -> int:
 
 
 class IVFIndex:
-    """Approximate L2 search with an inverted file (``faiss.IndexIVFFlat``).
+    """Approximate L2 search with an inverted file.
 
-    ``nlist`` follows from the reference size; ``nprobe`` is calibrated on a sample of the query
-    against exact search until recall@k reaches ``target_recall`` (unless given).
+    faiss trains ``nlist`` coarse centroids (k-means); :mod:`.ivf_scan` finds each query's
+    ``nprobe`` nearest ones and scans the lists behind them. ``nlist`` follows from the
+    reference size; ``nprobe`` is calibrated on a sample of the query against exact search until
+    recall@k reaches ``target_recall`` (unless given). The index holds the reference rows once,
+    sorted by list, and plain arrays only (dask pickles it to its workers).
     """
 
     backend = "faiss-ivf"
@@ -64,25 +69,27 @@ class IVFIndex:
         nprobe: int | None = None,
         seed: int = 0,
     ) -> None:
+        warm_up()  # loads the scan kernel while k-means trains
         faiss = _faiss()
         n, dim = reference.shape
-        self.nlist = nlist or ivf_nlist(n)
-        quantizer = faiss.IndexFlatL2(dim)
-        self.index = faiss.IndexIVFFlat(quantizer, dim, self.nlist, faiss.METRIC_L2)
-        self.index.cp.seed = seed
-        self.index.cp.niter = 10
+        self.nlist = int(nlist or ivf_nlist(n))
         n_train = min(n, max(self.nlist * 40, 10_000))
         if n_train < n:
             rng = np.random.default_rng(seed)
             train = reference[np.sort(rng.choice(n, n_train, replace=False))]
         else:
             train = reference
-        self.index.train(train)
-        self.index.add(reference)
-        self._reference = reference
+        params = faiss.ClusteringParameters()
+        params.niter, params.seed = 10, seed
+        quantizer = faiss.IndexFlatL2(dim)
+        faiss.Clustering(dim, self.nlist, params).train(np.ascontiguousarray(train), quantizer)
+        self._centroids = quantizer.reconstruct_n(0, self.nlist)
+        self._cells = quantizer.assign(reference, 1).ravel().astype(np.int64)
+        self._ids = np.argsort(self._cells, kind="stable")
+        self._vectors = np.ascontiguousarray(reference[self._ids])
+        self._offsets = np.zeros(self.nlist + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self._cells, minlength=self.nlist), out=self._offsets[1:])
         self.nprobe = nprobe
-        if nprobe is not None:
-            self.index.nprobe = nprobe
         self.calibrated_recall: float | None = None
 
     def calibrate(
@@ -91,19 +98,17 @@ class IVFIndex:
         """Choose the smallest nprobe whose recall@k on a query sample reaches ``target_recall``."""
         rng = np.random.default_rng(seed)
         # fewer calibration queries against very large references keep the exact pass cheap
-        budget = _CALIBRATION_QUERIES if self._reference.shape[0] <= 200_000 else _CALIBRATION_QUERIES // 2
+        budget = _CALIBRATION_QUERIES if self._ids.size <= 200_000 else _CALIBRATION_QUERIES // 2
         n_sample = min(budget, query.shape[0])
         sample = query[np.sort(rng.choice(query.shape[0], n_sample, replace=False))]
-        exact = _faiss().knn(sample, self._reference, k)[1]
-        recall = 0.0
+        exact = self._ids[_faiss().knn(sample, self._vectors, min(k, self._ids.size))[1]]
+        recall, nprobe = 0.0, 1
         for nprobe in _NPROBE_LADDER:
             nprobe = min(nprobe, self.nlist)
-            self.index.nprobe = nprobe
-            approx = self.index.search(sample, k)[1]
-            recall = recall_at_k(approx, exact)
+            recall = recall_at_k(self.search_with(sample, k, nprobe)[1], exact)
             if recall >= target_recall or nprobe == self.nlist:
                 break
-        self.nprobe = int(self.index.nprobe)
+        self.nprobe = int(nprobe)
         self.calibrated_recall = recall
         return self.nprobe
 
@@ -111,7 +116,17 @@ class IVFIndex:
         """Squared L2 distances and indices of (approximately) the k nearest reference rows."""
         if self.nprobe is None:
             self.calibrate(query, k)
-        return self.index.search(query, k)
+        return self.search_with(query, k, self.nprobe)
+
+    def search_with(self, query: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` probing ``nprobe`` lists (does not change the index; thread-safe)."""
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        probes = nearest_lists(query, self._centroids, nprobe)
+        return scan(query, probes, self._offsets, self._vectors, self._ids, k)
+
+    def reference_cells(self) -> np.ndarray:
+        """The coarse cell (inverted list) of each indexed reference row, int64."""
+        return self._cells
 
     def relaxed(self) -> _ProbeView:
         """The same index searched with half the calibrated probes (thread-safe per call).
@@ -131,8 +146,7 @@ class _ProbeView:
         self.parent, self.nprobe = parent, nprobe
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        params = _faiss().SearchParametersIVF(nprobe=self.nprobe)
-        return self.parent.index.search(query, k, params=params)
+        return self.parent.search_with(query, k, self.nprobe)
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:

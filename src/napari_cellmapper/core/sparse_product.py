@@ -2,10 +2,19 @@
 
 scipy's sparse product is single-threaded, makes two passes over the data and leaves the column
 indices unsorted. Expression transfer is its worst case: every query row sums ``k`` reference rows
-whose genes overlap, so the output rows are dense-ish. Here each chunk of query rows is
-accumulated into a dense ``(rows, n_genes)`` float32 block by a numba kernel running one thread per
-row, then packed into CSR with sorted indices. Only one block exists at a time (at most
-:data:`DENSE_BLOCK_ENTRIES` values), so no dense copy of the expression matrix is ever formed.
+whose genes overlap, so the output rows are dense-ish. Here numba kernels run one thread per
+group of query rows, each with one accumulator row of ``n_genes`` values (it stays in cache):
+
+1. a counting pass marks the genes each query row touches (it reads column indices only), which
+   sizes the output once;
+2. a filling pass sums each row and writes its nonzeros, column indices sorted, straight into the
+   output arrays (sums that cancel to exactly zero are dropped and their slots closed up).
+
+So nothing but the output is allocated: no dense block, no copy of the expression matrix. The
+time goes into fetching the reference rows of each query row's neighbours, so rows are best
+processed in an order that keeps neighbouring query cells together (``row_order``, e.g. by the
+coarse cell of the search index): their reference rows are then reused from cache. The order
+changes the speed only, never the result.
 
 numba compiles the kernels once per machine (cached on disk); :func:`warm_up` loads them in a
 background thread so a fresh process does not pay for it on the critical path.
@@ -19,12 +28,17 @@ import numpy as np
 from numba import njit, prange
 from scipy import sparse
 
+from napari_cellmapper.core.numba_threads import launch_lock
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 
-DENSE_BLOCK_ENTRIES = 1 << 23  # 8M float32 values = 32 MB per dense block
 #: below this many multiply-adds scipy's product finishes before numba's kernels would even load
 #: in a fresh process (about 0.4 s), so small products stay with scipy
 SMALL_PRODUCT = 30_000_000
+#: query rows per kernel task (one accumulator row per task)
+_GRAIN = 256
+#: the accumulator is scanned whole (no per-entry bookkeeping) unless the genes outnumber the
+#: entries a row can touch by this factor; then the touched columns are tracked and sorted
+_SCAN_FACTOR = 8
 
 
 def uses_kernels(matrix_nnz: int, x: sparse.spmatrix | sparse.sparray) -> bool:
@@ -33,103 +47,204 @@ def uses_kernels(matrix_nnz: int, x: sparse.spmatrix | sparse.sparray) -> bool:
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _accumulate(m_indptr, m_indices, m_data, x_indptr, x_indices, x_data, out, counts):  # pragma: no cover
-    """Dense rows ``out[r] = sum_p m_data[p] * X[m_indices[p]]`` (overwritten), nonzeros to ``counts``."""
-    n_cols = out.shape[1]
-    for r in prange(out.shape[0]):
-        out[r, :] = 0
-        for p in range(m_indptr[r], m_indptr[r + 1]):
-            j = m_indices[p]
-            w = m_data[p]
-            for q in range(x_indptr[j], x_indptr[j + 1]):
-                out[r, x_indices[q]] += w * x_data[q]
-        c = 0
-        for g in range(n_cols):
-            if out[r, g] != 0:
-                c += 1
-        counts[r] = c
+def _count(order, m_indptr, m_indices, x_indptr, x_indices, n_cols, scan, counts):  # pragma: no cover
+    """``counts[r]``: the columns row ``r`` of ``M · X`` touches (its nonzeros, unless some sum to
+    zero), for the rows in ``order``. Symbolic: reads only the column indices."""
+    n_rows = order.shape[0]
+    for task in prange((n_rows + _GRAIN - 1) // _GRAIN):
+        seen = np.zeros(n_cols if scan else 0, np.uint8)
+        mark = np.full(0 if scan else n_cols, -1, np.int64)
+        for i in range(task * _GRAIN, min(n_rows, (task + 1) * _GRAIN)):
+            r = order[i]
+            c = 0
+            for p in range(m_indptr[r], m_indptr[r + 1]):
+                j = m_indices[p]
+                if scan:
+                    for q in range(x_indptr[j], x_indptr[j + 1]):
+                        seen[x_indices[q]] = 1
+                else:
+                    for q in range(x_indptr[j], x_indptr[j + 1]):
+                        g = x_indices[q]
+                        if mark[g] != r:
+                            mark[g] = r
+                            c += 1
+            if scan:
+                for g in range(n_cols):
+                    c += seen[g]
+                    seen[g] = 0
+            counts[r] = c
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _pack(out, indptr, indices, data):  # pragma: no cover
-    """Nonzeros of the dense block ``out`` into CSR arrays (column indices sorted)."""
-    for r in prange(out.shape[0]):
-        p = indptr[r]
-        for g in range(out.shape[1]):
-            v = out[r, g]
-            if v != 0:
-                indices[p] = g
-                data[p] = v
-                p += 1
+def _fill(  # pragma: no cover
+    order,
+    m_indptr,
+    m_indices,
+    m_data,
+    x_indptr,
+    x_indices,
+    x_data,
+    n_cols,
+    scan,
+    indptr,
+    indices,
+    data,
+    written,
+):
+    """Sum the rows in ``order`` of ``M · X`` and write their nonzeros from ``indptr[r]`` on,
+    columns sorted; ``written[r]``: how many (fewer than counted where sums cancel to zero)."""
+    n_rows = order.shape[0]
+    for task in prange((n_rows + _GRAIN - 1) // _GRAIN):
+        acc = np.zeros(n_cols, np.float32)
+        touched = np.empty(0 if scan else n_cols, np.int64)
+        mark = np.full(0 if scan else n_cols, -1, np.int64)
+        for i in range(task * _GRAIN, min(n_rows, (task + 1) * _GRAIN)):
+            r = order[i]
+            n = 0
+            for p in range(m_indptr[r], m_indptr[r + 1]):
+                j = m_indices[p]
+                w = m_data[p]
+                if scan:
+                    for q in range(x_indptr[j], x_indptr[j + 1]):
+                        acc[x_indices[q]] += w * x_data[q]
+                else:
+                    for q in range(x_indptr[j], x_indptr[j + 1]):
+                        g = x_indices[q]
+                        if mark[g] != r:
+                            mark[g] = r
+                            touched[n] = g
+                            n += 1
+                        acc[g] += w * x_data[q]
+            p = indptr[r]
+            if scan:
+                for g in range(n_cols):
+                    v = acc[g]
+                    if v != 0:
+                        indices[p] = g
+                        data[p] = v
+                        p += 1
+                        acc[g] = 0
+            else:
+                touched[:n].sort()
+                for t in range(n):
+                    g = touched[t]
+                    v = acc[g]
+                    if v != 0:
+                        indices[p] = g
+                        data[p] = v
+                        p += 1
+                    acc[g] = 0
+            written[r] = p - indptr[r]
+
+
+@njit(cache=True, nogil=True)
+def _close_gaps(indptr, written, indices, data):  # pragma: no cover
+    """Move every row's ``written`` entries left so the rows are contiguous; the new indptr."""
+    new = np.zeros_like(indptr)
+    for r in range(written.shape[0]):
+        src, dst, n = indptr[r], new[r], written[r]
+        for t in range(n):
+            indices[dst + t] = indices[src + t]
+            data[dst + t] = data[src + t]
+        new[r + 1] = dst + n
+    return new
 
 
 def _index_dtype(*sizes: int) -> type:
     return np.int32 if max(sizes, default=0) < np.iinfo(np.int32).max else np.int64
 
 
-def block_rows(n_cols: int, chunk_size: int) -> int:
-    """Query rows per dense block: ``chunk_size`` at most, and at most ``DENSE_BLOCK_ENTRIES`` values."""
-    return max(1, min(chunk_size, DENSE_BLOCK_ENTRIES // max(n_cols, 1)))
+def scans_whole_rows(matrix: sparse.csr_matrix, x: sparse.csr_matrix) -> bool:
+    """Whether the kernels scan the whole accumulator row (genes few compared with the entries a
+    row touches) rather than track the touched columns."""
+    touches = matrix.nnz / max(matrix.shape[0], 1) * x.nnz / max(x.shape[0], 1)
+    return x.shape[1] <= _SCAN_FACTOR * max(touches, 1.0)
 
 
 def iter_product(
-    matrix: sparse.csr_matrix, x: sparse.spmatrix | sparse.sparray, chunk_size: int, stage: str
+    matrix: sparse.csr_matrix,
+    x: sparse.spmatrix | sparse.sparray,
+    chunk_size: int,
+    stage: str,
+    *,
+    row_order: np.ndarray | None = None,
 ) -> Steps[sparse.csr_matrix]:
-    """``matrix @ x`` as CSR float32 with sorted indices; yields ``Progress(stage, rows done, n)``.
+    """``matrix @ x`` as CSR float32 with sorted indices; yields ``Progress(stage, done, total)``.
 
     ``matrix`` is ``(n_query, n_reference)`` CSR, ``x`` is ``(n_reference, n_genes)`` sparse (any
     order or duplicates). Products of :data:`SMALL_PRODUCT` multiply-adds or more run on the numba
-    kernels.
+    kernels, in two passes over the rows (``total`` is twice the number of rows), in
+    ``row_order`` (a permutation of the rows) when given.
     """
     matrix, x = sparse.csr_matrix(matrix), sparse.csr_matrix(x, dtype=np.float32)
-    yield Progress(stage, 0, matrix.shape[0])
+    if row_order is not None:
+        row_order = np.asarray(row_order)
+        n = matrix.shape[0]
+        is_permutation = row_order.shape == (n,) and (
+            n == 0
+            or (
+                row_order.min() >= 0
+                and row_order.max() < n
+                and np.bincount(row_order, minlength=n).max() == 1
+            )
+        )
+        if not is_permutation:
+            raise ValueError(f"row_order must hold each of the {n} rows once.")
     if uses_kernels(matrix.nnz, x):
-        return (yield from _iter_kernel_product(matrix, x, chunk_size, stage))
+        return (yield from _iter_kernel_product(matrix, x, chunk_size, stage, row_order))
     return (yield from _iter_scipy_product(matrix, x, chunk_size, stage))
 
 
 def _iter_kernel_product(
-    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int, stage: str
+    matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int, stage: str, row_order: np.ndarray | None
 ) -> Steps[sparse.csr_matrix]:
-    """The kernels' product. Each dense block is packed straight into the output arrays, which
-    grow (rarely) from an estimate taken on the first block, so the output is never held twice."""
+    """The kernels' product: count every row, allocate the output once, fill every row."""
     n_query, n_cols = matrix.shape[0], x.shape[1]
     itype = _index_dtype(matrix.nnz, matrix.shape[1], x.nnz, n_cols)
-    m_indptr = matrix.indptr.astype(itype, copy=False)
-    m_indices = matrix.indices.astype(itype, copy=False)
-    m_data = matrix.data.astype(np.float32, copy=False)
-    x_indptr = x.indptr.astype(itype, copy=False)
-    x_indices = x.indices.astype(itype, copy=False)
-    x_data = x.data.astype(np.float32, copy=False)
-    out_itype = _index_dtype(n_query * n_cols)
+    m_indptr, m_indices = matrix.indptr.astype(itype, copy=False), matrix.indices.astype(itype, copy=False)
+    x_indptr, x_indices = x.indptr.astype(itype, copy=False), x.indices.astype(itype, copy=False)
+    m_data, x_data = matrix.data.astype(np.float32, copy=False), x.data.astype(np.float32, copy=False)
+    scan = scans_whole_rows(matrix, x)
+    if row_order is None:
+        order = np.arange(n_query, dtype=np.int64)
+    else:
+        order = row_order.astype(np.int64, copy=False)
+    bounds = chunk_bounds(n_query, chunk_size)
+    yield Progress(stage, 0, 2 * n_query)
+    counts = np.empty(n_query, dtype=np.int64)
+    for start, stop in bounds:
+        with launch_lock():
+            _count(order[start:stop], m_indptr, m_indices, x_indptr, x_indices, n_cols, scan, counts)
+        yield Progress(stage, stop, 2 * n_query)
     indptr = np.zeros(n_query + 1, dtype=np.int64)
-    indices = np.empty(0, dtype=out_itype)
-    data = np.empty(0, dtype=np.float32)
-    step = block_rows(n_cols, chunk_size)
-    buffer = np.empty((min(step, n_query), n_cols), dtype=np.float32)  # reused: no page faults
-    counts_buffer = np.empty(min(step, n_query), dtype=np.int64)
-    for start, stop in chunk_bounds(n_query, step):
-        block, counts = buffer[: stop - start], counts_buffer[: stop - start]
-        rows = m_indptr[start : stop + 1]  # absolute offsets into m_indices / m_data
-        _accumulate(rows, m_indices, m_data, x_indptr, x_indices, x_data, block, counts)
-        np.cumsum(counts, out=indptr[start + 1 : stop + 1])
-        indptr[start + 1 : stop + 1] += indptr[start]
-        need = int(indptr[stop])
-        if need > len(indices):  # first block, or the estimate was short: grow
-            estimate = max(need, int(need / stop * n_query * 1.05) + 1)
-            indices, data = _grown(indices, estimate), _grown(data, estimate)
-        _pack(block, indptr[start : stop + 1], indices, data)
-        yield Progress(stage, stop, n_query)
-    nnz = int(indptr[-1])
-    indices, data = _trimmed(indices, nnz), _trimmed(data, nnz)
+    np.cumsum(counts, out=indptr[1:])
+    written = counts  # reused: the fill overwrites each row's count with what it wrote
+    out_itype = _index_dtype(int(indptr[-1]), n_cols)
+    indices, data = np.empty(int(indptr[-1]), dtype=out_itype), np.empty(int(indptr[-1]), dtype=np.float32)
+    for start, stop in bounds:
+        with launch_lock():
+            _fill(
+                order[start:stop], m_indptr, m_indices, m_data, x_indptr, x_indices, x_data, n_cols, scan,
+                indptr, indices, data, written,
+            )  # fmt: skip
+        yield Progress(stage, n_query + stop, 2 * n_query)
+    if written.sum() < indptr[-1]:  # some sums cancelled to zero: close the gaps they left
+        indptr = _close_gaps(indptr, written, indices, data)
+        indices, data = _trimmed(indices, int(indptr[-1])), _trimmed(data, int(indptr[-1]))
     out = sparse.csr_matrix((data, indices, indptr.astype(out_itype)), shape=(n_query, n_cols), copy=False)
     out.has_sorted_indices = True
     return out
 
 
+def _trimmed(values: np.ndarray, size: int) -> np.ndarray:
+    """The first ``size`` values, copied only when that frees much memory."""
+    return values[:size].copy() if len(values) > 1.2 * size + 1024 else values[:size]
+
+
 def _iter_scipy_product(
     matrix: sparse.csr_matrix, x: sparse.csr_matrix, chunk_size: int, stage: str
 ) -> Steps[sparse.csr_matrix]:
+    yield Progress(stage, 0, matrix.shape[0])
     blocks = []
     for start, stop in chunk_bounds(matrix.shape[0], chunk_size):
         block = sparse.csr_matrix(matrix[start:stop] @ x, dtype=np.float32)
@@ -141,23 +256,12 @@ def _iter_scipy_product(
     return sparse.csr_matrix(sparse.vstack(blocks, format="csr"), dtype=np.float32)
 
 
-def _grown(values: np.ndarray, size: int) -> np.ndarray:
-    out = np.empty(size, dtype=values.dtype)
-    out[: len(values)] = values
-    return out
-
-
-def _trimmed(values: np.ndarray, size: int) -> np.ndarray:
-    """The first ``size`` values, copied only when that frees much memory."""
-    return values[:size].copy() if len(values) > 1.2 * size + 1024 else values[:size]
-
-
 def warm_up() -> threading.Thread:
     """Load (or compile, the first time on a machine) the kernels in a background thread."""
 
     def run() -> None:
         eye = sparse.csr_matrix(np.eye(2, dtype=np.float32))
-        for _ in _iter_kernel_product(eye, eye, 1, "warm-up"):
+        for _ in _iter_kernel_product(eye, eye, 1, "warm-up", None):
             pass
 
     thread = threading.Thread(target=run, name="cellmapper-numba-warm-up", daemon=True)

@@ -6,12 +6,16 @@ copy of the expression matrix or of the probabilities beyond one chunk of query 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numba import njit, prange
 from scipy import sparse
 
+from napari_cellmapper.core import sparse_product
+from napari_cellmapper.core.numba_threads import launch_lock
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 from napari_cellmapper.core.sparse_product import iter_product
 
@@ -69,6 +73,22 @@ def category_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     return values.cat.codes.to_numpy().astype(np.int64), values.cat.categories
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _class_probabilities(indptr, indices, data, codes, out):  # pragma: no cover
+    """``out[r]``: the weights of row ``r`` of M summed per class of the reference cells
+    (``codes``, -1: no label, ignored), divided by their total; ``out`` starts at zero."""
+    for r in prange(out.shape[0]):
+        total = out.dtype.type(0)  # summed like the classes, so no class exceeds it
+        for p in range(indptr[r], indptr[r + 1]):
+            c = codes[indices[p]]
+            if c >= 0:
+                out[r, c] += data[p]
+                total += data[p]
+        if total > 0:
+            for c in range(out.shape[1]):
+                out[r, c] = out[r, c] / total
+
+
 def iter_transfer_labels(
     matrix: sparse.csr_matrix,
     codes: np.ndarray,
@@ -80,17 +100,12 @@ def iter_transfer_labels(
     """Class probabilities ``M · onehot(labels)``; reference cells without a label are ignored."""
     n_query, n_cat = matrix.shape[0], len(categories)
     proba = np.zeros((n_query, n_cat), dtype=np.float32)
-    indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    codes = np.asarray(codes, dtype=np.int64)
     for start, stop in chunk_bounds(n_query, chunk_size):
-        lo, hi = indptr[start], indptr[stop]
-        labels = codes[indices[lo:hi]]
-        rows = np.repeat(np.arange(stop - start), np.diff(indptr[start : stop + 1]))
-        keep = labels >= 0
-        block = np.bincount(
-            rows[keep] * n_cat + labels[keep], weights=data[lo:hi][keep], minlength=(stop - start) * n_cat
-        ).reshape(stop - start, n_cat)
-        totals = block.sum(axis=1, keepdims=True)
-        np.divide(block, totals, out=proba[start:stop], where=totals > 0, casting="unsafe")
+        with launch_lock():
+            _class_probabilities(
+                matrix.indptr[start : stop + 1], matrix.indices, matrix.data, codes, proba[start:stop]
+            )
         yield Progress(stage, stop, n_query)
     return summarise_probabilities(proba, categories)
 
@@ -143,14 +158,32 @@ def iter_transfer_expression(
     *,
     chunk_size: int = DEFAULT_TRANSFER_CHUNK,
     stage: str = "transfer expression",
+    row_order: np.ndarray | None = None,
 ) -> Steps[np.ndarray | sparse.csr_matrix]:
     """``M · X`` for the reference expression: sparse in, sparse (CSR, float32, sorted) out.
 
-    Sparse input goes through :mod:`.sparse_product` (parallel, one dense block of query rows at a
-    time); dense input through :func:`iter_transfer_dense`.
+    Sparse input goes through :mod:`.sparse_product` (parallel; ``row_order``, a permutation of
+    the query rows that keeps neighbouring cells together, makes it faster); dense input through
+    :func:`iter_transfer_dense`.
     """
     if not sparse.issparse(expression):
         return (
             yield from iter_transfer_dense(matrix, np.asarray(expression), chunk_size=chunk_size, stage=stage)
         )
-    return (yield from iter_product(matrix, expression, chunk_size, stage))
+    return (yield from iter_product(matrix, expression, chunk_size, stage, row_order=row_order))
+
+
+def warm_up(expression: bool = False) -> threading.Thread:
+    """Load (or compile, the first time on a machine) the label kernel, and with ``expression``
+    the expression kernels, in a background thread while the neighbour search runs."""
+
+    def run() -> None:
+        one = sparse.csr_matrix(np.ones((1, 1), dtype=np.float32))
+        for _ in iter_transfer_labels(one, np.zeros(1, dtype=np.int64), pd.Index(["a"])):
+            pass
+        if expression:
+            sparse_product.warm_up().join()
+
+    thread = threading.Thread(target=run, name="cellmapper-transfer-warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -235,3 +235,24 @@ def test_unknown_backend_option_raises():
         nb.search(ref[:5], ref, 3, backend="faiss-ivf", nprob=4)
     with pytest.raises(CellMapperInputError, match="accepts: none"):
         nb.search(ref[:5], ref, 3, backend="faiss-exact", nprobe=4)
+
+
+def test_locality_order_groups_rows_by_the_cell_of_their_nearest_neighbour():
+    class Cells:
+        def reference_cells(self):
+            return np.array([2, 0, 1, 0])  # cells of the indexed rows
+
+    nbrs = nb.Neighbors(
+        np.array([[3, 0], [2, 1], [0, 3], [-1, -1], [1, 2]]),
+        np.zeros((5, 2), np.float32),
+        "euclidean",
+        "test",
+        4,
+    )
+    order = nb.locality_order(nbrs, Cells())
+    # nearest neighbours' cells: 0, 1, 2, none, 0 -> rows 0 and 4 first, the unmapped row last
+    np.testing.assert_array_equal(order, [0, 4, 1, 2, 3])
+    # an index over reference rows 1..4 only (row 0 unusable): its cells belong to rows 1, 2, 3, 4
+    nbrs5 = nb.Neighbors(np.array([[4], [1], [2]]), np.zeros((3, 1), np.float32), "euclidean", "test", 5)
+    np.testing.assert_array_equal(nb.locality_order(nbrs5, Cells(), np.array([1, 2, 3, 4])), [0, 2, 1])
+    assert nb.locality_order(nbrs, object()) is None  # exact search: no cells

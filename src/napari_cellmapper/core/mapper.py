@@ -32,6 +32,7 @@ from napari_cellmapper.core.neighbors import (
     build_index,
     check_backend_options,
     iter_search,
+    locality_order,
     prepare_rep,
     resolve_backend,
 )
@@ -342,15 +343,11 @@ class CellMapper:
 
     # ------------------------------------------------------------------ step 3: transfer
     def _locality_order(self) -> np.ndarray | None:
-        """Query rows grouped by the coarse cell of the search index their nearest neighbour lies
-        in (None when the index has no cells): the expression product then reuses each group's
-        reference rows from cache."""
-        cells_of = getattr(self._index, "reference_cells", None)
-        if cells_of is None or self.neighbors is None or self._reference_usable is None:
+        """Query rows grouped by the search index's coarse cells (see :func:`locality_order`)."""
+        if self.neighbors is None or self._reference_usable is None:
             return None
-        cells = np.full(self._reference_usable.size + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        cells[np.flatnonzero(self._reference_usable)] = cells_of()  # the index holds the usable rows
-        return np.argsort(cells[self.neighbors.indices[:, 0]], kind="stable")  # -1 (unmapped): last
+        usable = self._reference_usable
+        return locality_order(self.neighbors, self._index, None if usable.all() else np.flatnonzero(usable))
 
     def iter_transfer(
         self,

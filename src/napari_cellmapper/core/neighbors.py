@@ -186,6 +186,24 @@ def build_index(reference: np.ndarray, backend: str, **options: Any) -> Neighbor
     raise CellMapperInputError(f"backend {backend!r} has no in-process index; use search() instead.")
 
 
+def locality_order(
+    neighbors: Neighbors, index: Any, indexed_rows: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Query rows grouped by the coarse cell of the index that their nearest neighbour lies in,
+    or None when the index has no cells (exact search).
+
+    Work over the reference rows of each query row's neighbours (the expression product) then
+    finds them in cache. ``indexed_rows``: the reference rows the index holds, in its order (None:
+    all). Rows without a neighbour come last.
+    """
+    cells_of = getattr(index, "reference_cells", None)
+    if cells_of is None:
+        return None
+    cells = np.full(neighbors.n_reference + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    cells[slice(None, -1) if indexed_rows is None else indexed_rows] = cells_of()
+    return np.argsort(cells[neighbors.indices[:, 0]], kind="stable")  # index -1 reads the last
+
+
 def to_true_distances(squared: np.ndarray, indices: np.ndarray, metric: str) -> np.ndarray:
     """Squared L2 (on normalised rows for cosine) -> Euclidean or cosine distance; inf where none."""
     squared = np.maximum(squared, 0, out=np.asarray(squared, dtype=np.float32))

@@ -26,7 +26,13 @@ from scipy import sparse
 
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
-from napari_cellmapper.core.neighbors import build_index, iter_search, prepare_rep, resolve_backend
+from napari_cellmapper.core.neighbors import (
+    build_index,
+    iter_search,
+    locality_order,
+    prepare_rep,
+    resolve_backend,
+)
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 from napari_cellmapper.core.transfer import (
@@ -182,7 +188,11 @@ def iter_map_stream(
             m = mapping_matrix(nb, kernel, sigma=sigma)
             chunk = AnnData(
                 obs=pd.DataFrame(index=names),
-                X=(yield from _silent(iter_transfer_expression(m, expression)))
+                X=(
+                    yield from _silent(
+                        iter_transfer_expression(m, expression, row_order=locality_order(nb, index))
+                    )
+                )
                 if expression is not None
                 else None,
                 var=reference.var[[]].copy() if expression is not None else None,

@@ -82,3 +82,27 @@ def test_niches_need_coordinates_before_any_work(monkeypatch):
             progress=False,
         )
     assert "celltype_pred" not in query.obs
+
+
+@pytest.mark.parametrize("kernel", ["gauss", "hnoca"])
+def test_presence_beside_the_transfer_equals_presence_afterwards(kernel):
+    """Presence is computed in the reference-graph thread while the transfer runs (gauss), or
+    afterwards when that graph is searched in the main thread (hnoca); the scores are those of
+    add_presence_scores on the same mapping and graph, per group too."""
+    from napari_cellmapper.core.presence import add_presence_scores
+
+    query, reference = make_pair(n_query=150, n_ref=200, seed=5)
+    groups = np.where(np.arange(query.n_obs) % 2, "a", "b")
+    params = MappingParams(
+        use_rep="X_joint", obs_keys=("celltype",), n_neighbors=10, presence=True, kernel=kernel
+    )
+    cmap = annotate(query, reference, params, query_groups=groups, progress=False)
+    assert (cmap.reference_graph_result is not None) == (kernel == "gauss")
+    expected = reference.copy()
+    add_presence_scores(expected, cmap.mapping_matrix, cmap.reference_neighbors, groups=groups)
+    np.testing.assert_allclose(reference.obs["presence_score"], expected.obs["presence_score"], rtol=1e-6)
+    np.testing.assert_allclose(
+        reference.obsm["presence_score_groups"].to_numpy(),
+        expected.obsm["presence_score_groups"].to_numpy(),
+        rtol=1e-6,
+    )

@@ -87,14 +87,15 @@ def _sort(dist, ids, n):  # pragma: no cover
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _scan(queries, probes, offsets, vectors, ids, k, max_list, out_dist, out_ids):  # pragma: no cover
+def _scan(queries, order, probes, offsets, vectors, ids, k, max_list, out_dist, out_ids):  # pragma: no cover
     n = queries.shape[0]
     cap = _BUFFER * k
     for task in prange((n + _GRAIN - 1) // _GRAIN):
         dist = np.empty(cap, np.float32)
         found = np.empty(cap, np.int64)
         block = np.empty(max_list, np.float32)
-        for i in range(task * _GRAIN, min(n, (task + 1) * _GRAIN)):
+        for r in range(task * _GRAIN, min(n, (task + 1) * _GRAIN)):
+            i = order[r]
             q = queries[i]
             m = 0
             threshold = np.float32(3.0e38)
@@ -181,8 +182,11 @@ def scan(
     if n == 0:
         return out_dist, out_ids
     max_list = int(np.diff(offsets).max(initial=0))
+    # queries taken grouped by their nearest list: a thread then scans the same lists one query
+    # after another and finds them in cache (at 1M cells the lists no longer fit in it)
+    order = np.argsort(probes[:, 0], kind="stable")
     with launch_lock():
-        _scan(queries, probes, offsets, vectors, ids, int(k), max(max_list, 1), out_dist, out_ids)
+        _scan(queries, order, probes, offsets, vectors, ids, int(k), max(max_list, 1), out_dist, out_ids)
     return out_dist, out_ids
 
 

@@ -14,6 +14,7 @@ cancelled run leaves the query as it was.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -78,6 +79,9 @@ def h5_safe(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: work on (reference graph, mapping matrix) run where the graph was searched (see ``iter_fit``)
+ReferenceGraphTask = Callable[[Neighbors, sparse.csr_matrix], Any]
+
 #: Neighbours per cell in the reference's own k-NN graph (presence scores, mapping quality).
 #: HNOCA-tools gives that graph its own k, independent of the mapping's; 15 is scanpy's default,
 #: the graph a reference usually ships with. The hnoca kernel uses the mapping's k instead.
@@ -133,6 +137,8 @@ class CellMapper:
         self._index: Any = None
         self._search_options: dict[str, Any] = {}
         self.params: dict[str, Any] = {}
+        #: what ``iter_fit(reference_graph_task=...)`` returned, or None
+        self.reference_graph_result: Any = None
 
     def __repr__(self) -> str:
         state = "fitted" if self.mapping_matrix is not None else "not fitted"
@@ -292,12 +298,20 @@ class CellMapper:
         self.reference_neighbors = yield from self._iter_reference_search(k)
         return self.reference_neighbors
 
-    def _start_reference_search(self, n_neighbors: int) -> Future[Neighbors]:
-        """Search the reference graph in a background thread (faiss releases the GIL), so it
-        overlaps with the single-threaded kernel and transfer steps."""
+    def _start_reference_search(
+        self, n_neighbors: int, task: ReferenceGraphTask | None = None
+    ) -> Future[tuple[Neighbors, Any]]:
+        """Search the reference graph in a background thread (the search releases the GIL), so it
+        overlaps the transfer steps; then run ``task(graph, mapping_matrix)`` there too."""
         k = self._reference_k(n_neighbors)
+        matrix = self.mapping_matrix
+
+        def run() -> tuple[Neighbors, Any]:
+            graph = run_steps(self._iter_reference_search(k))
+            return graph, (None if task is None else task(graph, matrix))
+
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellmapper-reference-graph")
-        future = executor.submit(run_steps, self._iter_reference_search(k))
+        future = executor.submit(run)
         executor.shutdown(wait=False)
         return future
 
@@ -491,6 +505,7 @@ class CellMapper:
         prediction_postfix: str = "_pred",
         reference_graph: bool = False,
         reference_k: int = REFERENCE_GRAPH_K,
+        reference_graph_task: ReferenceGraphTask | None = None,
         **search_options: Any,
     ) -> Steps[CellMapper]:
         """Generator version of :meth:`fit` (for napari's generator workers).
@@ -498,6 +513,10 @@ class CellMapper:
         ``reference_graph=True`` also computes the reference's own ``reference_k``-NN graph (for
         presence scores and mapping quality), in a background thread that overlaps the transfer
         steps. With the hnoca kernel, the graph the kernel needed (k = ``n_neighbors``) is kept.
+        ``reference_graph_task(graph, mapping_matrix)`` (pure computation: it must not touch the
+        AnnData objects) runs in that thread right after the graph, so it overlaps the transfer
+        too; its return value is :attr:`reference_graph_result` (None when it did not run, e.g.
+        with the hnoca kernel or the dask backend: compute it afterwards then).
         """
         self._check_common()
         val.check_choice("kernel", kernel, val.KERNELS)
@@ -532,18 +551,19 @@ class CellMapper:
             chunk_size=chunk_size,
             **search_options,
         )
+        yield from self.iter_compute_mapping_matrix(kernel)
         background = None
         if reference_graph and kernel != "hnoca" and self._index is not None:
-            background = self._start_reference_search(reference_k)
-        yield from self.iter_compute_mapping_matrix(kernel)
+            background = self._start_reference_search(reference_k, reference_graph_task)
         yield from self.iter_transfer(
             obs_keys, obsm_keys, layer_key, prediction_postfix=prediction_postfix, chunk_size=chunk_size
         )
+        self.reference_graph_result = None
         if background is not None:
             while not background.done():
                 yield Progress("reference neighbour graph", 0, 1)
                 wait([background], timeout=0.1)
-            self.reference_neighbors = background.result()
+            self.reference_neighbors, self.reference_graph_result = background.result()
             yield Progress("reference neighbour graph", 1, 1)
         elif reference_graph and self.reference_neighbors is None:
             yield from self.iter_compute_reference_neighbors(reference_k)

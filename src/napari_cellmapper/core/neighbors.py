@@ -5,8 +5,9 @@ Backends (``backend=``):
 ``"faiss-exact"``
     flat index, exact.
 ``"faiss-ivf"``
-    inverted file; ``nlist`` from the reference size, ``nprobe`` calibrated on a query sample
-    so that recall@k against exact search reaches 0.965 on a sample (0.95 is guaranteed by tests).
+    inverted file (faiss trains the centroids, :mod:`.ivf_scan` scans the lists); ``nlist`` from
+    the reference size, ``nprobe`` calibrated on a query sample so that recall@k against exact
+    search reaches 0.965 on a sample (0.95 is guaranteed by tests).
 ``"cupy"``
     GPU brute force in tiles (matrix product plus top-k), see :mod:`.neighbors_cupy`.
 ``"dask"``

@@ -266,3 +266,24 @@ def test_global_sigma_and_fixed_sigma():
     # sigma only affects the gauss kernel result when it differs from the default
     default = K.mapping_matrix(_nbrs(), "gauss", sigma=K.global_sigma(_nbrs()))
     np.testing.assert_allclose(default.toarray(), K.mapping_matrix(_nbrs(), "gauss").toarray(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [None, 0.7, 0.0])
+def test_gauss_one_pass_equals_the_numpy_kernel(sigma):
+    """mapping_matrix's one-pass gauss kernel gives the weights of kernel_weights + normalise_rows,
+    with missing neighbours, infinite distances, all-unusable rows and sigma 0 (equal weights)."""
+    rng = np.random.default_rng(3)
+    indices = rng.integers(0, 50, (200, 12))
+    dist = rng.gamma(2.0, 1.0, (200, 12)).astype(np.float32)
+    indices[rng.random((200, 12)) < 0.1] = -1
+    dist[rng.random((200, 12)) < 0.05] = np.inf
+    indices[7] = -1  # an unmapped row
+    nbrs = Neighbors(indices, dist, "euclidean", "test", 50)
+    expected = K.normalise_rows(K.kernel_weights(nbrs, "gauss", sigma=sigma))
+    m = K.mapping_matrix(nbrs, "gauss", sigma=sigma)
+    keep = expected > 0
+    np.testing.assert_allclose(m.data, expected[keep], rtol=2e-6, atol=1e-7)
+    np.testing.assert_array_equal(m.indices, indices[keep])
+    assert K.unmapped_rows(m)[7]
+    usable = (indices >= 0) & np.isfinite(dist)
+    assert K.global_sigma(nbrs) == pytest.approx(float(dist[usable].astype(np.float64).mean()), rel=1e-12)

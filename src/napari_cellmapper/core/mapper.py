@@ -13,6 +13,7 @@ cancelled run leaves the query as it was.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -25,6 +26,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from napari_cellmapper.core import sparse_product
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.joint_embedding import JointEmbedding, build_joint_embedding
 from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
@@ -39,7 +41,6 @@ from napari_cellmapper.core.neighbors import (
 )
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
-from napari_cellmapper.core.sparse_product import uses_kernels
 from napari_cellmapper.core.transfer import (
     LabelTransfer,
     category_codes,
@@ -47,7 +48,6 @@ from napari_cellmapper.core.transfer import (
     iter_transfer_expression,
     iter_transfer_labels,
     transfer_numeric,
-    warm_up,
 )
 
 JOINT_KEY = "X_cellmapper_joint"
@@ -86,6 +86,23 @@ ReferenceGraphTask = Callable[[Neighbors, sparse.csr_matrix], Any]
 #: HNOCA-tools gives that graph its own k, independent of the mapping's; 15 is scanpy's default,
 #: the graph a reference usually ships with. The hnoca kernel uses the mapping's k instead.
 REFERENCE_GRAPH_K = 15
+
+
+def _load_kernels_in_background(expression: bool) -> threading.Thread:
+    """Load (or compile, the first time on a machine) the numba kernels of the steps after the
+    search (gauss weights, labels, and with ``expression`` the expression product) in a
+    background thread while the search runs."""
+
+    def run() -> None:
+        one = Neighbors(np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32), "euclidean", "", 1)
+        matrix = mapping_matrix(one, "gauss")
+        run_steps(iter_transfer_labels(matrix, np.zeros(1, dtype=np.int64), pd.Index(["a"])))
+        if expression:
+            sparse_product.warm_up().join()
+
+    thread = threading.Thread(target=run, name="cellmapper-kernels-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _to_all_rows(
@@ -538,8 +555,9 @@ class CellMapper:
 
             resolve_backend(backend, self.query.n_obs, self.reference.n_obs)
         expression = self._reference_layer(layer_key)
-        # loads the transfer kernels while the search runs
-        warm_up(expression is not None and uses_kernels(self.query.n_obs * n_neighbors, expression))
+        _load_kernels_in_background(
+            expression is not None and sparse_product.uses_kernels(self.query.n_obs * n_neighbors, expression)
+        )
         yield from self.iter_compute_neighbors(
             use_rep,
             n_neighbors,

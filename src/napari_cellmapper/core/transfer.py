@@ -6,7 +6,6 @@ copy of the expression matrix or of the probabilities beyond one chunk of query 
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +13,6 @@ import pandas as pd
 from numba import njit, prange
 from scipy import sparse
 
-from napari_cellmapper.core import sparse_product
 from napari_cellmapper.core.numba_threads import launch_lock
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 from napari_cellmapper.core.sparse_product import iter_product
@@ -171,19 +169,3 @@ def iter_transfer_expression(
             yield from iter_transfer_dense(matrix, np.asarray(expression), chunk_size=chunk_size, stage=stage)
         )
     return (yield from iter_product(matrix, expression, chunk_size, stage, row_order=row_order))
-
-
-def warm_up(expression: bool = False) -> threading.Thread:
-    """Load (or compile, the first time on a machine) the label kernel, and with ``expression``
-    the expression kernels, in a background thread while the neighbour search runs."""
-
-    def run() -> None:
-        one = sparse.csr_matrix(np.ones((1, 1), dtype=np.float32))
-        for _ in iter_transfer_labels(one, np.zeros(1, dtype=np.int64), pd.Index(["a"])):
-            pass
-        if expression:
-            sparse_product.warm_up().join()
-
-    thread = threading.Thread(target=run, name="cellmapper-transfer-warm-up", daemon=True)
-    thread.start()
-    return thread

@@ -34,3 +34,10 @@ def test_lock_when_workqueue_is_chosen(monkeypatch):
 
 def test_layer_detection_returns_a_bool():
     assert isinstance(numba_threads.threadsafe_layer_available(), bool)
+
+
+def test_in_background_runs_the_load_in_a_daemon_thread():
+    ran = []
+    thread = numba_threads.in_background(lambda: ran.append(threading.current_thread().name), "loader")
+    thread.join(timeout=10)
+    assert ran == ["loader"] and thread.daemon

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from napari_cellmapper.core.numba_threads import launch_lock
+from napari_cellmapper.core.numba_threads import in_background, launch_lock
 
 #: queries per kernel task
 _GRAIN = 64
@@ -190,14 +190,11 @@ def scan(
     return out_dist, out_ids
 
 
+def _load_kernels() -> None:
+    rows = np.zeros((2, 8), dtype=np.float32)
+    scan(rows, nearest_lists(rows, rows[:1], 1), np.array([0, 2], np.int64), rows, np.arange(2), 1)
+
+
 def warm_up() -> threading.Thread:
-    """Load (or compile, the first time on a machine) the kernel in a background thread."""
-
-    def run() -> None:
-        rows = np.zeros((2, 8), dtype=np.float32)
-        probes = nearest_lists(rows, rows[:1], 1)
-        scan(rows, probes, np.array([0, 2], np.int64), rows, np.arange(2), 1)
-
-    thread = threading.Thread(target=run, name="cellmapper-ivf-warm-up", daemon=True)
-    thread.start()
-    return thread
+    """Load (or compile, the first time on a machine) the kernels in a background thread."""
+    return in_background(_load_kernels, "cellmapper-ivf-warm-up")

@@ -68,13 +68,19 @@ def global_sigma(neighbors: Neighbors) -> float:
     return total / count if count else 1.0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _usable(indices, distances, r, j):  # pragma: no cover
+    """:attr:`Neighbors.valid` for one edge: a neighbour, at a finite distance."""
+    return indices[r, j] >= 0 and np.isfinite(distances[r, j])
+
+
 @njit(cache=True, nogil=True)
 def _usable_sum(indices, distances):  # pragma: no cover
     """Sum (float64, in row order: deterministic) and number of the usable distances."""
     total, count = 0.0, 0
     for r in range(indices.shape[0]):
         for j in range(indices.shape[1]):
-            if indices[r, j] >= 0 and np.isfinite(distances[r, j]):
+            if _usable(indices, distances, r, j):
                 total += distances[r, j]
                 count += 1
     return total, count
@@ -89,12 +95,12 @@ def _gauss_rows(indices, distances, sigma, out):  # pragma: no cover
         k = indices.shape[1]
         d2_min = np.float32(np.inf)
         for j in range(k):
-            if indices[r, j] >= 0 and np.isfinite(distances[r, j]):
+            if _usable(indices, distances, r, j):
                 d2_min = min(d2_min, distances[r, j] * distances[r, j])
         total = 0.0
         for j in range(k):
             w = np.float32(0)
-            if indices[r, j] >= 0 and np.isfinite(distances[r, j]):
+            if _usable(indices, distances, r, j):
                 scaled = (distances[r, j] * distances[r, j] - d2_min) / two_sigma2 if two_sigma2 > 0 else 0
                 w = np.float32(np.exp(-np.float32(scaled))) if np.isfinite(scaled) else np.float32(1)
             out[r, j] = w

@@ -39,6 +39,7 @@ from napari_cellmapper.core.neighbors import (
     prepare_rep,
     resolve_backend,
 )
+from napari_cellmapper.core.numba_threads import in_background
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 from napari_cellmapper.core.transfer import (
@@ -93,16 +94,14 @@ def _load_kernels_in_background(expression: bool) -> threading.Thread:
     search (gauss weights, labels, and with ``expression`` the expression product) in a
     background thread while the search runs."""
 
-    def run() -> None:
+    def load() -> None:
         one = Neighbors(np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32), "euclidean", "", 1)
         matrix = mapping_matrix(one, "gauss")
         run_steps(iter_transfer_labels(matrix, np.zeros(1, dtype=np.int64), pd.Index(["a"])))
         if expression:
-            sparse_product.warm_up().join()
+            sparse_product.load_kernels()
 
-    thread = threading.Thread(target=run, name="cellmapper-kernels-warm-up", daemon=True)
-    thread.start()
-    return thread
+    return in_background(load, "cellmapper-kernels-warm-up")
 
 
 def _to_all_rows(

@@ -76,7 +76,7 @@ def _require_distributed() -> Any:
 # --------------------------------------------------------------------------- worker side
 
 
-def _build_worker_index(payload: Any, kind: str, nprobe: int | None) -> Any:
+def _build_worker_index(payload: Any, kind: str) -> Any:
     if kind == "faiss-exact":
         from napari_cellmapper.core.neighbors_faiss import FlatIndex
 
@@ -84,12 +84,12 @@ def _build_worker_index(payload: Any, kind: str, nprobe: int | None) -> Any:
     return payload  # the trained, calibrated IVFIndex itself, unpickled once by dask
 
 
-def _worker_index(payload: np.ndarray, token: str, kind: str, nprobe: int | None) -> Any:
+def _worker_index(payload: Any, token: str, kind: str) -> Any:
     """The worker's index for ``token``, built on first use (once per worker process)."""
     with _WORKER_LOCK:
         index = _WORKER_INDEXES.get(token)
         if index is None:
-            index = _build_worker_index(payload, kind, nprobe)
+            index = _build_worker_index(payload, kind)
             _WORKER_INDEXES[token] = index
             _WORKER_BUILDS[token] = _WORKER_BUILDS.get(token, 0) + 1
             while len(_WORKER_INDEXES) > _WORKER_CACHE_SIZE:
@@ -100,11 +100,11 @@ def _worker_index(payload: np.ndarray, token: str, kind: str, nprobe: int | None
 
 
 def _search_chunk(
-    block: np.ndarray, payload: np.ndarray, spec: tuple[str, str, int | None], k: int
+    block: np.ndarray, payload: Any, spec: tuple[str, str], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Task body: squared distances and indices of one prepared query chunk."""
-    token, kind, nprobe = spec
-    return _worker_index(payload, token, kind, nprobe).search(block, k)
+    token, kind = spec
+    return _worker_index(payload, token, kind).search(block, k)
 
 
 def worker_build_counts() -> dict[str, int]:
@@ -156,8 +156,9 @@ def _payload(
     index_backend: str,
     chunk_size: int | None,
     options: dict[str, Any],
-) -> tuple[Any, tuple[str, str, int | None]]:
-    """What to scatter once, and the (token, kind, nprobe) spec every task carries."""
+) -> tuple[Any, tuple[str, str]]:
+    """What to scatter once, and the (token, kind) spec every task carries (the IVF index carries
+    its calibrated nprobe itself)."""
     from dask.base import tokenize
 
     if index_backend == "faiss-exact":
@@ -165,7 +166,7 @@ def _payload(
             raise CellMapperInputError(
                 f"index_backend='faiss-exact' takes no options, got {sorted(options)}."
             )
-        return ref, (tokenize(ref, "faiss-exact"), "faiss-exact", None)
+        return ref, (tokenize(ref, "faiss-exact"), "faiss-exact")
     unknown = sorted(set(options) - set(_IVF_OPTIONS))
     if unknown:
         raise CellMapperInputError(
@@ -179,7 +180,7 @@ def _payload(
         first = prepare_rep(query[: chunk_size or DEFAULT_CHUNK_SIZE], metric)
         ivf.calibrate(first, k)
     token = tokenize(ref, "faiss-ivf", options, ivf.nprobe)
-    return ivf, (token, "faiss-ivf", int(ivf.nprobe))
+    return ivf, (token, "faiss-ivf")
 
 
 def _default_chunk_size(n_query: int, n_threads: int) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 
 _LOCK = threading.Lock()
@@ -46,3 +46,11 @@ def launch_lock() -> Iterator[None]:
     serialise = config.THREADING_LAYER == "workqueue" or not threadsafe_layer_available()
     with _LOCK if serialise else contextlib.nullcontext(), parallel_chunksize(1):
         yield
+
+
+def in_background(load: Callable[[], None], name: str) -> threading.Thread:
+    """Run ``load`` (loading, or the first time on a machine compiling, some kernels) in a daemon
+    thread, so a fresh process does not pay for it on the critical path."""
+    thread = threading.Thread(target=load, name=name, daemon=True)
+    thread.start()
+    return thread

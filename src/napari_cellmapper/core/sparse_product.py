@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 from scipy import sparse
 
-from napari_cellmapper.core.numba_threads import launch_lock
+from napari_cellmapper.core.numba_threads import in_background, launch_lock
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 
 #: below this many multiply-adds scipy's product finishes before numba's kernels would even load
@@ -44,6 +44,15 @@ _SCAN_FACTOR = 8
 def uses_kernels(matrix_nnz: int, x: sparse.spmatrix | sparse.sparray) -> bool:
     """Whether a product with ``matrix_nnz`` mapping entries and this ``x`` runs on the kernels."""
     return sparse.issparse(x) and matrix_nnz * x.nnz / max(x.shape[0], 1) >= SMALL_PRODUCT
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_touch(mark, g, r):  # pragma: no cover
+    """Whether row ``r`` touches column ``g`` for the first time (then marks it)."""
+    if mark[g] == r:
+        return False
+    mark[g] = r
+    return True
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -64,10 +73,7 @@ def _count(order, m_indptr, m_indices, x_indptr, x_indices, n_cols, scan, counts
                         seen[x_indices[q]] = 1
                 else:
                     for q in range(x_indptr[j], x_indptr[j + 1]):
-                        g = x_indices[q]
-                        if mark[g] != r:
-                            mark[g] = r
-                            c += 1
+                        c += _first_touch(mark, x_indices[q], r)
             if scan:
                 for g in range(n_cols):
                     c += seen[g]
@@ -110,8 +116,7 @@ def _fill(  # pragma: no cover
                 else:
                     for q in range(x_indptr[j], x_indptr[j + 1]):
                         g = x_indices[q]
-                        if mark[g] != r:
-                            mark[g] = r
+                        if _first_touch(mark, g, r):
                             touched[n] = g
                             n += 1
                         acc[g] += w * x_data[q]
@@ -256,14 +261,13 @@ def _iter_scipy_product(
     return sparse.csr_matrix(sparse.vstack(blocks, format="csr"), dtype=np.float32)
 
 
+def load_kernels() -> None:
+    """Load (or compile, the first time on a machine) the kernels: a product of two 2 x 2 matrices."""
+    eye = sparse.csr_matrix(np.eye(2, dtype=np.float32))
+    for _ in _iter_kernel_product(eye, eye, 1, "warm-up", None):
+        pass
+
+
 def warm_up() -> threading.Thread:
-    """Load (or compile, the first time on a machine) the kernels in a background thread."""
-
-    def run() -> None:
-        eye = sparse.csr_matrix(np.eye(2, dtype=np.float32))
-        for _ in _iter_kernel_product(eye, eye, 1, "warm-up", None):
-            pass
-
-    thread = threading.Thread(target=run, name="cellmapper-numba-warm-up", daemon=True)
-    thread.start()
-    return thread
+    """:func:`load_kernels` in a background thread."""
+    return in_background(load_kernels, "cellmapper-numba-warm-up")

@@ -646,3 +646,24 @@ def test_k_too_large_with_joint_embedding_raises_before_heavy_work(pair, no_sear
     monkeypatch.setattr(mapper_mod, "build_joint_embedding", no_joint)
     with pytest.raises(CellMapperInputError, match="larger"):
         CellMapper(query, reference).fit(use_rep=None, obs_keys="celltype", n_neighbors=500, progress=False)
+
+
+def test_provenance_records_whichever_cupy_distribution_is_installed(monkeypatch):
+    """cupy is published per CUDA major (cupy-cuda12x, cupy-cuda13x, or a source build 'cupy')."""
+    from importlib.metadata import PackageNotFoundError
+
+    from napari_cellmapper.core import mapper
+
+    real = mapper.version
+
+    def fake_version(name):
+        if name == "cupy-cuda13x":
+            return "14.2.0"
+        if name.startswith("cupy"):
+            raise PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(mapper, "version", fake_version)
+    versions = mapper._versions()
+    assert versions["cupy-cuda13x"] == "14.2.0"
+    assert "cupy-cuda12x" not in versions and "cupy" not in versions

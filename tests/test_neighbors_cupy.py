@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import types
 
 import faiss
 import numpy as np
@@ -14,6 +12,8 @@ from napari_cellmapper.core import neighbors_cupy
 from napari_cellmapper.core.neighbors import gpu_available, prepare_rep, search
 from napari_cellmapper.core.neighbors_cupy import _tiled_topk_numpy
 from napari_cellmapper.core.validation import CellMapperInputError
+
+from _fake_cupy import FakeCupy, install_fake_cupy
 
 needs_gpu = pytest.mark.skipif(
     not gpu_available(),
@@ -139,115 +139,11 @@ def test_bad_options(data, bad):
 # --------------------------------------------------------------------------- CupyIndex glue on the CPU
 
 
-class _FakeDevice(contextlib.nullcontext):
-    def __init__(self, device: int | None = None) -> None:
-        super().__init__()
-        self.id = device or 0
-
-
-class _FakeCupy(types.ModuleType):
-    """A numpy-backed stand-in for cupy: enough to run CupyIndex on the CPU.
-
-    The two elementwise kernels are emulated from their names, the compaction one with a random
-    "atomic" order per call; ``argsort`` refuses ``kind=`` like cupy's.
-    """
-
-    def __init__(self, free_bytes: int) -> None:
-        super().__init__("cupy")
-        self.rng = np.random.default_rng(0)
-        self.launches: dict[str, int] = {}
-        self.compile_error: Exception | None = None
-        self.cuda = types.SimpleNamespace(
-            Device=_FakeDevice,
-            runtime=types.SimpleNamespace(memGetInfo=lambda: (free_bytes, 2 * free_bytes)),
-        )
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def asnumpy(a):
-        return np.asarray(a)
-
-    @staticmethod
-    def argsort(a, axis=-1):
-        return np.argsort(a, axis=axis, kind="stable")
-
-    @staticmethod
-    def get_default_memory_pool():
-        return types.SimpleNamespace(free_bytes=lambda: 0)
-
-    def RawModule(self, code, options=()):  # noqa: N802
-        """Emulates the two fused kernels from their names, checking grid and argument layout."""
-        fake = self
-        (kmax,) = [int(o.split("=")[1]) for o in options if o.startswith("-DKMAX=")]
-        assert "cellmapper_knn_scan" in code and "cellmapper_knn_merge" in code
-
-        def top(keys, idx):  # k smallest by (key, position), like the insertion in the kernels
-            keys = np.where(idx < 0, np.inf, keys)
-            order = np.argsort(keys, axis=1, kind="stable")[:, :kmax]
-            d, i = np.take_along_axis(keys, order, 1), np.take_along_axis(idx, order, 1)
-            i[~np.isfinite(d)] = -1
-            pad = kmax - d.shape[1]
-            widths = ((0, 0), (0, pad))
-            return np.pad(d, widths, constant_values=np.inf), np.pad(i, widths, constant_values=-1)
-
-        def scan(grid, block, args):
-            ip, ref_sq, m, n, seg_len, r0, out_d, out_i = args
-            assert ip.shape == (n, m) and ip.flags.c_contiguous and grid[0] * block[0] >= m
-            assert out_d.shape == out_i.shape == (m, grid[1] * kmax) and out_i.dtype == np.int64
-            for s in range(grid[1]):
-                j = np.arange(s * seg_len, min((s + 1) * seg_len, n))
-                keys = ref_sq[j][None, :] - np.float32(2) * ip[j].T
-                d, i = top(keys, np.broadcast_to(r0 + j, keys.shape))
-                out_d[:, s * kmax : (s + 1) * kmax], out_i[:, s * kmax : (s + 1) * kmax] = d, i
-            fake.launches["scan"] = fake.launches.get("scan", 0) + 1
-
-        def merge(grid, block, args):
-            best_d, best_i, cand_d, cand_i, m, n_best, n_cand, out_d, out_i = args
-            assert best_d.shape == (m, n_best) and cand_d.shape == (m, n_cand) and grid[0] * block[0] >= m
-            keys, idx = np.concatenate([best_d, cand_d], 1), np.concatenate([best_i, cand_i], 1)
-            out_d[...], out_i[...] = top(keys, idx)
-            fake.launches["merge"] = fake.launches.get("merge", 0) + 1
-
-        def get_function(name):
-            if fake.compile_error is not None:
-                raise fake.compile_error
-            return {"cellmapper_knn_scan": scan, "cellmapper_knn_merge": merge}[name]
-
-        return types.SimpleNamespace(get_function=get_function)
-
-    def ElementwiseKernel(self, in_params, out_params, operation, name):  # noqa: N802
-        fake = self
-
-        def kernel(*args):
-            fake.launches[name] = fake.launches.get(name, 0) + 1
-            if name == "cellmapper_knn_keys":
-                ref_sq, n_cols, x = args
-                assert x.flags.c_contiguous and x.shape[1] == n_cols
-                x[...] = ref_sq[None, :] - np.float32(2) * x
-                return
-            assert name == "cellmapper_knn_compact"
-            key, tau, n_cols, k, lt_idx, lt_cnt, eq_idx, eq_cnt = args
-            lists = ((key < tau[:, None], lt_idx, lt_cnt), (key == tau[:, None], eq_idx, eq_cnt))
-            for mask, idx, cnt in lists:
-                order = np.argsort(np.where(mask, fake.rng.random(key.shape), np.inf), axis=1)[:, :k]
-                n = mask.sum(axis=1)
-                slot = np.arange(order.shape[1])[None, :] < np.minimum(n, k)[:, None]
-                idx[:, : order.shape[1]][slot] = order[slot]
-                cnt += n.astype(np.int32)
-
-        return kernel
-
-
 @pytest.fixture
 def fake_cupy(monkeypatch):
-    def install(free_bytes: int = 1_000_000) -> _FakeCupy:
-        fake = _FakeCupy(free_bytes)
-        monkeypatch.setitem(sys.modules, "cupy", fake)
-        neighbors_cupy._cupy_kernels.cache_clear()
-        neighbors_cupy._fused_kernels.cache_clear()
-        return fake
+    def install(free_bytes: int = 1_000_000) -> FakeCupy:
+        monkeypatch.delitem(sys.modules, "cupy", raising=False)  # the real state comes back afterwards
+        return install_fake_cupy(free_bytes)
 
     yield install
     neighbors_cupy._cupy_kernels.cache_clear()
@@ -375,3 +271,80 @@ def test_search_backend_cupy(data):
     assert got.backend == "cupy"
     np.testing.assert_allclose(got.distances, want.distances, atol=1e-3)
     assert (got.indices == want.indices).mean() > 0.999
+
+
+# --------------------------------------------------------------------------- the GPU machine's environment
+
+#: what the GPU machine lacks (issue 12): no GUI stack, no spatialdata, and no faiss or dask either
+_ABSENT_ON_GPU_MACHINE = (
+    "napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "magicgui",
+    "spatialdata", "faiss", "dask", "distributed",
+)  # fmt: skip
+
+_HEADLESS_SCRIPT = """
+import json, sys
+
+ABSENT = set({absent!r})
+for name in ABSENT:  # as if not installed: import raises ModuleNotFoundError, find_spec gives None
+    sys.modules[name] = None
+sys.path.insert(0, {tests!r})
+from _fake_cupy import install_fake_cupy
+from _core_fixtures import make_pair
+
+fake = install_fake_cupy(free_bytes=200_000)
+from napari_cellmapper import CellMapper
+
+query, reference = make_pair(n_query=300, n_ref=900, n_genes=40, dim=8, seed=3)
+cmap = CellMapper(query, reference).fit(
+    use_rep="X_joint", obs_keys="celltype", obsm_keys="X_umap", layer_key="X", progress=False,
+    tile_size=128,
+)
+loaded = sorted(m for m, mod in sys.modules.items() if mod is not None and m.partition(".")[0] in ABSENT)
+print(json.dumps({{
+    "loaded": loaded,
+    "backend": query.uns["cellmapper"]["backend"],
+    "requested": query.uns["cellmapper"]["backend_requested"],
+    "kernel_launches": fake.launches,
+    "pred": query.obs["celltype_pred"].astype(str).tolist(),
+    "conf": query.obs["celltype_conf"].tolist(),
+    "umap": query.obsm["X_umap_pred"].tolist(),
+    "imputed_sum": float(cmap.query_imputed.X.sum()),
+}}))
+"""
+
+
+def test_core_maps_through_cupy_path_without_gui_spatialdata_or_faiss():
+    """The GPU machine has no napari, Qt, spatialdata, faiss or dask: the core still maps there.
+
+    A subprocess makes those packages unimportable, puts a numpy-backed cupy in place (the real
+    backend code runs: tiling, the fused kernels' launch layout, merge, transfers), and maps with
+    ``backend="auto"``, which must pick the GPU. The result equals the exact CPU search's.
+    """
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from _core_fixtures import make_pair
+
+    from napari_cellmapper import CellMapper
+
+    tests = str(Path(__file__).resolve().parent)
+    script = _HEADLESS_SCRIPT.format(absent=_ABSENT_ON_GPU_MACHINE, tests=tests)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tests).parent / "src"), tests])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == []
+    assert got["backend"] == "cupy" and got["requested"] == "auto"
+    assert got["kernel_launches"]["scan"] == 3 * 8  # 300 x 900 in 128-row tiles: the fused path, merged
+
+    query, reference = make_pair(n_query=300, n_ref=900, n_genes=40, dim=8, seed=3)
+    cmap = CellMapper(query, reference).fit(
+        use_rep="X_joint", obs_keys="celltype", obsm_keys="X_umap", layer_key="X",
+        backend="faiss-exact", progress=False,
+    )  # fmt: skip
+    assert got["pred"] == query.obs["celltype_pred"].astype(str).tolist()
+    np.testing.assert_allclose(got["conf"], query.obs["celltype_conf"], atol=1e-5)
+    np.testing.assert_allclose(got["umap"], query.obsm["X_umap_pred"], atol=1e-4)
+    assert got["imputed_sum"] == pytest.approx(float(cmap.query_imputed.X.sum()), rel=1e-5)

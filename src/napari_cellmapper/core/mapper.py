@@ -53,11 +53,14 @@ from napari_cellmapper.core.transfer import (
 
 JOINT_KEY = "X_cellmapper_joint"
 UNMAPPED_KEY = "cellmapper_unmapped"
+#: cupy is published per CUDA major version; whichever is installed is recorded
+CUPY_DISTRIBUTIONS = ("cupy-cuda12x", "cupy-cuda13x", "cupy")
 
 
 def _versions() -> dict[str, str]:
     out = {}
-    for name in ("napari-cellmapper", "numpy", "scipy", "anndata", "faiss-cpu", "cupy-cuda12x"):
+    names = ("napari-cellmapper", "numpy", "scipy", "anndata", "faiss-cpu", *CUPY_DISTRIBUTIONS)
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

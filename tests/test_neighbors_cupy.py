@@ -142,7 +142,7 @@ def test_bad_options(data, bad):
 @pytest.fixture
 def fake_cupy(monkeypatch):
     def install(free_bytes: int = 1_000_000) -> FakeCupy:
-        monkeypatch.delitem(sys.modules, "cupy", raising=False)  # the real state comes back afterwards
+        monkeypatch.setitem(sys.modules, "cupy", None)  # records the real state, restored afterwards
         return install_fake_cupy(free_bytes)
 
     yield install
@@ -348,3 +348,28 @@ def test_core_maps_through_cupy_path_without_gui_spatialdata_or_faiss():
     np.testing.assert_allclose(got["conf"], query.obs["celltype_conf"], atol=1e-5)
     np.testing.assert_allclose(got["umap"], query.obsm["X_umap_pred"], atol=1e-4)
     assert got["imputed_sum"] == pytest.approx(float(cmap.query_imputed.X.sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("devices", [0, "driver error"])
+def test_auto_uses_the_gpu_only_when_cupy_finds_a_device(monkeypatch, devices):
+    """cupy installed but no usable device (none, or the driver fails): auto stays on the CPU."""
+    from napari_cellmapper.core import neighbors
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # records the real state, restored afterwards
+    fake = install_fake_cupy(n_devices=0)
+    if devices == "driver error":
+
+        def no_driver():
+            raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+
+        fake.cuda.runtime.getDeviceCount = no_driver
+    neighbors.gpu_available.cache_clear()
+    try:
+        assert neighbors.resolve_backend("auto", 100, 100) == "faiss-exact"
+        with pytest.raises(CellMapperInputError, match="needs an NVIDIA GPU"):
+            neighbors.resolve_backend("cupy", 100, 100)
+        fake.cuda.runtime.getDeviceCount = lambda: 1
+        neighbors.gpu_available.cache_clear()
+        assert neighbors.resolve_backend("auto", 100, 100) == "cupy"
+    finally:
+        neighbors.gpu_available.cache_clear()

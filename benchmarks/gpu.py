@@ -48,7 +48,8 @@ def exact_neighbors(query: np.ndarray, reference: np.ndarray, k: int, block: int
         r = reference[r0 : r0 + block].astype(np.float64)
         d2 = q_sq - 2 * q @ r.T + (r * r).sum(1)[None, :]
         cand_d = np.concatenate([best_d, d2], axis=1)
-        cand_i = np.concatenate([best_i, np.arange(r0, r0 + r.shape[0])[None, :].repeat(q.shape[0], 0)], axis=1)
+        block_i = np.broadcast_to(np.arange(r0, r0 + r.shape[0]), d2.shape)
+        cand_i = np.concatenate([best_i, block_i], axis=1)
         keep = np.argpartition(cand_d, k - 1, axis=1)[:, :k]
         best_d = np.take_along_axis(cand_d, keep, 1)
         best_i = np.take_along_axis(cand_i, keep, 1)
@@ -89,21 +90,19 @@ def accuracy(adata, rows=None) -> float:
     return float((pred == true)[slice(None) if rows is None else rows].mean())
 
 
-def measure(n: int, args) -> dict:
-    from synthetic import make_pair
-
-    start = time.perf_counter()
-    reference, query = make_pair(n, n, dim=args.dim, n_types=args.types, seed=n % 9973)
-    generated = time.perf_counter() - start
+def measure(n: int, backend: str, data: tuple, args) -> dict:
+    reference, query, generated = data
     runs = []
     for _ in range(args.repeats + 1):  # run 0 compiles the CUDA kernels
         q = query.copy()
-        times, cmap = run_stages(q, reference, args.k, args.backend)
+        times, cmap = run_stages(q, reference, args.k, backend)
         runs.append(times)
     warm = runs[1:]
+    prov = q.uns["cellmapper"]
     row = {
         "n": n,
         "backend": cmap.neighbors.backend,
+        "nprobe": prov.get("nprobe"),
         "generate_s": generated,
         "first_run_s": runs[0]["total"],
         **{f"{s}_s": statistics.median(r[s] for r in warm) for s in (*STAGES, "total")},
@@ -132,14 +131,15 @@ def markdown(rows: list[dict], device: str, args) -> str:
     head = (
         f"{device}: query = reference = n, {args.dim} dims, k = {args.k}, {args.types} types, 500 genes; "
         f"medians of {args.repeats} warm runs (run 0 compiles the kernels)\n\n"
-        "| n | search | mapping matrix | labels | UMAP | expression | **total** | first run | "
-        "recall@k | accuracy | accuracy on sample: GPU / CPU exact |\n|" + "---|" * 11 + "\n"
+        "| n | backend | search | mapping matrix | labels | UMAP | expression | **total** | first run | "
+        "recall@k | accuracy | accuracy on sample: GPU / CPU exact |\n|" + "---|" * 12 + "\n"
     )
     lines = []
     for r in rows:
         cpu = "n/a" if r["accuracy_cpu_sample"] is None else f"{r['accuracy_cpu_sample']:.4f}"
+        probes = "" if r["nprobe"] is None else f" (nprobe {r['nprobe']})"
         lines.append(
-            f"| {r['n']:,} | "
+            f"| {r['n']:,} | {r['backend']}{probes} | "
             + " | ".join(f"{r[f'{s}_s']:.3f} s" for s in STAGES)
             + f" | **{r['total_s']:.2f} s** | {r['first_run_s']:.2f} s | {r['recall']:.4f} | "
             f"{r['accuracy']:.4f} | {r['accuracy_sample']:.4f} / {cpu} |"
@@ -148,30 +148,42 @@ def markdown(rows: list[dict], device: str, args) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 1_500_000])
     parser.add_argument("--dim", type=int, default=50)
     parser.add_argument("--k", type=int, default=30)
     parser.add_argument("--types", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sample", type=int, default=2_000, help="query cells for recall and the CPU check")
-    parser.add_argument("--backend", default="cupy", help="cupy; another backend to try the script on a CPU")
+    parser.add_argument(
+        "--backends", nargs="+", default=["cupy", "cupy-ivf"],
+        help="GPU backends to compare (exact brute force, inverted file); faiss-exact runs it on a CPU",
+    )  # fmt: skip
     parser.add_argument("--out", default=os.environ.get("OUT", str(HERE / "results")))
     args = parser.parse_args()
 
+    from synthetic import make_pair
+
     from napari_cellmapper.core.neighbors import gpu_available
 
-    if args.backend == "cupy" and not gpu_available():
-        sys.exit("No GPU (cupy + CUDA device) available: nothing to measure (--backend faiss-exact runs on a CPU).")
+    on_gpu = any(b.startswith("cupy") for b in args.backends)
+    if on_gpu and not gpu_available():
+        sys.exit("No GPU (cupy + CUDA device) here: nothing to measure (--backends faiss-exact: CPU).")
     device = "CPU"
-    if args.backend == "cupy":
+    if on_gpu:
         import cupy
 
         device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     rows = []
     for n in args.sizes:
-        rows.append(measure(n, args))
-        print(markdown(rows[-1:], device, args), flush=True)
+        start = time.perf_counter()
+        reference, query = make_pair(n, n, dim=args.dim, n_types=args.types, seed=n % 9973)
+        data = (reference, query, time.perf_counter() - start)
+        for backend in args.backends:
+            rows.append(measure(n, backend, data, args))
+            print(markdown(rows[-1:], device, args), flush=True)
     table = markdown(rows, device, args)
     print(table)
     out = Path(args.out)

@@ -7,13 +7,12 @@ import sys
 import faiss
 import numpy as np
 import pytest
+from _fake_cupy import FakeCupy, install_fake_cupy
 
 from napari_cellmapper.core import neighbors_cupy
 from napari_cellmapper.core.neighbors import gpu_available, prepare_rep, search
 from napari_cellmapper.core.neighbors_cupy import _tiled_topk_numpy
 from napari_cellmapper.core.validation import CellMapperInputError
-
-from _fake_cupy import FakeCupy, install_fake_cupy
 
 needs_gpu = pytest.mark.skipif(
     not gpu_available(),
@@ -332,7 +331,8 @@ def test_core_maps_through_cupy_path_without_gui_spatialdata_or_faiss():
     tests = str(Path(__file__).resolve().parent)
     script = _HEADLESS_SCRIPT.format(absent=_ABSENT_ON_GPU_MACHINE, tests=tests)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tests).parent / "src"), tests])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    cmd = [sys.executable, "-c", script]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["loaded"] == []

@@ -63,7 +63,7 @@ def test_ivf_index_records_auto_parameters(clustered_20k):
     assert index.nlist == nf.ivf_nlist(len(ref)) == 283
     assert index.nprobe is None and index.calibrated_recall is None
     _, idx = index.search(np.ascontiguousarray(qry), 30)
-    assert index.nprobe in {min(p, index.nlist) for p in nf._NPROBE_LADDER}
+    assert index.nprobe in {min(p, index.nlist) for p in nf.NPROBE_LADDER}
     assert index.calibrated_recall is not None and index.calibrated_recall >= nf.IVF_TARGET_RECALL
     assert nf.recall_at_k(idx, exact) >= 0.95
 

@@ -31,6 +31,7 @@ from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.joint_embedding import JointEmbedding, build_joint_embedding
 from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
 from napari_cellmapper.core.neighbors import (
+    GPU_BACKENDS,
     Neighbors,
     build_index,
     check_backend_options,
@@ -277,7 +278,8 @@ class CellMapper:
         progress
             ``True`` for progress bars on stderr, a callback, or ``False``.
         **kwargs
-            ``backend`` (``"auto"``, ``"faiss-exact"``, ``"faiss-ivf"``, ``"cupy"``, ``"dask"``),
+            ``backend`` (``"auto"``, ``"faiss-exact"``, ``"faiss-ivf"``, ``"cupy"``, ``"cupy-ivf"``,
+            ``"dask"``),
             ``metric`` (``"euclidean"``, ``"cosine"``), ``joint`` (``"pca"``, ``"cca"``),
             ``n_comps``, ``joint_layer``, ``chunk_size`` and backend options.
         """
@@ -552,7 +554,7 @@ class CellMapper:
         else:
             val.check_unique_var_names(self.query, "query")
             val.check_unique_var_names(self.reference, "reference")
-        if backend == "cupy":
+        if backend in GPU_BACKENDS:
             from napari_cellmapper.core.neighbors import resolve_backend
 
             resolve_backend(backend, self.query.n_obs, self.reference.n_obs)

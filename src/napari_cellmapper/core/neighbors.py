@@ -10,6 +10,9 @@ Backends (``backend=``):
     search reaches 0.965 on a sample (0.95 is guaranteed by tests).
 ``"cupy"``
     GPU brute force in tiles (matrix product plus top-k), see :mod:`.neighbors_cupy`.
+``"cupy-ivf"``
+    GPU inverted file (k-means lists, nprobe calibrated to recall@k >= 0.99), see
+    :mod:`.neighbors_cupy_ivf`; not yet measured on a GPU, so ``"auto"`` does not pick it.
 ``"dask"``
     query chunks searched in parallel on a dask cluster, see :mod:`.neighbors_dask`.
 ``"auto"``
@@ -49,6 +52,7 @@ BACKEND_OPTIONS = {
     "faiss-exact": set(),
     "faiss-ivf": {"nlist", "nprobe", "seed"},
     "cupy": {"tile_size", "device", "dtype", "select"},
+    "cupy-ivf": {"nlist", "nprobe", "seed", "device", "target_recall"},
     "dask": {"client", "index_backend", "nlist", "nprobe", "seed"},
 }
 
@@ -136,12 +140,16 @@ def gpu_available() -> bool:
         return False
 
 
+#: backends that run on an NVIDIA GPU through cupy
+GPU_BACKENDS = ("cupy", "cupy-ivf")
+
+
 def resolve_backend(backend: str, n_query: int, n_reference: int) -> str:
     """The concrete backend that ``backend`` (possibly ``"auto"``) stands for."""
     check_choice("backend", backend, BACKENDS)
-    if backend == "cupy" and not gpu_available():
+    if backend in GPU_BACKENDS and not gpu_available():
         raise CellMapperInputError(
-            "backend='cupy' needs an NVIDIA GPU and cupy, and none is available here. "
+            f"backend={backend!r} needs an NVIDIA GPU and cupy, and none is available here. "
             "Install the 'gpu' extra on a GPU machine, or use backend='auto' or 'faiss-exact'."
         )
     if backend != "auto":
@@ -186,6 +194,10 @@ def build_index(reference: np.ndarray, backend: str, **options: Any) -> Neighbor
         from napari_cellmapper.core.neighbors_cupy import CupyIndex
 
         return CupyIndex(reference, **options)
+    if backend == "cupy-ivf":
+        from napari_cellmapper.core.neighbors_cupy_ivf import CupyIVFIndex
+
+        return CupyIVFIndex(reference, **options)
     raise CellMapperInputError(f"backend {backend!r} has no in-process index; use search() instead.")
 
 
@@ -258,7 +270,7 @@ def iter_search(
         raise CellMapperInputError(f"index was built with {index.backend!r}, not {resolved!r}.")
     indices = np.empty((n_query, k), dtype=np.int64)
     distances = np.empty((n_query, k), dtype=np.float32)
-    for start, stop in chunk_bounds(n_query, chunk_size or DEFAULT_CHUNK_SIZE):
+    for start, stop in chunk_bounds(n_query, chunk_size or getattr(index, "chunk_rows", DEFAULT_CHUNK_SIZE)):
         block = prepare_rep(query[start:stop], metric)
         sq, idx = index.search(block, k)
         indices[start:stop] = idx
@@ -289,7 +301,7 @@ def search(
     metric
         ``"euclidean"`` or ``"cosine"``.
     backend
-        ``"auto"``, ``"faiss-exact"``, ``"faiss-ivf"``, ``"cupy"`` or ``"dask"``.
+        ``"auto"``, ``"faiss-exact"``, ``"faiss-ivf"``, ``"cupy"``, ``"cupy-ivf"`` or ``"dask"``.
     chunk_size
         Query rows per chunk (memory and progress granularity).
     progress

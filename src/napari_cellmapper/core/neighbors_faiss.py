@@ -15,7 +15,7 @@ from napari_cellmapper.core.ivf_scan import nearest_lists, scan, warm_up
 #: recall@k that the IVF calibration aims for on a query sample (the guarantee asked of it is 0.95)
 IVF_TARGET_RECALL = 0.965
 _CALIBRATION_QUERIES = 512
-_NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 def _faiss():
@@ -103,7 +103,7 @@ class IVFIndex:
         sample = query[np.sort(rng.choice(query.shape[0], n_sample, replace=False))]
         exact = self._ids[_faiss().knn(sample, self._vectors, min(k, self._ids.size))[1]]
         recall, nprobe = 0.0, 1
-        for nprobe in _NPROBE_LADDER:
+        for nprobe in NPROBE_LADDER:
             nprobe = min(nprobe, self.nlist)
             recall = recall_at_k(self.search_with(sample, k, nprobe)[1], exact)
             if recall >= target_recall or nprobe == self.nlist:
@@ -128,22 +128,21 @@ class IVFIndex:
         """The coarse cell (inverted list) of each indexed reference row, int64."""
         return self._cells
 
-    def relaxed(self) -> _ProbeView:
+    def relaxed(self) -> ProbeView:
         """The same index searched with half the calibrated probes (thread-safe per call).
 
         Used for the reference's own k-NN graph, which only smooths presence scores and sets the
         baseline of mapping quality: HNOCA-tools builds that graph approximately too.
         """
-        return _ProbeView(self, max(1, (self.nprobe or 2) // 2))
+        return ProbeView(self, max(1, (self.nprobe or 2) // 2))
 
 
-class _ProbeView:
-    """An :class:`IVFIndex` searched with a fixed number of probes, without changing it."""
-
-    backend = "faiss-ivf"
+class ProbeView:
+    """An IVF index (CPU or GPU) searched with a fixed number of probes, without changing it."""
 
     def __init__(self, parent: IVFIndex, nprobe: int) -> None:
         self.parent, self.nprobe = parent, nprobe
+        self.backend = parent.backend
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.parent.search_with(query, k, self.nprobe)

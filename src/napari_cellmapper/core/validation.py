@@ -14,7 +14,7 @@ import pandas as pd
 from anndata import AnnData
 
 KERNELS = ("gauss", "gauss_adaptive", "scarches", "inverse_distance", "equal", "hnoca")
-BACKENDS = ("auto", "faiss-exact", "faiss-ivf", "cupy", "dask")
+BACKENDS = ("auto", "faiss-exact", "faiss-ivf", "cupy", "cupy-ivf", "dask")
 METRICS = ("euclidean", "cosine")
 JOINT_METHODS = ("pca", "cca")
 

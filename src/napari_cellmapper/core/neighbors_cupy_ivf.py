@@ -33,7 +33,7 @@ from napari_cellmapper.core.neighbors_cupy import (
     _squared_norms,
     _tiled_topk,
 )
-from napari_cellmapper.core.neighbors_faiss import NPROBE_LADDER, ProbeView, ivf_nlist
+from napari_cellmapper.core.neighbors_faiss import NPROBE_LADDER, ProbedIndex, ivf_nlist
 from napari_cellmapper.core.validation import CellMapperInputError
 
 #: recall@k that the calibration aims for (issue 12 asks at least 0.99 of the GPU path)
@@ -90,7 +90,7 @@ def kmeans(xp: Any, x: Any, n_lists: int, *, n_iter: int = 10, seed: int = 0) ->
     return xp.ascontiguousarray(centroids)
 
 
-class CupyIVFIndex:
+class CupyIVFIndex(ProbedIndex):
     """Approximate k-NN on one NVIDIA GPU with an inverted file; see the module docstring.
 
     Parameters
@@ -160,10 +160,6 @@ class CupyIVFIndex:
         """The list of each reference row, int64 (groups the expression product's rows)."""
         return self._cells
 
-    def relaxed(self) -> ProbeView:
-        """This index searched with half the calibrated probes (for the reference's own graph)."""
-        return ProbeView(self, max(1, (self.nprobe or 2) // 2))
-
     def recall_curve(self, sample: np.ndarray, k: int, probes: list[int]) -> np.ndarray:
         """recall@k of ``sample`` against exact search for each nprobe in ``probes``, without searching.
 
@@ -196,12 +192,6 @@ class CupyIVFIndex:
         pick = int(reached[0]) if reached.size else len(ladder) - 1
         self.nprobe, self.calibrated_recall = int(ladder[pick]), float(curve[pick])
         return self.nprobe
-
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Squared L2 distances (float32) and indices (int64) of (about) the k nearest rows."""
-        if self.nprobe is None:
-            self.calibrate(query, k)
-        return self.search_with(query, k, self.nprobe)
 
     def search_with(self, query: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` scanning ``nprobe`` lists per query (the index is not changed)."""

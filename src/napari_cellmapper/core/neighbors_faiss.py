@@ -7,6 +7,7 @@ Euclidean or cosine distances (see :mod:`napari_cellmapper.core.neighbors`).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import numpy as np
 
@@ -49,7 +50,36 @@ def ivf_nlist(n_reference: int) -> int:
     return int(max(1, min(nlist, n_reference // 39)))
 
 
-class IVFIndex:
+class ProbedIndex(ABC):
+    """An inverted-file index (CPU or GPU) whose ``nprobe`` is calibrated on its first query."""
+
+    backend: str
+    nprobe: int | None
+
+    @abstractmethod
+    def calibrate(self, query: np.ndarray, k: int) -> int:
+        """Set and return the smallest ``nprobe`` that reaches the target recall on ``query``."""
+
+    @abstractmethod
+    def search_with(self, query: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared L2 distances and indices, probing ``nprobe`` lists (the index is not changed)."""
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared L2 distances and indices of (approximately) the k nearest reference rows."""
+        if self.nprobe is None:
+            self.calibrate(query, k)
+        return self.search_with(query, k, self.nprobe)
+
+    def relaxed(self) -> ProbeView:
+        """The same index searched with half the calibrated probes (thread-safe per call).
+
+        Used for the reference's own k-NN graph, which only smooths presence scores and sets the
+        baseline of mapping quality: HNOCA-tools builds that graph approximately too.
+        """
+        return ProbeView(self, max(1, (self.nprobe or 2) // 2))
+
+
+class IVFIndex(ProbedIndex):
     """Approximate L2 search with an inverted file.
 
     faiss trains ``nlist`` coarse centroids (k-means); :mod:`.ivf_scan` finds each query's
@@ -112,12 +142,6 @@ class IVFIndex:
         self.calibrated_recall = recall
         return self.nprobe
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Squared L2 distances and indices of (approximately) the k nearest reference rows."""
-        if self.nprobe is None:
-            self.calibrate(query, k)
-        return self.search_with(query, k, self.nprobe)
-
     def search_with(self, query: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` probing ``nprobe`` lists (does not change the index; thread-safe)."""
         query = np.ascontiguousarray(query, dtype=np.float32)
@@ -128,19 +152,12 @@ class IVFIndex:
         """The coarse cell (inverted list) of each indexed reference row, int64."""
         return self._cells
 
-    def relaxed(self) -> ProbeView:
-        """The same index searched with half the calibrated probes (thread-safe per call).
-
-        Used for the reference's own k-NN graph, which only smooths presence scores and sets the
-        baseline of mapping quality: HNOCA-tools builds that graph approximately too.
-        """
-        return ProbeView(self, max(1, (self.nprobe or 2) // 2))
 
 
 class ProbeView:
     """An IVF index (CPU or GPU) searched with a fixed number of probes, without changing it."""
 
-    def __init__(self, parent: IVFIndex, nprobe: int) -> None:
+    def __init__(self, parent: ProbedIndex, nprobe: int) -> None:
         self.parent, self.nprobe = parent, nprobe
         self.backend = parent.backend
 

@@ -116,12 +116,34 @@ class FakeCupy(types.ModuleType):
         return kernel
 
 
+#: the modules :func:`install_fake_cupy` puts in ``sys.modules`` (callers record and restore them)
+FAKE_MODULES = ("cupy", "cupyx", "cupyx.scipy", "cupyx.scipy.sparse")
+
+
+def _fake_cupyx() -> dict[str, types.ModuleType]:
+    """``cupyx.scipy.sparse`` on the host: scipy's CSR matrices stand in for cuSPARSE's."""
+    from scipy import sparse
+
+    device_sparse = types.ModuleType("cupyx.scipy.sparse")
+    device_sparse.csr_matrix = sparse.csr_matrix
+    device_sparse.issparse = sparse.issparse
+    scipy_ns = types.ModuleType("cupyx.scipy")
+    scipy_ns.sparse = device_sparse
+    cupyx = types.ModuleType("cupyx")
+    cupyx.scipy = scipy_ns
+    return {"cupyx": cupyx, "cupyx.scipy": scipy_ns, "cupyx.scipy.sparse": device_sparse}
+
+
 def install_fake_cupy(free_bytes: int = 1_000_000, n_devices: int = 1) -> FakeCupy:
-    """Put a fresh :class:`FakeCupy` in ``sys.modules`` (callers restore it) and clear kernel caches."""
+    """Put a fresh :class:`FakeCupy` (and ``cupyx``) in ``sys.modules`` and clear kernel caches.
+
+    Callers record and restore :data:`FAKE_MODULES` (e.g. ``monkeypatch.setitem(..., None)`` first).
+    """
     from napari_cellmapper.core import neighbors_cupy
 
     fake = FakeCupy(free_bytes, n_devices)
     sys.modules["cupy"] = fake
+    sys.modules.update(_fake_cupyx())
     neighbors_cupy._cupy_kernels.cache_clear()
     neighbors_cupy._fused_kernels.cache_clear()
     return fake

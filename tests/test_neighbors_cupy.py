@@ -7,7 +7,7 @@ import sys
 import faiss
 import numpy as np
 import pytest
-from _fake_cupy import FakeCupy, install_fake_cupy
+from _fake_cupy import FAKE_MODULES, FakeCupy, install_fake_cupy
 
 from napari_cellmapper.core import neighbors_cupy
 from napari_cellmapper.core.neighbors import gpu_available, prepare_rep, search
@@ -141,7 +141,8 @@ def test_bad_options(data, bad):
 @pytest.fixture
 def fake_cupy(monkeypatch):
     def install(free_bytes: int = 1_000_000) -> FakeCupy:
-        monkeypatch.setitem(sys.modules, "cupy", None)  # records the real state, restored afterwards
+        for name in FAKE_MODULES:  # records the real state, restored afterwards
+            monkeypatch.setitem(sys.modules, name, None)
         return install_fake_cupy(free_bytes)
 
     yield install
@@ -308,6 +309,7 @@ print(json.dumps({{
     "conf": query.obs["celltype_conf"].tolist(),
     "umap": query.obsm["X_umap_pred"].tolist(),
     "imputed_sum": float(cmap.query_imputed.X.sum()),
+    "transfers_on_device": cmap._device_mapping is not None,
 }}))
 """
 
@@ -337,6 +339,7 @@ def test_core_maps_through_cupy_path_without_gui_spatialdata_or_faiss():
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["loaded"] == []
     assert got["backend"] == "cupy" and got["requested"] == "auto"
+    assert got["transfers_on_device"]  # labels, UMAP and expression as device products
     assert got["kernel_launches"]["scan"] == 3 * 8  # 300 x 900 in 128-row tiles: the fused path, merged
 
     query, reference = make_pair(n_query=300, n_ref=900, n_genes=40, dim=8, seed=3)
@@ -355,7 +358,8 @@ def test_auto_uses_the_gpu_only_when_cupy_finds_a_device(monkeypatch, devices):
     """cupy installed but no usable device (none, or the driver fails): auto stays on the CPU."""
     from napari_cellmapper.core import neighbors
 
-    monkeypatch.setitem(sys.modules, "cupy", None)  # records the real state, restored afterwards
+    for name in FAKE_MODULES:  # records the real state, restored afterwards
+        monkeypatch.setitem(sys.modules, name, None)
     fake = install_fake_cupy(n_devices=0)
     if devices == "driver error":
 

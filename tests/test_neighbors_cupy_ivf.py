@@ -7,7 +7,7 @@ import sys
 import faiss
 import numpy as np
 import pytest
-from _fake_cupy import install_fake_cupy
+from _fake_cupy import FAKE_MODULES, install_fake_cupy
 
 from napari_cellmapper.core import neighbors
 from napari_cellmapper.core.neighbors_cupy_ivf import CupyIVFIndex, kmeans
@@ -17,7 +17,8 @@ from napari_cellmapper.core.validation import CellMapperInputError
 
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", None)  # records the real state, restored afterwards
+    for name in FAKE_MODULES:  # records the real state, restored afterwards
+        monkeypatch.setitem(sys.modules, name, None)
     yield install_fake_cupy(free_bytes=4_000_000)
 
 
@@ -127,9 +128,23 @@ def test_bad_options_and_missing_cupy(fake, monkeypatch):
         CupyIVFIndex(ref, target_recall=1.5)
     with pytest.raises(CellMapperInputError, match="k <= "):
         CupyIVFIndex(ref, nlist=5, nprobe=2).search(ref[:3], 300)
-    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as if cupy were not installed
     with pytest.raises(CellMapperInputError, match="gpu"):
         CupyIVFIndex(ref)
     monkeypatch.setattr(neighbors, "gpu_available", lambda: False)
     with pytest.raises(CellMapperInputError, match="cupy-ivf"):
         neighbors.resolve_backend("cupy-ivf", 10, 10)
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not neighbors.gpu_available(), reason="needs an NVIDIA GPU with cupy")
+def test_cupy_ivf_on_gpu_reaches_its_recall():
+    query, ref = _clustered(n_ref=60_000, n_query=5_000, dim=32, n_types=30, seed=7)
+    index = CupyIVFIndex(ref)
+    _, idx = index.search(query, 30)
+    _, exact = faiss.knn(query, ref, 30)
+    assert index.calibrated_recall >= 0.99
+    assert recall_at_k(idx, exact) >= 0.985

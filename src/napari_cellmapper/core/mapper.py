@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -155,6 +156,7 @@ class CellMapper:
         self._reference_usable: np.ndarray | None = None
         self._query_imputed: AnnData | None = None
         self._index: Any = None
+        self._device_mapping: tuple[sparse.csr_matrix, Any] | None = None
         self._search_options: dict[str, Any] = {}
         self.params: dict[str, Any] = {}
         #: what ``iter_fit(reference_graph_task=...)`` returned, or None
@@ -384,6 +386,21 @@ class CellMapper:
         usable = self._reference_usable
         return locality_order(self.neighbors, self._index, None if usable.all() else np.flatnonzero(usable))
 
+    def _on_device(self) -> Any:
+        """M on the GPU (:class:`~.transfer_gpu.DeviceMapping`) when the search ran there, else None.
+
+        Uploaded once per mapping matrix; the transfers then run as device products.
+        """
+        if self.neighbors is None or self.neighbors.backend not in GPU_BACKENDS:
+            return None
+        held = self._device_mapping
+        if held is None or held[0] is not self.mapping_matrix:
+            from napari_cellmapper.core.transfer_gpu import DeviceMapping
+
+            device = getattr(self._index, "device", 0)
+            held = self._device_mapping = (self.mapping_matrix, DeviceMapping(self.mapping_matrix, device))
+        return held[1]
+
     def iter_transfer(
         self,
         obs_keys: str | list[str] | None = None,
@@ -400,6 +417,7 @@ class CellMapper:
         self._check_transfer_keys(obs_list, obsm_list, layer_key)
         chunk = {"chunk_size": chunk_size} if chunk_size else {}
         m = self.mapping_matrix
+        gpu = self._on_device()
         obs_new: dict[str, Any] = {}
         obsm_new: dict[str, Any] = {}
         uns_new: dict[str, Any] = {}
@@ -414,7 +432,8 @@ class CellMapper:
                         stacklevel=4,
                     )
                 codes, cats = category_codes(column)
-                res = yield from iter_transfer_labels(m, codes, cats, stage=f"transfer {key}", **chunk)
+                labels_of = gpu.iter_labels if gpu is not None else partial(iter_transfer_labels, m)
+                res = yield from labels_of(codes, cats, stage=f"transfer {key}", **chunk)
                 labels[key] = res
                 pred = res.predictions()
                 obs_new[f"{key}{prediction_postfix}"] = pred
@@ -434,14 +453,18 @@ class CellMapper:
                 obs_new[f"{key}{prediction_postfix}"] = transfer_numeric(m, column.to_numpy())
         for key in obsm_list:
             rep = val.get_rep(self.reference, key, "reference")
-            obsm_new[f"{key}{prediction_postfix}"] = yield from iter_transfer_dense(
-                m, rep, stage=f"transfer {key}", **chunk
-            )
+            dense_of = gpu.iter_dense if gpu is not None else partial(iter_transfer_dense, m)
+            stage = f"transfer {key}"
+            obsm_new[f"{key}{prediction_postfix}"] = yield from dense_of(rep, stage=stage, **chunk)
         imputed = None
         if layer_key is not None:
-            values = yield from iter_transfer_expression(
-                m, self._reference_layer(layer_key), row_order=self._locality_order(), **chunk
-            )
+            expression = self._reference_layer(layer_key)
+            if gpu is not None:
+                values = yield from gpu.iter_expression(expression, **chunk)
+            else:
+                values = yield from iter_transfer_expression(
+                    m, expression, row_order=self._locality_order(), **chunk
+                )
             imputed = AnnData(X=values, obs=self.query.obs[[]].copy(), var=self.reference.var.copy())
         # commit: nothing above touched the query
         unmapped = unmapped_rows(m)

@@ -45,7 +45,7 @@ def profile(query_path: str, reference_path: str, *, n_niches: int = 8, obs_key:
 
     params = MappingParams(obs_keys=(obs_key,), presence=True, n_niches=n_niches)
     started = time.perf_counter()
-    annotate(query, reference, params, coords=coords, progress=on_progress)
+    cmap = annotate(query, reference, params, coords=coords, progress=on_progress)
     ended = time.perf_counter()
     for (t, stage), (t_next, _) in zip(marks, [*marks[1:], (ended, "")], strict=True):
         times[stage] = times.get(stage, 0.0) + t_next - t
@@ -54,7 +54,14 @@ def profile(query_path: str, reference_path: str, *, n_niches: int = 8, obs_key:
         ended - started
     )
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    return {"times": times, "peak_gb": peak_gb, "n_query": query.n_obs, "n_reference": reference.n_obs}
+    search = {k: v for k, v in cmap.params.items() if k in ("backend", "nlist", "nprobe", "n_comps")}
+    return {
+        "times": times,
+        "peak_gb": peak_gb,
+        "n_query": query.n_obs,
+        "n_reference": reference.n_obs,
+        "search": search,
+    }
 
 
 _INPUT_STAGES = ("read reference", "open store + table", "cell coordinates")
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--niches", type=int, default=8)
     args = parser.parse_args(argv)
     out = profile(args.query, args.reference, n_niches=args.niches)
-    print(f"{out['n_query']:,} query x {out['n_reference']:,} reference cells, peak RSS {out['peak_gb']:.2f} GB")
+    print(f"{out['n_query']:,} query x {out['n_reference']:,} reference cells, peak RSS {out['peak_gb']:.2f} GB, {out['search']}")
     for stage, seconds in out["times"].items():
         print(f"  {stage:<32s} {seconds:7.2f} s")
     sys.stdout.flush()

@@ -62,6 +62,18 @@ class _Sums:
         for plane in planes:
             _accumulate(np.ascontiguousarray(plane), y0, x0, self.count, self.sy, self.sx)
 
+    @staticmethod
+    def merge(parts: list[_Sums]) -> _Sums:
+        out = _Sums()
+        size = max(p.count.size for p in parts)
+        for name in ("count", "sy", "sx"):
+            total = np.zeros(size)
+            for p in parts:
+                values = getattr(p, name)
+                total[: values.size] += values
+            setattr(out, name, total)
+        return out
+
     def frame(self) -> pd.DataFrame:
         ids = np.flatnonzero(self.count > 0)
         n = self.count[ids]
@@ -91,17 +103,22 @@ def _compute(data: Any, dims: list[str]) -> pd.DataFrame:
     if not hasattr(data, "blocks"):
         sums.add(np.transpose(np.asarray(data), order), 0, 0)
         return sums.frame()
-    import dask
+    from concurrent.futures import ThreadPoolExecutor
 
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in data.chunks]
     indices = list(np.ndindex(*data.numblocks))
-    batch = max(2, os.cpu_count() or 1)
-    for i in range(0, len(indices), batch):
-        chunk_idx = indices[i : i + batch]
-        blocks = dask.compute(*[data.blocks[idx] for idx in chunk_idx])
-        for idx, block in zip(chunk_idx, blocks, strict=True):
-            sums.add(np.transpose(np.asarray(block), order), int(starts[ay][idx[ay]]), int(starts[ax][idx[ax]]))
-    return sums.frame()
+    n_threads = max(1, min(os.cpu_count() or 1, len(indices)))
+    per_thread = [_Sums() for _ in range(n_threads)]
+
+    def work(t: int) -> None:
+        # each thread reads (decompresses) its own blocks and adds them to its own sums
+        for idx in indices[t::n_threads]:
+            block = np.asarray(data.blocks[idx].compute(scheduler="synchronous"))
+            per_thread[t].add(np.transpose(block, order), int(starts[ay][idx[ay]]), int(starts[ax][idx[ax]]))
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(work, range(n_threads)))
+    return _Sums.merge(per_thread).frame()
 
 
 def label_centroids(labels: Any) -> pd.DataFrame:

@@ -21,6 +21,7 @@ the query panel and in the reference's larger gene set.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,31 @@ def reannotate(table: AnnData, region: str) -> AnnData:
     out.uns.pop("spatialdata_attrs", None)
     out.obs["region"] = pd.Categorical([region] * out.n_obs)
     return TableModel.parse(out, region=region, region_key="region", instance_key=ELEMENTS[region])
+
+
+def annotated_copy(path: str | Path, region: str, out: str | Path) -> Path:
+    """A copy of the store at ``out`` whose table annotates ``region``; rasters and shapes are
+    hard links to the original's files (no second copy of the images), only the table is new."""
+    import shutil
+    import warnings
+
+    import spatialdata as sd
+
+    out = Path(out)
+    tables = (Path(path) / "tables").resolve()
+
+    def link_or_copy(src: str, dst: str) -> None:  # only the table is rewritten: copy it, link the rest
+        (shutil.copy2 if Path(src).resolve().is_relative_to(tables) else os.link)(src, dst)
+
+    shutil.copytree(path, out, copy_function=link_or_copy)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+        sdata = sd.read_zarr(out, selection=("tables",))
+    table = reannotate(sdata.tables["table"], region)  # in memory
+    sdata.delete_element_from_disk("table")
+    sdata.tables["table"] = table
+    sdata.write_element("table")
+    return out
 
 
 def make_sdata(n_cells: int, *, n_genes: int = 400, region: str = "cell_labels", seed: int = 0):

@@ -95,3 +95,18 @@ def test_layout_has_no_overlaps_and_exact_count():
 def test_unknown_region_is_refused():
     with pytest.raises(ValueError, match="region"):
         xs.make_sdata(10, region="transcripts")
+
+
+def test_annotated_copy_shares_rasters_and_rewrites_only_the_table(store, tmp_path):
+    import spatialdata as sd
+
+    src = Path(store.path)
+    out = xs.annotated_copy(src, "cell_circles", tmp_path / "circles.zarr")
+    copy = sd.read_zarr(out)
+    assert spatial.element_kind(copy, "table") == "circles"
+    assert spatial.element_kind(sd.read_zarr(src), "table") == "labels"  # the original is untouched
+    raster = next(p for p in (out / "labels" / "cell_labels").rglob("*") if p.is_file() and "c" in p.parts)
+    assert raster.stat().st_nlink == 2  # a hard link, not a copy
+    np.testing.assert_allclose(
+        spatial.cell_coordinates(copy, "table", "global"), spatial.cell_coordinates(store, "table", "global"), atol=1.0
+    )

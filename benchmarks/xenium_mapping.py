@@ -11,6 +11,7 @@ fresh process per repeat; stores come from ``xenium_store.py``.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -21,7 +22,14 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def profile(query_path: str, reference_path: str, *, n_niches: int = 8, obs_key: str = "cell_type") -> dict:
+def _rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
+def profile(
+    query_path: str, reference_path: str, *, n_niches: int = 8, obs_key: str = "cell_type", verbose: bool = False
+) -> dict:
     """Wall and CPU seconds per stage (ordered), the peak RSS in GB and the search's settings.
 
     CPU seconds (all threads of the process) are less sensitive than wall time to other work on
@@ -49,12 +57,16 @@ def profile(query_path: str, reference_path: str, *, n_niches: int = 8, obs_key:
     t0 = _now()
     coords = sio.cell_coordinates(sdata, table, sio.default_coordinate_system(sdata, table))
     times["cell coordinates"] = since(t0)
+    if verbose:
+        print(f"inputs read, RSS {_rss_gb():.2f} GB", file=sys.stderr)
 
     marks: list[tuple[tuple[float, float], str]] = []
 
     def on_progress(event) -> None:
         if not marks or marks[-1][1] != event.stage:
             marks.append((_now(), event.stage))
+            if verbose:  # where a run that runs out of memory got to
+                print(f"[{time.perf_counter() - started[0]:7.1f} s, RSS {_rss_gb():.2f} GB] {event.stage}", file=sys.stderr)
 
     params = MappingParams(obs_keys=(obs_key,), presence=True, n_niches=n_niches)
     started = _now()
@@ -82,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--query", required=True)
     parser.add_argument("--reference", required=True)
     parser.add_argument("--niches", type=int, default=8)
+    parser.add_argument("--verbose", action="store_true", help="print each stage (with RSS) as it starts")
     args = parser.parse_args(argv)
-    out = profile(args.query, args.reference, n_niches=args.niches)
+    out = profile(args.query, args.reference, n_niches=args.niches, verbose=args.verbose)
     print(f"{out['n_query']:,} query x {out['n_reference']:,} reference cells, peak RSS {out['peak_gb']:.2f} GB, {out['search']}")
     print(f"  {'stage':<28s} {'wall s':>8s} {'CPU s':>8s}")
     for stage, (wall, cpu) in out["times"].items():

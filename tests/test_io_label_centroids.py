@@ -109,3 +109,30 @@ def test_cell_coordinates_place_labels_exactly_under_an_affine(lab):
     sdata = sd.SpatialData(labels={"cells": labels}, tables={"table": table})
     expected = xy[::-1] @ matrix[:2, :2].T + matrix[:2, 2]
     np.testing.assert_allclose(spatial.cell_coordinates(sdata, "table", "global"), expected, rtol=1e-12)
+
+
+def test_concurrent_callers_compute_a_raster_once(lab, monkeypatch):
+    import threading
+    import time
+
+    lc.clear_cache()
+    calls = []
+    compute = lc._compute
+
+    def slow(*args):
+        calls.append(1)
+        time.sleep(0.3)  # long enough for the other thread to arrive while this one computes
+        return compute(*args)
+
+    monkeypatch.setattr(lc, "_compute", slow)
+    element = Labels2DModel.parse(da.from_array(lab, chunks=16), dims=("y", "x"))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(lc.label_centroids(element))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 3
+    for out in results[1:]:
+        assert out.equals(results[0])
+    lc.clear_cache()

@@ -21,6 +21,7 @@ from numba import njit
 CACHE_SIZE = 8
 _cache: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
 _cache_lock = threading.Lock()
+_computing: dict[tuple, threading.Lock] = {}
 
 
 @njit(cache=True, nogil=True)
@@ -126,25 +127,29 @@ def label_centroids(labels: Any) -> pd.DataFrame:
 
     Uses the full-resolution scale of multiscale labels; works block by block on dask-backed
     arrays. Returns a DataFrame indexed by label id (int64) with ``x`` and ``y``. Dask-backed
-    results are cached (see the module docstring); the returned frame is a copy.
+    results are cached (see the module docstring; callers in several threads compute a raster
+    once); the returned frame is a copy.
     """
     da = _full_resolution(labels)
     dims = [str(d) for d in da.dims]
     data = da.data
     key = (data.name, tuple(data.shape), str(data.dtype), tuple(dims)) if hasattr(data, "name") else None
-    if key is not None:
+    if key is None:
+        return _compute(data, dims)
+    with _cache_lock:
+        key_lock = _computing.setdefault(key, threading.Lock())
+    with key_lock:  # a second caller of the same raster waits for the first one's result
         with _cache_lock:
             if key in _cache:
                 _cache.move_to_end(key)
                 return _cache[key].copy()
-    out = _compute(data, dims)
-    if key is not None:
+        out = _compute(data, dims)
         with _cache_lock:
             _cache[key] = out
+            _computing.pop(key, None)
             while len(_cache) > CACHE_SIZE:
                 _cache.popitem(last=False)
-        out = out.copy()
-    return out
+    return out.copy()
 
 
 def clear_cache() -> None:

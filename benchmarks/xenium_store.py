@@ -6,7 +6,7 @@ The store follows spatialdata-io's Xenium reader: ``morphology_focus`` (multisca
 ``radius``) in micrometres with ``Scale(1 / 0.2125)`` to ``global``; a ``table`` of sparse
 counts on a gene panel whose rows are the cells (``cell_id``, ``region``, ``cell_labels``). The
 table annotates ``cell_labels`` by default (spatialdata-io's current default), or the circles or
-polygons. Rasters are dask arrays computed block by block from the cell layout, so a 1M-cell
+polygons. Rasters are dask arrays computed block by block from the cell layout (a numba loop per block), so a 1M-cell
 store is written with memory bounded by a few blocks.
 
 The tissue is a disc of cells on a jittered grid (one cell per grid square, cells never overlap),
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from numba import njit
 from scipy import sparse
 
 PIXEL_SIZE = 0.2125  # µm per pixel of Xenium's morphology image
@@ -78,34 +79,55 @@ def make_layout(n_cells: int, seed: int = 0) -> Layout:
     return Layout(size=int(np.ceil(side * SPACING)), grid=grid, x=x, y=y, r=r)
 
 
-def _block_cells(layout: Layout, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label id of each pixel's grid square and the squared distance to that cell's centre."""
-    ys = np.arange(y0, y1) + 0.5
-    xs = np.arange(x0, x1) + 0.5
-    gy = np.minimum((ys // SPACING).astype(np.int64), layout.grid.shape[0] - 1)
-    gx = np.minimum((xs // SPACING).astype(np.int64), layout.grid.shape[1] - 1)
-    ids = layout.grid[gy[:, None], gx[None, :]]
-    idx = np.maximum(ids - 1, 0)
-    d2 = (xs[None, :] - layout.x[idx]) ** 2 + (ys[:, None] - layout.y[idx]) ** 2
-    return ids, d2
+@njit(cache=True, nogil=True)
+def _paint(out, y0: int, x0: int, grid, cx, cy, r, image: bool) -> None:
+    """Fill one block (``out``, zeros) with labels or a DAPI-like image: each cell is a disc of its
+    radius; the image has bright nuclei, dim cytoplasm and a deterministic per-pixel noise."""
+    gh, gw = grid.shape
+    h_out, w_out = out.shape
+    columns = np.empty(w_out, np.int64)
+    for j in range(w_out):
+        columns[j] = min(int((x0 + j + 0.5) // SPACING), gw - 1)
+    for i in range(h_out):
+        yc = y0 + i + 0.5
+        gy = min(int(yc // SPACING), gh - 1)
+        for j in range(w_out):
+            xc = x0 + j + 0.5
+            label = grid[gy, columns[j]]
+            d2 = np.inf
+            if label > 0:
+                dx = xc - cx[label - 1]
+                dy = yc - cy[label - 1]
+                d2 = dx * dx + dy * dy
+            inside = label > 0 and d2 <= r[label - 1] ** 2
+            if not image:
+                if inside:
+                    out[i, j] = label
+                continue
+            h = np.uint64((y0 + i) * 73856093) ^ np.uint64((x0 + j) * 19349663)  # hash noise
+            h = (h ^ (h >> np.uint64(13))) * np.uint64(0x9E3779B97F4A7C15)
+            noise = float(h >> np.uint64(40)) / float(1 << 24) - 0.5
+            value = 300.0 + 140.0 * noise
+            if label > 0:
+                sigma = 0.45 * r[label - 1]
+                value += 3000.0 * np.exp(-d2 / (2.0 * sigma * sigma))
+                if inside:
+                    value += 400.0
+            out[i, j] = min(max(value, 0.0), 65535.0)
 
 
 def labels_block(layout: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """int32 cell labels of one block: each cell is a disc of its radius."""
-    ids, d2 = _block_cells(layout, y0, y1, x0, x1)
-    inside = (ids > 0) & (d2 <= layout.r[np.maximum(ids - 1, 0)] ** 2)
-    return np.where(inside, ids, 0).astype(np.int32)
+    out = np.zeros((y1 - y0, x1 - x0), np.int32)
+    _paint(out, y0, x0, layout.grid, layout.x, layout.y, layout.r, False)
+    return out
 
 
 def image_block(layout: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """uint16 DAPI-like signal of one block: bright nuclei, dim cytoplasm, noisy background."""
-    ids, d2 = _block_cells(layout, y0, y1, x0, x1)
-    r = layout.r[np.maximum(ids - 1, 0)]
-    nucleus = np.exp(-d2 / (2 * (0.45 * r) ** 2)) * (ids > 0)
-    cytoplasm = (d2 <= r**2) & (ids > 0)
-    rng = np.random.default_rng(y0 * 7919 + x0)
-    value = 300 + 3000 * nucleus + 400 * cytoplasm + rng.normal(0, 40, ids.shape)
-    return np.clip(value, 0, 65535).astype(np.uint16)
+    out = np.zeros((y1 - y0, x1 - x0), np.uint16)
+    _paint(out, y0, x0, layout.grid, layout.x, layout.y, layout.r, True)
+    return out
 
 
 def _raster(layout: Layout, block_fn, dtype: np.dtype):

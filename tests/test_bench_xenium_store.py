@@ -110,3 +110,19 @@ def test_annotated_copy_shares_rasters_and_rewrites_only_the_table(store, tmp_pa
     np.testing.assert_allclose(
         spatial.cell_coordinates(copy, "table", "global"), spatial.cell_coordinates(store, "table", "global"), atol=1.0
     )
+
+
+def test_labels_block_is_each_cells_disc():
+    layout = xs.make_layout(500, seed=1)
+    y0, y1, x0, x1 = 37, 301, 5, 260  # not aligned to the grid
+    ys = np.arange(y0, y1) + 0.5
+    xx = np.arange(x0, x1) + 0.5
+    ids = layout.grid[(ys // xs.SPACING).astype(int)[:, None], (xx // xs.SPACING).astype(int)[None, :]]
+    idx = np.maximum(ids - 1, 0)
+    d2 = (xx[None, :] - layout.x[idx]) ** 2 + (ys[:, None] - layout.y[idx]) ** 2
+    expected = np.where((ids > 0) & (d2 <= layout.r[idx] ** 2), ids, 0)
+    np.testing.assert_array_equal(xs.labels_block(layout, y0, y1, x0, x1), expected)
+    image = xs.image_block(layout, y0, y1, x0, x1)
+    assert image.dtype == np.uint16
+    assert image[expected > 0].mean() > 2 * image[expected == 0].mean()  # cells are brighter
+    np.testing.assert_array_equal(image, xs.image_block(layout, y0, y1, x0, x1))  # deterministic

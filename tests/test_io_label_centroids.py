@@ -78,7 +78,9 @@ def test_cache_is_bounded(lab, monkeypatch):
 def test_non_integer_labels_are_refused():
     import xarray as xr
 
-    with pytest.raises(TypeError, match="integers"):
+    from napari_cellmapper.core.validation import CellMapperInputError
+
+    with pytest.raises(CellMapperInputError, match="integers"):
         lc.label_centroids(xr.DataArray(np.ones((4, 4), np.float32), dims=("y", "x")))
 
 
@@ -135,4 +137,22 @@ def test_concurrent_callers_compute_a_raster_once(lab, monkeypatch):
     assert len(calls) == 1 and len(results) == 3
     for out in results[1:]:
         assert out.equals(results[0])
+    lc.clear_cache()
+
+
+def test_large_sparse_ids_are_summed_per_id_not_per_possible_id(lab, monkeypatch):
+    monkeypatch.setattr(lc, "MAX_DENSE_ID", 500)  # the fixture's id 1000 makes its blocks sparse
+    big = lab.astype(np.int64)
+    big[big == 3] = 2**40  # an id no dense array could hold
+    ids, xy = _exact(big)
+    for element in (big, da.from_array(big, chunks=(16, 11))):
+        lc.clear_cache()
+        out = lc.label_centroids(Labels2DModel.parse(element, dims=("y", "x")))
+        assert out.index.tolist() == ids.tolist()
+        np.testing.assert_allclose(out[["x", "y"]].to_numpy(), xy, rtol=1e-12)
+    stack = np.stack([big, np.roll(big, 3, axis=1)])
+    lc.clear_cache()
+    out = lc.label_centroids(Labels3DModel.parse(da.from_array(stack, chunks=(1, 20, 20)), dims=("z", "y", "x")))
+    _, yy, xx = np.nonzero(stack == 2**40)
+    np.testing.assert_allclose(out.loc[2**40, ["x", "y"]].to_numpy(float), [xx.mean() + 0.5, yy.mean() + 0.5])
     lc.clear_cache()

@@ -18,7 +18,12 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
+from napari_cellmapper.core.validation import CellMapperInputError
+
 CACHE_SIZE = 8
+#: label ids up to this are summed into arrays indexed by id; blocks with larger ids (sparse,
+#: hashed ids) are summed per distinct id instead, so memory never follows the largest id
+MAX_DENSE_ID = 1 << 24
 _cache: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
 _cache_lock = threading.Lock()
 _computing: dict[tuple, threading.Lock] = {}
@@ -45,13 +50,17 @@ class _Sums:
         self.count = np.zeros(1)
         self.sy = np.zeros(1)
         self.sx = np.zeros(1)
+        self.sparse: list[pd.DataFrame] = []  # per-id sums of blocks with ids above MAX_DENSE_ID
 
     def add(self, block: np.ndarray, y0: int, x0: int) -> None:
         if block.size == 0:
             return
         if block.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integers, got dtype {block.dtype}")
+            raise CellMapperInputError(f"Segmentation labels must be integers, got dtype {block.dtype}.")
         top = int(block.max())
+        if top > MAX_DENSE_ID:
+            self.sparse.append(_sparse_sums(block, y0, x0))
+            return
         if top >= self.count.size:
             size = max(top + 1, 2 * self.count.size)
             for name in ("count", "sy", "sx"):
@@ -66,6 +75,7 @@ class _Sums:
     @staticmethod
     def merge(parts: list[_Sums]) -> _Sums:
         out = _Sums()
+        out.sparse = [frame for p in parts for frame in p.sparse]
         size = max(p.count.size for p in parts)
         for name in ("count", "sy", "sx"):
             total = np.zeros(size)
@@ -77,8 +87,31 @@ class _Sums:
 
     def frame(self) -> pd.DataFrame:
         ids = np.flatnonzero(self.count > 0)
-        n = self.count[ids]
-        return pd.DataFrame({"x": self.sx[ids] / n, "y": self.sy[ids] / n}, index=pd.Index(ids, dtype=np.int64))
+        sums = pd.DataFrame({"n": self.count[ids], "sx": self.sx[ids], "sy": self.sy[ids]}, index=ids)
+        if self.sparse:
+            sums = pd.concat([sums, *self.sparse]).groupby(level=0, sort=True).sum()
+        index = pd.Index(sums.index.to_numpy(np.int64), dtype=np.int64)
+        n = sums["n"].to_numpy()
+        return pd.DataFrame({"x": sums["sx"].to_numpy() / n, "y": sums["sy"].to_numpy() / n}, index=index)
+
+
+def _sparse_sums(block: np.ndarray, y0: int, x0: int) -> pd.DataFrame:
+    """Pixel counts and pixel-centre sums per distinct positive id of a (z,) y, x block."""
+    ys = np.broadcast_to((np.arange(block.shape[-2]) + y0 + 0.5)[:, None], block.shape[-2:])
+    xs = np.broadcast_to((np.arange(block.shape[-1]) + x0 + 0.5)[None, :], block.shape[-2:])
+    planes = block.reshape((-1, *block.shape[-2:]))
+    flat = planes.reshape(planes.shape[0], -1)
+    keep = flat > 0
+    ids, inverse = np.unique(flat[keep], return_inverse=True)
+    tiled = keep.nonzero()[1]  # position within the plane of each kept pixel
+    return pd.DataFrame(
+        {
+            "n": np.bincount(inverse, minlength=ids.size).astype(float),
+            "sx": np.bincount(inverse, weights=xs.ravel()[tiled], minlength=ids.size),
+            "sy": np.bincount(inverse, weights=ys.ravel()[tiled], minlength=ids.size),
+        },
+        index=ids.astype(np.int64),
+    )
 
 
 def _full_resolution(element: Any) -> Any:

@@ -24,6 +24,7 @@ import pandas as pd
 from anndata import AnnData
 
 from napari_cellmapper.core.validation import CellMapperInputError
+from napari_cellmapper.io.label_centroids import label_centroids
 
 ElementKind = Literal["points", "circles", "polygons", "labels"]
 
@@ -373,68 +374,6 @@ def _points_xy(element: Any) -> pd.DataFrame:
 def _shapes_xy(element: Any, kind: str) -> pd.DataFrame:
     geoms = element.geometry if kind == "circles" else element.geometry.centroid
     return pd.DataFrame({"x": geoms.x.to_numpy(float), "y": geoms.y.to_numpy(float)}, index=element.index)
-
-
-def _full_resolution(element: Any) -> Any:
-    """The scale0 DataArray of a multiscale raster, or the raster itself."""
-    from xarray import DataTree
-
-    if isinstance(element, DataTree):
-        scale0 = element["scale0"]
-        return next(iter(scale0.values()))
-    return element
-
-
-def _block_partials(
-    block: np.ndarray, offsets: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Label ids, pixel counts and per-axis coordinate sums for one block."""
-    flat = np.asarray(block).ravel()
-    if flat.size == 0:
-        return np.empty(0, np.int64), np.empty(0), [np.empty(0) for _ in offsets]
-    ids, inverse = np.unique(flat, return_inverse=True)
-    counts = np.bincount(inverse, minlength=ids.size).astype(float)
-    sums = []
-    for axis, offset in enumerate(offsets):
-        shape = [1] * block.ndim
-        shape[axis] = block.shape[axis]
-        grid = np.broadcast_to((np.arange(block.shape[axis]) + offset + 0.5).reshape(shape), block.shape)
-        sums.append(np.bincount(inverse, weights=grid.ravel(), minlength=ids.size))
-    return ids, counts, sums
-
-
-def label_centroids(labels: Any) -> pd.DataFrame:
-    """Centroids of every non-zero label, in intrinsic pixel coordinates (pixel centres at ``i + 0.5``).
-
-    Works block by block on dask-backed arrays (memory stays one block), uses the full-resolution
-    scale of multiscale labels. Returns a DataFrame indexed by label id with ``x`` and ``y``.
-    """
-    da = _full_resolution(labels)
-    dims = list(da.dims)
-    data = da.data
-    partials: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = []
-    if hasattr(data, "blocks"):  # dask
-        import dask
-
-        starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in data.chunks]
-        indices = list(np.ndindex(*data.numblocks))
-        batch = max(1, os.cpu_count() or 1)
-        for i in range(0, len(indices), batch):
-            chunk_idx = indices[i : i + batch]
-            blocks = dask.compute(*[data.blocks[idx] for idx in chunk_idx])
-            for idx, block in zip(chunk_idx, blocks, strict=True):
-                offsets = tuple(int(starts[a][j]) for a, j in enumerate(idx))
-                partials.append(_block_partials(np.asarray(block), offsets))
-    else:
-        partials.append(_block_partials(np.asarray(data), (0,) * np.ndim(data)))
-    ids = np.concatenate([p[0] for p in partials])
-    table = pd.DataFrame({"id": ids, "n": np.concatenate([p[1] for p in partials])})
-    for a, dim in enumerate(dims):
-        table[dim] = np.concatenate([p[2][a] for p in partials])
-    sums = table.groupby("id", sort=True).sum()
-    sums = sums.drop(index=0, errors="ignore")
-    out = pd.DataFrame({"x": sums["x"] / sums["n"], "y": sums["y"] / sums["n"]}, index=sums.index)
-    return out
 
 
 def _intrinsic_xy(element: Any, kind: str) -> pd.DataFrame:

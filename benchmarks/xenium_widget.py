@@ -1,0 +1,245 @@
+"""Issue 15's table through the real widget under Xvfb: open, run, switch colouring, click, export.
+
+For one Xenium-like store (``xenium_store.py``; the table annotates circles, polygons or labels)
+and a reference ``.h5ad``, each step is driven through the dock widget's public methods and
+widgets, and timed from the call until the step is complete and the canvas has drawn a frame
+showing it:
+
+``open``     ``open_reference`` then ``open_query`` (the Open buttons' slots), until the cells
+             layer exists and a frame has been drawn
+``run``      ``run()`` with the form's defaults plus presence and 8 niches (joint space from the
+             shared genes), until the result is applied and drawn
+``colour``   ``color_combo`` switched to confidence, then to niches, then back (each timed)
+``click``    the camera centred on a cell, then a real mouse click (press + release) on the
+             canvas' centre, until the cell info is shown
+``export``   ``export(path, confirm=False)``, until it returns
+
+Every step also reports the longest interface stall (the largest gap between ticks of a 10 ms
+``QTimer`` while the step ran; a blocking call stalls for its whole duration) and the peak RSS
+while it ran (sampled every 20 ms by a thread). Screenshots at whole-slide zoom and zoomed to
+about 60 µm are written with ``--screenshots DIR``.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb PYTHONPATH=src \\
+        .venv/bin/python benchmarks/xenium_widget.py --query /tmp/x300k.zarr --reference /tmp/ref.h5ad
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_points_layer import FrameClock  # noqa: E402
+
+PIXEL_SIZE_UM = 0.2125
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Probe:
+    """The longest gap between 10 ms QTimer ticks (interface stall) and the peak RSS, per step."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last = time.perf_counter()
+        self.longest = 0.0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def reset(self) -> None:
+        self.last = time.perf_counter()
+        self.longest = 0.0
+        self.peak = _rss_bytes()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.timer.stop()
+
+
+def step(
+    clock: FrameClock, probe: Probe, action: Callable[[], object], done: Callable[[], bool], timeout: float
+) -> dict[str, float]:
+    """Time ``action()`` until ``done()`` holds and a frame was drawn after that."""
+    app = clock.app
+    app.processEvents()
+    probe.reset()
+    t0 = time.perf_counter()
+    action()
+    returned = time.perf_counter() - t0
+    deadline = t0 + timeout
+    while not done():
+        app.processEvents()
+        time.sleep(0.002)
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the step did not complete")
+    t_done = time.perf_counter()
+    clock.canvas.update()
+    while clock.first_after(t_done) is None:
+        app.processEvents()
+        if time.perf_counter() > deadline:
+            raise TimeoutError("no frame was drawn")
+    frame = clock.first_after(t_done) - t0  # type: ignore[operator]
+    probe._tick()
+    return {
+        "returned_s": returned,
+        "seconds": frame,
+        "stall_s": probe.longest,
+        "peak_gb": probe.peak / 1e9,
+    }
+
+
+def click_centre(viewer) -> None:
+    """A real left click (press, release) at the centre of the canvas."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    native = viewer.window._qt_viewer.canvas.native  # benchmark only: the canvas' Qt widget
+    centre = QPoint(native.width() // 2, native.height() // 2)
+    QTest.mouseClick(native, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, centre)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--query", required=True, help="SpatialData .zarr from xenium_store.py")
+    parser.add_argument("--reference", required=True)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per step")
+    parser.add_argument("--screenshots", default=None, help="folder for the two screenshots")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)  # benchmark only: a fixed window size
+    app = QApplication.instance()
+    widget = CellMapperWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    for _ in range(5):
+        app.processEvents()
+    clock = FrameClock(viewer)
+    probe = Probe()
+    rows: dict[str, dict[str, float]] = {}
+    out_dir = Path(tempfile.mkdtemp(prefix="xenium_widget_"))
+
+    def record(name: str, result: dict[str, float]) -> None:
+        rows[name] = result
+        print(
+            f"{name:<28s} {result['seconds']:8.2f} s  (call returned {result['returned_s']:.2f} s)  "
+            f"longest stall {result['stall_s']:7.2f} s  peak {result['peak_gb']:.2f} GB",
+            flush=True,
+        )
+
+    try:
+        record(
+            "open reference + query",
+            step(
+                clock,
+                probe,
+                lambda: (widget.open_reference(args.reference), widget.open_query(args.query)),
+                lambda: widget.scene.cells_layer is not None,
+                args.timeout,
+            ),
+        )
+        kind = widget.scene.cells_layer.__class__.__name__
+        print(f"  element {widget.element_combo.currentText()!r} drawn as a {kind} layer", flush=True)
+        widget.presence_check.setChecked(True)
+        widget.niches_check.setChecked(True)
+        widget.niches_spin.setValue(8)
+        record(
+            "run (genes, presence, niches 8)",
+            step(
+                clock,
+                probe,
+                widget.run,
+                lambda: not widget.controller.is_running and widget.result is not None,
+                args.timeout,
+            ),
+        )
+        keys = [widget.color_combo.itemText(i) for i in range(widget.color_combo.count())]
+        first = widget.color_combo.currentText()
+        switches = [k for k in keys if k.endswith("_conf")][:1] + [k for k in keys if k == "niche"][:1] + [first]
+        for key in switches:
+            record(
+                f"colour by {key}",
+                step(clock, probe, lambda key=key: widget.color_combo.setCurrentText(key), lambda: True, args.timeout),
+            )
+        if args.screenshots:
+            Path(args.screenshots).mkdir(parents=True, exist_ok=True)
+            viewer.reset_view()
+            viewer.screenshot(str(Path(args.screenshots) / "whole_slide.png"), canvas_only=True)
+        # a cell near the tissue's centre, in world (y, x) coordinates
+        coords = widget.scene.geometry.coords_yx
+        middle = np.nanmedian(coords, axis=0)
+        target = coords[np.nanargmin(((coords - middle) ** 2).sum(axis=1))]
+        viewer.camera.center = tuple(float(v) for v in target)
+        viewer.camera.zoom = viewer.window._qt_viewer.canvas.native.width() / (60 / PIXEL_SIZE_UM)
+        for _ in range(3):
+            app.processEvents()
+        if args.screenshots:
+            viewer.screenshot(str(Path(args.screenshots) / "zoom_60um.png"), canvas_only=True)
+        before = widget.cell_label.text()
+        record(
+            "click a cell",
+            step(clock, probe, lambda: click_centre(viewer), lambda: widget.cell_label.text() != before, args.timeout),
+        )
+        print(f"  clicked: {widget.cell_label.text().splitlines()[0] if widget.cell_label.text() else ''}")
+        target_path = out_dir / "annotated.zarr"
+        written: list[object] = []
+        record(
+            "export",
+            step(
+                clock,
+                probe,
+                lambda: written.append(widget.export(target_path, confirm=False)),
+                lambda: bool(written) and (written[0] is None or target_path.exists()),
+                args.timeout,
+            ),
+        )
+        if not written or written[0] is None:
+            print("  export failed (see the notification above)")
+    finally:
+        probe.close()
+        shutil.rmtree(out_dir, ignore_errors=True)
+    peak = max(r["peak_gb"] for r in rows.values()) if rows else 0.0
+    print(f"peak RSS over all steps: {peak:.2f} GB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -143,6 +143,7 @@ def _cmd_stream(args) -> int:
         backend=args.backend,
         metric=args.metric,
         overwrite=args.overwrite,
+        protect=(args.query, args.reference),
         progress=not args.quiet,
     )
     print(

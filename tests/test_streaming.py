@@ -160,7 +160,9 @@ def test_a_store_that_appears_during_the_run_is_not_replaced(pair, tmp_path):
         (out / "mine.txt").write_text("keep")
 
     with pytest.raises(CellMapperInputError, match="appeared"):
-        map_stream(reference, chunks(), out, use_rep="X_joint", n_neighbors=5, backend="faiss-exact", progress=False)
+        map_stream(
+            reference, chunks(), out, use_rep="X_joint", n_neighbors=5, backend="faiss-exact", progress=False
+        )
     assert (out / "mine.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["out.zarr"]
 
@@ -187,7 +189,9 @@ def test_each_run_stages_in_its_own_folder_and_stale_staging_is_removed(pair, tm
                 seen.append(sorted(p.name for p in tmp_path.iterdir() if p.is_dir()))
             yield chunk
 
-    map_stream(reference, chunks(), out, use_rep="X_joint", n_neighbors=5, backend="faiss-exact", progress=False)
+    map_stream(
+        reference, chunks(), out, use_rep="X_joint", n_neighbors=5, backend="faiss-exact", progress=False
+    )
     assert not stale.exists()
     (staging,) = [name for name in seen[0] if name != "out.zarr"]
     assert staging.startswith(f".out.zarr.cellmapper-tmp-{os.getpid()}-")

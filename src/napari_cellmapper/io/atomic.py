@@ -20,7 +20,8 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 STAGING_MARK = ".cellmapper-tmp-"
@@ -124,6 +125,37 @@ def remove_stale_staging(target: Path) -> list[Path]:
     return removed
 
 
+@contextmanager
+def locked(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the name ``target`` (a hidden lock file beside it) while inside.
+
+    The lock file stays afterwards: unlinking it would race with a run waiting for it.
+    """
+    fd = _lock(target.with_name(f".{target.name}.cellmapper{_LOCK_SUFFIX}"), wait=True)
+    assert fd is not None
+    try:
+        yield
+    finally:
+        _unlock(fd)
+
+
+def _appeared(target: Path) -> str:
+    return f"{str(target)!r} appeared while this run was writing; it was left as it was."
+
+
+def create(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to a ``target`` that must not exist (``RENAME_NOREPLACE``)."""
+    appeared = TargetChangedError(_appeared(target))
+    if target.exists() or target.is_symlink():
+        raise appeared
+    try:
+        if _renameat2(staging, target, _RENAME_NOREPLACE):
+            return
+    except FileExistsError as err:
+        raise appeared from err
+    os.rename(staging, target)  # no renameat2 here: checked under the lock just above
+
+
 def commit(
     staging: Path,
     target: Path,
@@ -137,32 +169,23 @@ def commit(
     reason to refuse (or None). Raises :class:`TargetChangedError` and leaves everything as it was
     when the target may not be replaced.
     """
-    lock_path = target.with_name(f".{target.name}.cellmapper{_LOCK_SUFFIX}")
-    fd = _lock(lock_path, wait=True)
-    assert fd is not None
-    try:
+    with locked(target):
         exists = target.exists() or target.is_symlink()
-        if exists and not replace:
-            raise TargetChangedError(
-                f"{str(target)!r} appeared while this run was writing; it was left as it was."
-            )
-        reason = replaceable(target) if exists and replaceable is not None else None
-        if reason is not None:
-            raise TargetChangedError(reason)
         if not exists:
-            if not _renameat2(staging, target, _RENAME_NOREPLACE):
-                if target.exists():
-                    raise TargetChangedError(f"{str(target)!r} appeared while this run was writing.")
-                os.rename(staging, target)
-        elif staging.is_dir() and exchange(staging, target):
-            shutil.rmtree(staging, ignore_errors=True)  # the old tree, now at the staging name
-        elif not staging.is_dir():
-            os.replace(staging, target)  # a file: rename replaces it atomically
+            create(staging, target)
         else:
-            raise OSError(errno.ENOTSUP, "atomic directory exchange is not supported here", str(target))
+            if not replace:
+                raise TargetChangedError(_appeared(target))
+            reason = replaceable(target) if replaceable is not None else None
+            if reason is not None:
+                raise TargetChangedError(reason)
+            if not staging.is_dir():
+                os.replace(staging, target)  # a file: rename replaces it atomically
+            elif exchange(staging, target):
+                shutil.rmtree(staging, ignore_errors=True)  # the old tree, now at the staging name
+            else:
+                raise OSError(errno.ENOTSUP, "atomic directory exchange is not supported here", str(target))
         _fsync_dir(target.parent)
-    finally:
-        _unlock(fd)  # the lock file stays: unlinking it would race with a waiting run
 
 
 def _fsync_dir(path: Path) -> None:

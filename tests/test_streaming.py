@@ -196,3 +196,52 @@ def test_each_run_stages_in_its_own_folder_and_stale_staging_is_removed(pair, tm
     (staging,) = [name for name in seen[0] if name != "out.zarr"]
     assert staging.startswith(f".out.zarr.cellmapper-tmp-{os.getpid()}-")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["out.zarr"]
+
+
+TWO_WRITERS = r"""
+import sys, time
+import anndata as ad, numpy as np
+from napari_cellmapper.core.streaming import map_stream
+ref, out = ad.read_h5ad(sys.argv[1]), sys.argv[2]
+def chunks():
+    for start in range(0, 90, 30):
+        time.sleep(0.3)  # both runs are writing at the same time
+        yield [f"q{i}" for i in range(start, start + 30)], np.asarray(ref.obsm["X_joint"][:30])
+map_stream(ref, chunks(), out, use_rep="X_joint", n_neighbors=5, backend="faiss-exact", progress=False)
+"""
+
+
+def test_two_processes_to_the_same_new_out(pair, tmp_path):
+    """Exactly one of two concurrent streams to one new --out wins; its store is complete."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, reference = pair
+    reference.write_h5ad(tmp_path / "ref.h5ad")
+    script = tmp_path / "writer.py"
+    script.write_text(TWO_WRITERS)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "out.zarr"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-W", "ignore", str(script), str(tmp_path / "ref.h5ad"), str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = [(p.wait(300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    assert any("appeared" in err or "exists" in err for _, err in results), results
+    result = ad.read_zarr(out)
+    assert result.n_obs == 90 and list(result.obs_names) == [f"q{i}" for i in range(90)]
+    assert (
+        sorted(p.name for p in tmp_path.iterdir() if ".cellmapper" in p.name and not p.name.endswith(".lock"))
+        == []
+    )

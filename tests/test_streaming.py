@@ -245,3 +245,11 @@ def test_two_processes_to_the_same_new_out(pair, tmp_path):
         sorted(p.name for p in tmp_path.iterdir() if ".cellmapper" in p.name and not p.name.endswith(".lock"))
         == []
     )
+
+
+def test_nan_in_the_reference_expression_is_refused_before_writing(pair, tmp_path):
+    query, reference = pair
+    reference.X[3, 2] = np.nan
+    with pytest.raises(CellMapperInputError, match="NaN or inf"):
+        _stream(pair, tmp_path / "out.zarr", layer_key="X")
+    assert list(tmp_path.iterdir()) == []

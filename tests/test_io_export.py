@@ -407,8 +407,14 @@ def test_killed_writer_leaves_source_unchanged(io_source, io_digest, tmp_path, m
     assert "cell_type_pred" not in _read(io_source).tables[TABLE].obs
     assert not (io_source.parent / "out.zarr").exists()
     # the only debris is the hidden staging directory, which a later export does not mind
-    export.export_annotated(io_source, TABLE, _annotated(io_source), in_place=True)
-    assert "cell_type_pred" in _read(io_source).tables[TABLE].obs
+    if mode == "in_place":
+        export.export_annotated(io_source, TABLE, _annotated(io_source), in_place=True)
+        assert "cell_type_pred" in _read(io_source).tables[TABLE].obs
+    else:
+        _check_round_trip(
+            export.export_annotated(io_source, TABLE, _annotated(io_source), out), _annotated(io_source)
+        )
+    assert _staging_left(io_source.parent) == []  # the killed run's staging was removed
 
 
 @pytest.mark.slow
@@ -416,6 +422,28 @@ def test_killed_right_after_the_swap_leaves_the_new_store(io_source, tmp_path):
     proc = _run_killed(tmp_path, io_source, "-", "stage", "exchanged")
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     _check_round_trip(io_source, _annotated(io_source))
+    assert _staging_left(io_source.parent) != []  # the old tree, at the killed run's staging name
+    export.export_annotated(io_source, TABLE, _annotated(io_source), in_place=True)
+    assert _staging_left(io_source.parent) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_what_appears_at_the_target_before_the_commit_is_not_replaced(io_source, monkeypatch, overwrite):
+    out = io_source.parent / "out.zarr"
+    if overwrite:
+        export.export_annotated(io_source, TABLE, _annotated(io_source), out)
+
+    def someone_else(stage):
+        if stage == "before-commit":
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            (out / "mine.txt").write_text("keep")
+
+    monkeypatch.setattr(export, "_hook", someone_else)
+    with pytest.raises(CellMapperInputError, match="Nothing was replaced"):
+        export.export_annotated(io_source, TABLE, _annotated(io_source), out, overwrite=overwrite)
+    assert (out / "mine.txt").read_text() == "keep"
+    assert _staging_left(io_source.parent) == []
 
 
 def test_unwritable_annotation_is_an_input_error(io_source, io_digest):

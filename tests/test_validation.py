@@ -150,3 +150,23 @@ def test_check_layer():
     b = AnnData(obs=pd.DataFrame(index=["a", "b"]))
     with pytest.raises(CellMapperInputError, match=r"reference.X is empty"):
         val.check_layer(b, "X")
+
+
+def test_get_rep_with_no_columns_is_refused_before_the_search(monkeypatch):
+    from _core_fixtures import make_pair
+
+    from napari_cellmapper import CellMapper
+    from napari_cellmapper.core import mapper
+
+    query, reference = make_pair(n_query=20, n_ref=30, seed=0)
+    for adata in (query, reference):
+        adata.obsm["empty"] = np.zeros((adata.n_obs, 0))
+    with pytest.raises(CellMapperInputError, match="0 columns"):
+        val.get_rep(reference, "empty", "reference")
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search ran")
+
+    monkeypatch.setattr(mapper, "iter_search", no_search, raising=False)
+    with pytest.raises(CellMapperInputError, match="0 columns"):
+        CellMapper(query, reference).fit("empty", obs_keys="celltype", n_neighbors=5, progress=False)

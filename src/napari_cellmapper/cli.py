@@ -89,19 +89,10 @@ def _fail(message: str, code: int) -> int:
 
 
 def _write_h5ad_atomic(adata, path: Path, overwrite: bool) -> None:
-    from napari_cellmapper.core.validation import CellMapperInputError
+    from napari_cellmapper.io.h5ad import write_h5ad_atomic
 
-    if path.exists() and not overwrite:
-        raise CellMapperInputError(f"{path} exists; pass --overwrite to replace it or choose another --out.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_h5ad_atomic(adata, path, overwrite=overwrite)
 
 
 def _read_reference(args):
@@ -143,6 +134,7 @@ def _cmd_stream(args) -> int:
         backend=args.backend,
         metric=args.metric,
         overwrite=args.overwrite,
+        protect=(args.query, args.reference),
         progress=not args.quiet,
     )
     print(

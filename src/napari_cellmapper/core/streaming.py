@@ -13,6 +13,7 @@ class probabilities are stored as an array in ``obsm[f"{key}_proba"]`` with thei
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -41,6 +42,13 @@ from napari_cellmapper.core.transfer import (
     iter_transfer_dense,
     iter_transfer_expression,
     iter_transfer_labels,
+)
+from napari_cellmapper.io.atomic import (
+    TargetChangedError,
+    commit,
+    release_staging,
+    remove_stale_staging,
+    staging_path,
 )
 
 DEFAULT_STREAM_CHUNK = 200_000
@@ -102,7 +110,7 @@ class _ZarrAppender:
         if self.n_written == 0:
             chunk.write_zarr(self.path)
         else:
-            tmp = Path(tempfile.mkdtemp(prefix=".chunk-", dir=self.path.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=".chunk-", dir=self.path))  # inside the staging
             try:
                 chunk.write_zarr(tmp / "c.zarr")
                 src = zarr.open_group(tmp / "c.zarr", mode="r")
@@ -139,12 +147,12 @@ def iter_map_stream(
     sigma: float | None = None,
     n_query: int | None = None,
     overwrite: bool = False,
+    protect: Iterable[str | Path] = (),
     **search_options: Any,
 ) -> Steps[Path]:
     """Generator version of :func:`map_stream`; one progress unit per query cell."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise val.CellMapperInputError(f"{out} exists; pass overwrite=True or choose another path.")
+    out = Path(out).expanduser().absolute()
+    _check_out(out, overwrite, protect)
     if kernel == "hnoca":
         raise val.CellMapperInputError("kernel='hnoca' is not available when streaming; use 'gauss'.")
     val.check_not_empty(reference, "reference")
@@ -165,11 +173,17 @@ def iter_map_stream(
     expression = None
     if layer_key is not None:
         expression = reference.X if layer_key == "X" else reference.layers[layer_key]
+        values = expression.data if sparse.issparse(expression) else np.asarray(expression)
+        if not np.isfinite(values).all():
+            raise val.CellMapperInputError(
+                f"The reference's {layer_key!r} expression holds NaN or inf; it would flow into every "
+                "imputed value. Replace them (e.g. with 0) or pass another layer."
+            )
     yield Progress("build index", 0, 1)
     index = build_index(prepare_rep(ref_rep, metric), resolved, **search_options)
     yield Progress("build index", 1, 1)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_staging(out)
+    staging = staging_path(out)
     writer = _ZarrAppender(staging)
     total = n_query or 0
     try:
@@ -216,12 +230,47 @@ def iter_map_stream(
             raise val.CellMapperInputError("The query stream was empty; nothing was mapped.")
         _write_uns(staging, reference, labels, n_neighbors, kernel, metric, sigma, index, use_rep)
         writer.finish()
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        try:
+            commit(staging, out, replace=overwrite, replaceable=_refusal)
+        except TargetChangedError as err:
+            raise val.CellMapperInputError(f"{err} Nothing was replaced; choose another path.") from err
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        release_staging(staging)
     return out
+
+
+def _refusal(out: Path) -> str | None:
+    """Why ``out`` may not be replaced by a streamed store (None: it is a zarr store)."""
+    if out.is_symlink() or not out.is_dir():
+        return f"{str(out)!r} is not a zarr store (a file or a link); refusing to replace it."
+    if not any((out / name).is_file() for name in ("zarr.json", ".zgroup")):
+        return (
+            f"{str(out)!r} exists and is not a zarr store; refusing to replace it. "
+            "Choose a new path or remove it yourself."
+        )
+    return None
+
+
+def _check_out(out: Path, overwrite: bool, protect: Iterable[str | Path]) -> None:
+    """Refuse an ``out`` that exists (without overwrite), is no zarr store, or is an input."""
+    for path in protect:
+        path = Path(path).expanduser()
+        if path.exists() and (out == path.resolve() or (out.exists() and os.path.samefile(out, path))):
+            raise val.CellMapperInputError(
+                f"`out` {str(out)!r} is an input of this run ({str(path)!r}); choose another path."
+            )
+        if path.resolve() in out.resolve().parents:
+            raise val.CellMapperInputError(
+                f"`out` {str(out)!r} is inside an input of this run ({str(path)!r}); choose another path."
+            )
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise val.CellMapperInputError(f"{out} exists; pass overwrite=True or choose another path.")
+        reason = _refusal(out)
+        if reason is not None:
+            raise val.CellMapperInputError(reason)
+    if not out.parent.is_dir():
+        raise val.CellMapperInputError(f"The folder of {str(out)!r} does not exist; create it first.")
 
 
 def _silent(steps: Steps[Any]) -> Steps[Any]:
@@ -278,12 +327,15 @@ def map_stream(
     query_chunks
         Iterable of ``(obs_names, embedding)`` pairs, e.g. :func:`iter_rep_chunks`.
     out
-        Target ``.zarr`` path; written under a temporary name and renamed when complete.
+        Target ``.zarr`` path; written in a staging folder of this run and committed atomically
+        (:mod:`napari_cellmapper.io.atomic`); an existing one is replaced only with ``overwrite``
+        and only when it is a zarr store, never when it is one of the ``protect`` paths.
     progress
         ``True`` for a progress bar on stderr, a callback, or ``False``.
     **kwargs
         ``use_rep`` (required), ``obs_keys``, ``obsm_keys``, ``layer_key``, ``n_neighbors``,
         ``kernel``, ``backend``, ``metric``, ``sigma`` (the ``gauss`` bandwidth; default: estimated
-        on the first chunk and kept for all), ``n_query`` (for the progress total), ``overwrite``.
+        on the first chunk and kept for all), ``n_query`` (for the progress total), ``overwrite``,
+        ``protect`` (input paths).
     """
     return run_steps(iter_map_stream(reference, query_chunks, out, **kwargs), progress)

@@ -97,6 +97,11 @@ def get_rep(adata: AnnData, use_rep: str, role: str) -> np.ndarray:
         raise CellMapperInputError(f"{role}.obsm[{use_rep!r}] must be 2-D, got shape {rep.shape}.")
     if not np.issubdtype(rep.dtype, np.number):
         raise CellMapperInputError(f"{role}.obsm[{use_rep!r}] must be numeric, got dtype {rep.dtype}.")
+    if rep.shape[1] == 0:
+        raise CellMapperInputError(
+            f"{role}.obsm[{use_rep!r}] has 0 columns; nothing to compare cells by. "
+            "Pass a representation with at least one column, or use_rep=None."
+        )
     return rep
 
 

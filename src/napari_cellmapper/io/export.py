@@ -37,12 +37,10 @@ Durability against power loss is not guaranteed beyond an ``fsync`` of the paren
 from __future__ import annotations
 
 import copy
-import ctypes
 import errno
 import os
 import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -53,6 +51,7 @@ import pandas as pd
 from anndata import AnnData
 
 from napari_cellmapper.core.validation import CellMapperInputError
+from napari_cellmapper.io import atomic
 from napari_cellmapper.io.spatial import (
     ATTRS_KEY,
     BACKUP_SUFFIX,
@@ -62,7 +61,7 @@ from napari_cellmapper.io.spatial import (
     open_spatial,
 )
 
-STAGING_MARK = ".cellmapper-tmp-"
+STAGING_MARK = atomic.STAGING_MARK
 _ROOT_METADATA = frozenset({"zarr.json", ".zmetadata", ".zattrs", ".zgroup"})
 _TABLE_TMP = "__cellmapper_table__"
 
@@ -203,10 +202,12 @@ def _read_only_error(path: Path, what: str) -> CellMapperInputError:
 
 
 def _staging_dir(target: Path) -> Path:
-    staging = target.parent / f".{target.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
+    atomic.remove_stale_staging(target)
+    staging = atomic.staging_path(target)
     try:
         staging.mkdir()
     except OSError as err:
+        atomic.release_staging(staging)
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise _read_only_error(target.parent, "the output") from err
         raise
@@ -286,18 +287,7 @@ _RENAME_EXCHANGE = 2
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two directories (Linux renameat2); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
+    return atomic.exchange(a, b)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -313,12 +303,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _commit(staging: Path, target: Path) -> None:
-    """Make ``staging`` the store at ``target`` (see the module docstring for atomicity)."""
+def _commit(staging: Path, target: Path, *, in_place: bool, overwrite: bool) -> None:
+    """Make ``staging`` the store at ``target`` (see the module docstring for atomicity).
+
+    Under a lock on the target name, and only what was checked: a new path is created only if
+    nothing appeared there meanwhile; an existing one is replaced only if it is the source (in
+    place) or a SpatialData store (``overwrite``, checked again here).
+    """
     _checkpoint("before-commit")
-    if not target.exists():
-        os.rename(staging, target)
-    elif _exchange(staging, target):
+    with atomic.locked(target):
+        _commit_locked(staging, target, in_place=in_place, overwrite=overwrite)
+    _fsync_dir(target.parent)
+    _checkpoint("committed")
+
+
+def _commit_locked(staging: Path, target: Path, *, in_place: bool, overwrite: bool) -> None:
+    if not (target.exists() or target.is_symlink()):
+        try:
+            atomic.create(staging, target)
+        except atomic.TargetChangedError as err:
+            raise CellMapperInputError(f"{err} Nothing was replaced; export again.") from err
+        return
+    if not (in_place or (overwrite and is_spatialdata_zarr(target))):
+        raise CellMapperInputError(
+            f"{str(target)!r} appeared or changed while this export was writing, and it is not a "
+            "store this export may replace (or `overwrite` was not given). Nothing was replaced."
+        )
+    if _exchange(staging, target):
         _checkpoint("exchanged")
         shutil.rmtree(staging, ignore_errors=True)
     else:
@@ -331,8 +342,6 @@ def _commit(staging: Path, target: Path) -> None:
             os.rename(backup, target)  # put the old store back; staging is removed by the caller
             raise
         shutil.rmtree(backup, ignore_errors=True)
-    _fsync_dir(target.parent)
-    _checkpoint("committed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,10 +500,12 @@ def export_annotated(
                 os.rename(child, staging / child.name)
             store.rmdir()
             _checkpoint("consolidated")
-        _commit(staging, target)
+        _commit(staging, target, in_place=in_place, overwrite=overwrite)
     except BaseException:
         _remove_staging(staging)
         raise
+    finally:
+        atomic.release_staging(staging)
     return target
 
 

@@ -48,7 +48,6 @@ def test_map_h5ad(files, capsys):
     [
         (["--use-rep", "X_missing", "--obs", "celltype"], "X_missing"),
         (["--use-rep", "X_joint", "--obs", "nope"], "nope"),
-        (["--use-rep", "X_joint", "--kernel", "magic"], "kernel"),
         (["--use-rep", "X_joint", "--backend", "cupy"], "GPU"),
         (["--use-rep", "X_joint", "-k", "500"], "larger than the reference"),
     ],

@@ -21,8 +21,9 @@ def test_demo_fills_the_screen_fits_the_layers_and_shows_run(qtbot, monkeypatch)
         assert viewer.window.geometry()[2:] == (area.width(), area.height())
         assert not widget.run_button.visibleRegion().isEmpty()
         height, width = viewer.window._qt_viewer.canvas.size  # the canvas's size in screen pixels
-        centre = np.asarray(viewer.camera.center[-2:])
-        half = np.array([height, width]) / viewer.camera.zoom / 2
+        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9 / older
+        centre = np.asarray(camera.center[-2:])
+        half = np.array([height, width]) / camera.zoom / 2
         for layer in viewer.layers:
             low, high = np.asarray(layer.extent.world)[:, -2:]
             assert np.all(low >= centre - half) and np.all(high <= centre + half), layer.name

@@ -82,8 +82,8 @@ def test_map_spatialdata_zarr(tmp_path, capsys):
     sample = datasets.write_spatial_example(tmp_path / "sample.zarr")
     out = tmp_path / "annotated.zarr"
     code = main(["map", "--reference", str(ref), "--query", str(sample), "--table", "table", "--use-rep", "X_joint",
-                 "--obs", "cell_type", "--presence", "--niches", "4", "--layer", "X", "--out", str(out),
-                 "-q"])  # fmt: skip
+                 "--obs", "cell_type", "--presence", "--reference-out", str(tmp_path / "ref_presence.h5ad"),
+                 "--niches", "4", "--layer", "X", "--out", str(out), "-q"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     import spatialdata
 

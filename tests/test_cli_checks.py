@@ -64,10 +64,19 @@ def _listing(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in folder.rglob("*")}
 
 
-H5AD = ["--reference", "{t}/ref.h5ad", "--query", "{t}/query.h5ad", "--use-rep", "X_joint", "--obs", "celltype"]
+H5AD = [
+    "--reference",
+    "{t}/ref.h5ad",
+    "--query",
+    "{t}/query.h5ad",
+    "--use-rep",
+    "X_joint",
+    "--obs",
+    "celltype",
+]
 CASES = {
-    "reference-out exists": (H5AD + ["--presence", "--reference-out", "{t}/exists.h5ad", "--out", "{t}/o.h5ad"],
-                             "--reference-out"),
+    "reference-out exists": (H5AD + ["--presence", "--reference-out", "{t}/exists.h5ad",
+                                     "--out", "{t}/o.h5ad"], "--reference-out"),
     "imputed-out exists": (H5AD + ["--layer", "X", "--imputed-out", "{t}/exists.h5ad", "--out", "{t}/o.h5ad"],
                            "--imputed-out"),
     "zarr out, h5ad query": (H5AD + ["--out", "{t}/o.zarr"], "--out"),
@@ -113,7 +122,9 @@ def test_read_only_folder_refused(files, no_mapping, monkeypatch, capsys):
     assert "--out" in capsys.readouterr().err and not any(locked.iterdir())
 
 
-@pytest.mark.parametrize(("key", "message"), [("cell type", "'cell type_pred'"), ("dotty", "the reference's category")])
+@pytest.mark.parametrize(
+    ("key", "message"), [("cell type", "'cell type_pred'"), ("dotty", "the reference's category")]
+)
 def test_unstorable_names_refused_before_mapping(sample, tmp_path, no_mapping, capsys, key, message):
     ref, query = sample
     out = tmp_path / "o.zarr"
@@ -156,7 +167,11 @@ def test_map_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         main(["map", "--help"])
     text = capsys.readouterr().out
-    assert "examples:" in text and "napari-cellmapper map --reference" in text and "{gauss,gauss_adaptive" in text
+    assert (
+        "examples:" in text
+        and "napari-cellmapper map --reference" in text
+        and "{gauss,gauss_adaptive" in text
+    )
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
@@ -219,7 +234,9 @@ def test_demo_without_napari_says_what_to_install(monkeypatch, capsys):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "napari" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "napari" else real(name, *a)
+    )
     assert main(["demo"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'napari-cellmapper[all]'" in err

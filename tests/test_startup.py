@@ -17,7 +17,9 @@ HEAVY = ["anndata", "pandas", "numba", "scipy", "faiss", "spatialdata", "sklearn
 def _run(code: str, **env: str) -> str:
     environ = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     environ.update(env, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
 
@@ -30,7 +32,9 @@ def _run(code: str, **env: str) -> str:
     ],
 )
 def test_light_imports(statement):
-    loaded = json.loads(_run(f"import sys, json\n{statement}\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"))
+    loaded = json.loads(
+        _run(f"import sys, json\n{statement}\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    )
     assert loaded == []
 
 
@@ -46,8 +50,8 @@ def test_lazy_names_still_resolve():
 def _cache_path(**env: str) -> str:
     return _run(
         "from napari_cellmapper.core import kernels\n"
-        "print([f for f in vars(kernels).values() if hasattr(f, '_cache') and hasattr(f._cache, '_cache_path')][0]"
-        "._cache._cache_path)",
+        "cached = [f for f in vars(kernels).values() if hasattr(getattr(f, '_cache', None), '_cache_path')]\n"
+        "print(cached[0]._cache._cache_path)",
         **env,
     )
 

@@ -99,7 +99,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--reference-k", type=_count(1), default=15,
         help="neighbours per cell in the reference's own graph (presence, quality; 15)",
     )  # fmt: skip
-    m.add_argument("--niches", type=_count(0), default=0, metavar="N", help="find N niches (needs a spatial query)")
+    m.add_argument(
+        "--niches", type=_count(0), default=0, metavar="N", help="find N niches (needs a spatial query)"
+    )
     m.add_argument("--out", default=None, help="output .h5ad, or .zarr for a SpatialData query")
     m.add_argument("--reference-out", default=None, help="write the reference with presence scores (.h5ad)")
     m.add_argument("--imputed-out", default=None, help="write imputed expression (.h5ad) here")
@@ -157,7 +159,8 @@ def _cmd_stream(args) -> int:
         progress=not args.quiet,
     )
     print(
-        f"streamed the query onto {reference.n_obs:,} reference cells in {time.perf_counter() - started:.1f} s -> {out}",
+        f"streamed the query onto {reference.n_obs:,} reference cells "
+        f"in {time.perf_counter() - started:.1f} s -> {out}",
         file=sys.stderr,
     )
     return 0
@@ -245,7 +248,9 @@ def _cmd_example(args) -> int:
     from napari_cellmapper.io import spatial as sio
 
     if args.out and Path(args.out).exists() and not args.overwrite:
-        raise CellMapperInputError(f"--out {args.out} exists; pass --overwrite to replace it or choose another --out.")
+        raise CellMapperInputError(
+            f"--out {args.out} exists; pass --overwrite to replace it or choose another --out."
+        )
     reference, _ = datasets.pbmc_example()
     sdata = datasets.spatial_example()
     table = sio.resolve_table(sdata, None)
@@ -262,7 +267,8 @@ def _cmd_example(args) -> int:
     print(
         f"built-in example: {query.n_obs} spatial cells mapped onto {reference.n_obs} reference cells "
         f"in {elapsed:.2f} s; accuracy {accuracy(truth, pred):.3f}, macro F1 {macro_f1(truth, pred):.3f}; "
-        f"{query.obs['niche'].nunique()} niches; median presence {reference.obs['presence_score'].median():.2f}"
+        f"{query.obs['niche'].nunique()} niches; "
+        f"median presence {reference.obs['presence_score'].median():.2f}"
     )
     if args.out:
         from napari_cellmapper.io.export import export_annotated

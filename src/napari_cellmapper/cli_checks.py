@@ -31,11 +31,17 @@ def _check_folder(path: Path, flag: str) -> None:
     if not folder.is_dir():
         raise CellMapperInputError(f"{flag} {path}: the folder {folder} does not exist; create it first.")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CellMapperInputError(f"{flag} {path}: the folder {folder} is not writable; choose another {flag}.")
+        raise CellMapperInputError(
+            f"{flag} {path}: the folder {folder} is not writable; choose another {flag}."
+        )
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    named = [("--out", args.out), ("--reference-out", args.reference_out), ("--imputed-out", args.imputed_out)]
+    named = [
+        ("--out", args.out),
+        ("--reference-out", args.reference_out),
+        ("--imputed-out", args.imputed_out),
+    ]
     return [(flag, Path(value)) for flag, value in named if value is not None]
 
 
@@ -51,16 +57,23 @@ def check_paths(args: argparse.Namespace) -> None:
             raise CellMapperInputError("--in-place writes into the --query; drop --out (or drop --in-place).")
         if not query_is_zarr:
             raise CellMapperInputError(
-                "--in-place needs a SpatialData .zarr --query; for an .h5ad query write a new file with --out."
+                "--in-place needs a SpatialData .zarr --query; "
+                "for an .h5ad query write a new file with --out."
             )
         if args.stream:
             raise CellMapperInputError("--stream writes a new store; use --out instead of --in-place.")
         if not os.access(query, os.W_OK | os.X_OK):
-            raise CellMapperInputError(f"--in-place: the --query {query} is not writable; write a copy with --out.")
+            raise CellMapperInputError(
+                f"--in-place: the --query {query} is not writable; write a copy with --out."
+            )
     elif args.out is None:
-        raise CellMapperInputError("no output given: pass --out <file.h5ad or .zarr>, or --in-place for a .zarr query.")
+        raise CellMapperInputError(
+            "no output given: pass --out <file.h5ad or .zarr>, or --in-place for a .zarr query."
+        )
     if args.imputed_out is not None and args.layer is None:
-        raise CellMapperInputError("--imputed-out needs --layer (the reference expression to impute, 'X' for X).")
+        raise CellMapperInputError(
+            "--imputed-out needs --layer (the reference expression to impute, 'X' for X)."
+        )
     if args.presence and args.reference_out is None:
         raise CellMapperInputError(
             "--presence scores the reference's cells: add --reference-out <file.h5ad> to save them "
@@ -68,25 +81,39 @@ def check_paths(args: argparse.Namespace) -> None:
         )
     if args.stream:
         if args.use_rep is None or args.presence or args.niches:
-            raise CellMapperInputError("--stream needs --use-rep and supports neither --presence nor --niches.")
+            raise CellMapperInputError(
+                "--stream needs --use-rep and supports neither --presence nor --niches."
+            )
         if args.imputed_out is not None:
-            raise CellMapperInputError("--stream writes the imputed expression into --out; drop --imputed-out.")
+            raise CellMapperInputError(
+                "--stream writes the imputed expression into --out; drop --imputed-out."
+            )
         if Path(args.out).suffix != ".zarr":
-            raise CellMapperInputError(f"--stream writes a .zarr store: give --out a .zarr name, not {args.out}.")
+            raise CellMapperInputError(
+                f"--stream writes a .zarr store: give --out a .zarr name, not {args.out}."
+            )
     elif args.out is not None and is_zarr(args.out) and not query_is_zarr:
         raise CellMapperInputError(
-            f"--out {args.out}: a .zarr output needs a SpatialData .zarr --query; write --out <file>.h5ad instead."
+            f"--out {args.out}: a .zarr output needs a SpatialData .zarr --query; "
+            "write --out <file>.h5ad instead."
         )
     outputs = _outputs(args)
     for flag, path in outputs:
         for source_flag, source in (("--query", query), ("--reference", reference)):
             if path.exists() and _same(path, source):
-                fix = " or use --in-place to add the results to its table" if flag == "--out" and query_is_zarr else ""
+                fix = (
+                    " or use --in-place to add the results to its table"
+                    if flag == "--out" and query_is_zarr
+                    else ""
+                )
                 raise CellMapperInputError(
-                    f"{flag} is the {source_flag} {source}; inputs are never replaced: choose another {flag}{fix}."
+                    f"{flag} is the {source_flag} {source}; inputs are never replaced: "
+                    f"choose another {flag}{fix}."
                 )
         if path.exists() and not args.overwrite:
-            raise CellMapperInputError(f"{flag} {path} exists; pass --overwrite to replace it or choose another {flag}.")
+            raise CellMapperInputError(
+                f"{flag} {path} exists; pass --overwrite to replace it or choose another {flag}."
+            )
         _check_folder(path, flag)
     for i, (flag, path) in enumerate(outputs):
         for other_flag, other in outputs[i + 1 :]:
@@ -153,5 +180,6 @@ def check_inputs(args: argparse.Namespace, reference: Any, query: Any, coords: A
         bad = int((~np.isfinite(np.asarray(coords, dtype=float))).any(axis=1).sum())
         if bad:
             raise CellMapperInputError(
-                f"--niches: {bad} query cells have no finite coordinates; fix them in the query or drop --niches."
+                f"--niches: {bad} query cells have no finite coordinates; "
+                "fix them in the query or drop --niches."
             )

@@ -47,7 +47,9 @@ def write_h5ad_atomic(adata: Any, path: Path, overwrite: bool, flag: str = "--ou
     from napari_cellmapper.core.validation import CellMapperInputError
 
     if path.exists() and not overwrite:
-        raise CellMapperInputError(f"{flag} {path} exists; pass --overwrite to replace it or choose another {flag}.")
+        raise CellMapperInputError(
+            f"{flag} {path} exists; pass --overwrite to replace it or choose another {flag}."
+        )
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:

@@ -240,3 +240,8 @@ def test_demo_without_napari_says_what_to_install(monkeypatch, capsys):
     assert main(["demo"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'napari-cellmapper[all]'" in err
+
+
+def test_messages_keep_their_quotes():
+    assert cli._message(KeyError("'cell type' is not in obs")) == "'cell type' is not in obs"
+    assert cli._message(ValueError("'X_umap' has 1 column")) == "'X_umap' has 1 column"

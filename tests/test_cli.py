@@ -48,7 +48,6 @@ def test_map_h5ad(files, capsys):
     [
         (["--use-rep", "X_missing", "--obs", "celltype"], "X_missing"),
         (["--use-rep", "X_joint", "--obs", "nope"], "nope"),
-        (["--use-rep", "X_joint", "--kernel", "magic"], "kernel"),
         (["--use-rep", "X_joint", "--backend", "cupy"], "GPU"),
         (["--use-rep", "X_joint", "-k", "500"], "larger than the reference"),
     ],
@@ -83,8 +82,8 @@ def test_map_spatialdata_zarr(tmp_path, capsys):
     sample = datasets.write_spatial_example(tmp_path / "sample.zarr")
     out = tmp_path / "annotated.zarr"
     code = main(["map", "--reference", str(ref), "--query", str(sample), "--table", "table", "--use-rep", "X_joint",
-                 "--obs", "cell_type", "--presence", "--niches", "4", "--layer", "X", "--out", str(out),
-                 "-q"])  # fmt: skip
+                 "--obs", "cell_type", "--presence", "--reference-out", str(tmp_path / "ref_presence.h5ad"),
+                 "--niches", "4", "--layer", "X", "--out", str(out), "-q"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     import spatialdata
 

@@ -17,6 +17,11 @@ import threading
 from collections.abc import Callable, Iterator
 from functools import cache
 
+from napari_cellmapper.core import numba_cache
+
+# every kernel module imports this one before it defines its kernels: their cache goes to the user's
+numba_cache.install()
+
 _LOCK = threading.Lock()
 
 

@@ -15,18 +15,33 @@ def open_demo(viewer: Any = None, *, run: bool = False) -> tuple[Any, Any]:
     from napari_cellmapper.widgets._npe2 import sample_both
     from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
 
-    viewer = viewer if viewer is not None else napari.Viewer(title="napari-cellmapper demo")
+    own_window = viewer is None
+    viewer = napari.Viewer(title="napari-cellmapper demo") if own_window else viewer
     for data, meta, kind in sample_both():
         viewer.add_layer(_layer(data, meta, kind)) if "channel_axis" not in meta else viewer.add_image(
             data, **meta
         )
     widget = CellMapperWidget(viewer)
     viewer.window.add_dock_widget(widget, name="CellMapper", area="right")
+    _fit(viewer, fill_screen=own_window)
     if run:
         widget.presence_check.setChecked(True)
         widget.niches_check.setChecked(True)
         widget.run()
     return viewer, widget
+
+
+def _fit(viewer: Any, *, fill_screen: bool) -> None:
+    """Open the window at the screen's available size (so the widget's controls, Run included, show
+    without scrolling) and fit the tissue and the reference into the canvas once it has its final size."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    if fill_screen and (screen := QApplication.primaryScreen()) is not None:
+        area = screen.availableGeometry()
+        viewer.window.set_geometry(area.left(), area.top(), area.width(), area.height())
+    viewer.reset_view()
+    QTimer.singleShot(0, viewer.reset_view)  # again after the dock widget has taken its width
 
 
 def _layer(data: Any, meta: dict[str, Any], kind: str) -> Any:

@@ -287,7 +287,9 @@ def test_steps_search_only_once(pair, search_calls):
 
     cmap.compute_mapping_matrix(kernel="scarches")
     cmap.transfer(obsm_keys="X_umap", progress=False)
-    assert len(search_calls) == 1, "changing the kernel or transferring more keys must not search again"
+    # the query once; a reference sample once (leave-one-out, for the calibration), then cached
+    assert len(search_calls) == 2, "changing the kernel or transferring more keys must not search again"
+    assert search_calls[1][0][0] == search_calls[1][1][0] == reference.n_obs
     assert query.uns["cellmapper"]["kernel"] == "scarches"
     # the neighbours found once are still those used
     assert cmap.neighbors is neighbors

@@ -19,6 +19,7 @@ from napari_cellmapper.core.sparse_product import iter_product
 
 DEFAULT_TRANSFER_CHUNK = 131_072
 UNMAPPED = "unmapped"
+UNASSIGNED = "unassigned"
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,24 @@ class LabelTransfer:
         """Cells without any labelled neighbour."""
         return self.codes < 0
 
-    def predictions(self, unmapped_label: str = UNMAPPED) -> pd.Categorical:
+    def predictions(
+        self, unmapped_label: str = UNMAPPED, *, min_confidence: float = 0.0, unassigned_label: str = UNASSIGNED
+    ) -> pd.Categorical:
         """Predicted labels as a Categorical with the reference's categories.
 
-        Unmapped cells get the explicit category ``unmapped_label`` (added only when needed).
+        Unmapped cells get the explicit category ``unmapped_label``, mapped cells whose confidence
+        is below ``min_confidence`` get ``unassigned_label`` (each added only when needed).
         """
         categories = list(self.categories)
         codes = self.codes
-        if self.unmapped.any():
-            if unmapped_label not in categories:
-                categories.append(unmapped_label)
-            codes = np.where(codes < 0, categories.index(unmapped_label), codes)
+        for label, cells in (
+            (unmapped_label, self.unmapped),
+            (unassigned_label, ~self.unmapped & (self.confidence < min_confidence)),
+        ):
+            if cells.any():
+                if label not in categories:
+                    categories.append(label)
+                codes = np.where(cells, categories.index(label), codes)
         return pd.Categorical.from_codes(codes, categories=categories)
 
 

@@ -189,11 +189,10 @@ def cellmapper_026(case: Case) -> Prediction | None:
         shared = r.var_names.intersection(q.var_names)
         r, q = r[:, shared].copy(), q[:, shared].copy()
         values = r.X.data if sparse.issparse(r.X) else np.asarray(r.X)
-        if np.allclose(values, np.round(values)) and np.ptp(np.asarray(r.X.sum(1)).ravel()) > 1:
-            if case.query.uns.get("not_counts") is None:
-                for a in (r, q):
-                    sc.pp.normalize_total(a)
-                    sc.pp.log1p(a)
+        if np.allclose(values, np.round(values)) and (values == 0).mean() > 0.01:  # counts, not quantiles
+            for a in (r, q):
+                sc.pp.normalize_total(a)
+                sc.pp.log1p(a)
     cm = ReferenceCellMapper(q, r)
     if case.use_rep is None:
         cm.compute_neighbors(n_neighbors=10, use_rep=None, fallback_representation="joint_pca")
@@ -236,7 +235,7 @@ def scores(case: Case, pred: np.ndarray, conf: np.ndarray | None) -> dict[str, f
 def methods(variants: bool) -> dict[str, Callable[[Case], Prediction | None]]:
     out: dict[str, Callable] = {
         "napari-cellmapper default": ours(),
-        "napari-cellmapper kNN only, uncalibrated": ours(head=None, calibrate=False),
+        "napari-cellmapper kNN only, uncalibrated": ours(head="none", calibrate=False),
         "cellmapper 0.2.6 (joint PCA, hnoca, k=10)": cellmapper_026,
         "logistic regression": sklearn_baseline("logreg"),
         "linear SVM": sklearn_baseline("svm"),
@@ -247,7 +246,16 @@ def methods(variants: bool) -> dict[str, Callable[[Case], Prediction | None]]:
     return out
 
 
-VARIANTS: dict[str, Callable] = {}
+VARIANTS: dict[str, Callable] = {
+    "variant: kNN only, calibrated": ours(head="none"),
+    "variant: kNN + head, uncalibrated": ours(calibrate=False),
+    "variant: head weight 0.3": ours(head_weight=0.3),
+    "variant: head weight 0.7": ours(head_weight=0.7),
+    "variant: k=15": ours(n_neighbors=15),
+    "variant: k=15, kNN only": ours(n_neighbors=15, head="none", calibrate=False),
+    "variant: hnoca": ours(kernel="hnoca"),
+    "variant: scaling=gene": ours(scaling="gene"),
+}
 
 
 def _fmt(values: list[float]) -> str:

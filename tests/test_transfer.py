@@ -152,3 +152,10 @@ def test_reference_category_named_unmapped():
     pred = res.predictions()
     assert pred.categories.is_unique
     assert list(pred) == ["B", "B", "unmapped", "unmapped"]
+
+
+def test_predictions_below_min_confidence_are_unassigned():
+    pred = _labels().predictions(min_confidence=0.8)  # row 0 has confidence 0.7, row 1 has 1.0
+    assert list(pred) == ["unassigned", "a", "unmapped", "unmapped"]
+    assert list(pred.categories) == ["a", "b", "c", T.UNMAPPED, T.UNASSIGNED]
+    assert list(_labels(M[:2]).predictions(min_confidence=0.5).categories) == ["a", "b", "c"]

@@ -29,8 +29,8 @@ EQUAL_TOTALS_RATIO = 1.01
 #: quantile-normalised: fewer zeros than this, gene medians within this ratio (central 90%)
 QUANTILE_MAX_ZEROS = 0.01
 QUANTILE_MEDIAN_RATIO = 2.0
-SAMPLE_ROWS = 2000
-SAMPLE_GENES = 2000
+SAMPLE_ROWS = 1000
+SAMPLE_GENES = 500
 CHUNK_ROWS = 16_384
 
 COUNTS, LOG1P, AS_IS = "counts", "log1p", "as_is"
@@ -73,7 +73,7 @@ def _sample(x, cols: np.ndarray, seed: int = 0) -> np.ndarray:
     rows = np.sort(rng.choice(x.shape[0], min(SAMPLE_ROWS, x.shape[0]), replace=False))
     genes = np.sort(rng.choice(cols, min(SAMPLE_GENES, cols.size), replace=False))
     sub = x[rows][:, genes]
-    return sub.toarray() if sparse.issparse(sub) else np.asarray(sub, dtype=np.float64)
+    return sub.toarray() if sparse.issparse(sub) else np.asarray(sub, dtype=np.float32)
 
 
 def decide(x, cols: np.ndarray, totals: np.ndarray, usable: np.ndarray, normalize: object, role: str) -> Decision:

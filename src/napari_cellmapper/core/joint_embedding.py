@@ -72,21 +72,28 @@ def _raw(adata: AnnData, layer: str | None):
 
 
 def _raw_stats(x, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row totals, rows with a non-zero value and each column's number of non-zeros, in chunks."""
+    """Row totals and rows with a non-zero value over the ``cols``, and each of those columns'
+    number of non-zeros; full-width row chunks, so no column subset is ever copied."""
+    mask = np.zeros(x.shape[1], np.float32)
+    mask[cols] = 1
     totals = np.zeros(x.shape[0])
     signal = np.zeros(x.shape[0], bool)
-    nnz = np.zeros(cols.size, np.int64)
-    for start, stop, c in row_chunks(x, cols):
-        totals[start:stop] = np.asarray(c.sum(axis=1)).ravel()
+    nnz = np.zeros(x.shape[1], np.int64)
+    for start, stop, c in row_chunks(x):
+        totals[start:stop] = c @ mask
         if sparse.issparse(c):
-            c.eliminate_zeros()
-            signal[start:stop] = np.diff(c.indptr) > 0
-            nnz += np.bincount(c.indices, minlength=cols.size)
+            nz = c.data != 0
+            signal[start:stop] = np.bincount(_row_ids(c)[nz], weights=mask[c.indices[nz]], minlength=stop - start) > 0
+            nnz += np.bincount(c.indices[nz], minlength=x.shape[1])
         else:
             nz = c != 0
-            signal[start:stop] = nz.any(axis=1)
+            signal[start:stop] = (nz @ mask) > 0
             nnz += nz.sum(axis=0)
-    return totals, signal, nnz
+    return totals, signal, nnz[cols]
+
+
+def _row_ids(c: sparse.csr_matrix) -> np.ndarray:
+    return np.repeat(np.arange(c.shape[0]), np.diff(c.indptr))
 
 
 def _size_factors(totals: np.ndarray, target: float) -> np.ndarray:
@@ -104,14 +111,22 @@ def _transformed(x, cols, decision: Decision, factors: np.ndarray, usable: np.nd
 
 
 def _moments(x, cols, decision, factors, usable) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and (population) variance of the transformed values over usable cells."""
-    s1, s2 = np.zeros(cols.size), np.zeros(cols.size)
-    for _, _, t in _transformed(x, cols, decision, factors, usable):
-        s1 += np.asarray(t.sum(axis=0)).ravel()
-        s2 += np.asarray((t.multiply(t) if sparse.issparse(t) else t * t).sum(axis=0)).ravel()
+    """Per-gene mean and (population) variance of the transformed values over usable cells
+    (full-width chunks; the ``cols`` are picked from the per-gene sums)."""
+    s1, s2 = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for start, stop, c in row_chunks(x):
+        t = transform(c, decision, factors[start:stop])
+        keep = usable[start:stop]
+        if sparse.issparse(t):
+            w = t.data * keep[_row_ids(t)]
+            s1 += np.bincount(t.indices, weights=w, minlength=x.shape[1])
+            s2 += np.bincount(t.indices, weights=w * t.data, minlength=x.shape[1])
+        else:
+            s1 += (t * keep[:, None]).sum(axis=0)
+            s2 += (t * t * keep[:, None]).sum(axis=0)
     n = max(int(usable.sum()), 1)
-    mean = s1 / n
-    return mean, np.maximum(s2 / n - mean**2, 0)
+    mean = s1[cols] / n
+    return mean, np.maximum(s2[cols] / n - mean**2, 0)
 
 
 def _materialise(x, cols, decision, factors, usable, dense: bool):

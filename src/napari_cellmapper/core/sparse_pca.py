@@ -56,6 +56,20 @@ def _stacked_t(blocks: list[CentredBlock], y: np.ndarray) -> np.ndarray:
     return out
 
 
+def orthonormalise(q: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of ``q``'s columns: Cholesky QR, twice (stable enough for the
+    randomized range finder, and a small Gram matrix instead of a tall Householder QR)."""
+    from scipy.linalg import solve_triangular
+
+    q = np.asarray(q, np.float64)
+    for _ in range(2):
+        gram = q.T @ q
+        gram[np.diag_indices_from(gram)] += 1e-10 * max(float(np.trace(gram)), 1e-30)
+        lower = np.linalg.cholesky(gram)
+        q = solve_triangular(lower, q.T, lower=True).T
+    return q.astype(np.float32)
+
+
 def fit_components(blocks: list[CentredBlock], n_comps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Randomized SVD of the stacked blocks: the top ``n_comps`` right singular vectors (genes x
     n_comps) and singular values. Coordinates are ``block.matmat(components)``."""
@@ -65,10 +79,9 @@ def fit_components(blocks: list[CentredBlock], n_comps: int, seed: int = 0) -> t
     rng = np.random.default_rng(seed)
     q = _stacked(blocks, rng.standard_normal((n_genes, rank)).astype(np.float32))
     for _ in range(POWER_ITERATIONS):
-        q, _ = np.linalg.qr(q)
-        g, _ = np.linalg.qr(_stacked_t(blocks, q))
-        q = _stacked(blocks, g)
-    q, _ = np.linalg.qr(q)
+        q = orthonormalise(q)
+        q = _stacked(blocks, orthonormalise(_stacked_t(blocks, q)))
+    q = orthonormalise(q)
     b = _stacked_t(blocks, q).T  # (rank, genes) = Q^T Z
     _, s, vt = np.linalg.svd(b, full_matrices=False)
     n = min(n_comps, rank)

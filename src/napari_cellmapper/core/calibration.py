@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 TEMPERATURES = np.geomspace(0.25, 4.0, 49)
-SAMPLE = 2000
+SAMPLE = 1000
 _FLOOR = 1e-6
 
 

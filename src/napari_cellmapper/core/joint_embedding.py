@@ -351,11 +351,14 @@ def _scale_vector(var: np.ndarray, scaling: str) -> np.ndarray:
 
 def _implicit_pca(bq, br, variances, n_usable, n_comps: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """PCA through :mod:`.sparse_pca`, fitted on at most ``PCA_FIT_ROWS`` cells, then projected."""
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(seed)
     n_q, n_r = bq.shape[0], br.shape[0]
     share = min(1.0, PCA_FIT_ROWS / (n_q + n_r))
     sample = [row_sample(br, int(np.ceil(share * n_r)), rng), row_sample(bq, int(np.ceil(share * n_q)), rng)]
-    components, s = fit_components(sample, n_comps, seed)
+    with threadpool_limits(1, user_api="blas"):  # tall-skinny products: threads only spin
+        components, s = fit_components(sample, n_comps, seed)
     total_ss = sum(float(n) * float((v * b.scale**2).sum()) for v, n, b in zip(variances, n_usable, (bq, br), strict=True))
     ratio = (s**2) / (share * total_ss) if total_ss > 0 else np.zeros_like(s)
     info = {"explained_variance_ratio": ratio.astype(float).tolist()}

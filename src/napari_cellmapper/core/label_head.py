@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 HEADS = ("lda", "none")
-MAX_CELLS = 50_000
+MAX_CELLS = 20_000
 SHRINKAGE = 0.1
 DEFAULT_WEIGHT = 0.5
 

@@ -55,7 +55,7 @@ from napari_cellmapper.core.transfer import (
     iter_transfer_dense,
     iter_transfer_expression,
     iter_transfer_labels,
-    summarise_probabilities,
+    mix_probabilities,
     transfer_numeric,
 )
 
@@ -519,24 +519,34 @@ class CellMapper:
     def _refine_labels(
         self, res: LabelTransfer, codes: np.ndarray, head: str, weight: float, calibrate: bool
     ) -> tuple[LabelTransfer, dict[str, Any]]:
-        """k-NN class probabilities combined with the classifier head, then calibrated."""
+        """k-NN class probabilities combined with the classifier head, then calibrated.
+
+        Tall-skinny products only: one BLAS thread (several threads spin for nothing there, and
+        on a busy machine cost seconds)."""
         if (head == "none" and not calibrate) or self._query_rep is None or self._reference_rep is None:
             return res, {}
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            return self._refine_labels_now(res, codes, head, weight, calibrate)
+
+    def _refine_labels_now(
+        self, res: LabelTransfer, codes: np.ndarray, head: str, weight: float, calibrate: bool
+    ) -> tuple[LabelTransfer, dict[str, Any]]:
         codes = np.where(self._reference_usable, codes, -1) if self._reference_usable is not None else codes
         n_cat = len(res.categories)
         model = label_head.fit_lda(self._reference_rep, codes, n_cat) if head == "lda" else None
-        proba = res.probabilities
-        if model is not None:
-            proba = label_head.combine(proba, model.probabilities(self._query_rep), weight)
         info: dict[str, Any] = {}
+        temperature = 1.0
         if calibrate:
-            loo, truth = self._reference_leave_one_out(codes, res.categories)
-            if model is not None and loo is not None:
-                loo = label_head.combine(loo, model.probabilities(self._reference_rep[truth[1]]), weight)
-            temperature = 1.0 if loo is None else calibration.fit_temperature(loo, truth[0])
-            proba = calibration.apply_temperature(proba, temperature)
+            loo, (truth, rows) = self._reference_leave_one_out(codes, res.categories)
+            if loo is not None:
+                if model is not None:
+                    loo = label_head.combine(loo, model.probabilities(self._reference_rep[rows]), weight)
+                temperature = calibration.fit_temperature(loo, truth)
             info["temperature"] = temperature
-        return summarise_probabilities(proba.astype(np.float32, copy=False), res.categories), info
+        head_proba = None if model is None else model.probabilities(self._query_rep)
+        return mix_probabilities(res.probabilities, head_proba, weight, temperature, res.categories), info
 
     def _reference_leave_one_out(
         self, codes: np.ndarray, categories: pd.Index

@@ -60,11 +60,13 @@ def seqfish_visual_cortex(data_dir: Path = DEFAULT_DATA) -> tuple[AnnData, AnnDa
     xq, qgenes = table("seqfish_cortex_b2_testing.txt")
     ref_labels = pd.read_csv(root / "tasic_labels.tsv", sep="\t", header=None)
     q_labels = pd.read_csv(root / "seqfish_labels.tsv", sep="\t", header=None)
-    reference = AnnData(X=xr, obs=pd.DataFrame(index=ref_labels[1].astype(str).to_numpy()),
-                        var=pd.DataFrame(index=genes))
+    reference = AnnData(
+        X=xr, obs=pd.DataFrame(index=ref_labels[1].astype(str).to_numpy()), var=pd.DataFrame(index=genes)
+    )
     reference.obs["cell_type"] = pd.Categorical(ref_labels[0].astype(str).to_numpy())
-    query = AnnData(X=xq, obs=pd.DataFrame(index=[f"seqfish_{i}" for i in q_labels[0]]),
-                    var=pd.DataFrame(index=qgenes))
+    query = AnnData(
+        X=xq, obs=pd.DataFrame(index=[f"seqfish_{i}" for i in q_labels[0]]), var=pd.DataFrame(index=qgenes)
+    )
     vocab = {name.split(" ")[0]: name for name in reference.obs["cell_type"].cat.categories}
     query.obs["cell_type_true"] = [vocab.get(v.split(" ")[0], v) for v in q_labels[2].astype(str)]
     return reference, query

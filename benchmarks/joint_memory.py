@@ -7,7 +7,8 @@ and the implicit sparse PCA) and maps the labels; prints the time, the input siz
 process's peak RSS (which includes the inputs).
 
     PYTHONPATH=src .venv/bin/python benchmarks/joint_memory.py --reference 150000 --query 50000 --genes 20000
-    PYTHONPATH=src .venv/bin/python benchmarks/joint_memory.py --reference 50000 --query 300000 --genes 5000 --per-cell 300
+    PYTHONPATH=src .venv/bin/python benchmarks/joint_memory.py --reference 50000 --query 300000 \
+        --genes 5000 --per-cell 300
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def counts(n: int, n_genes: int, per_cell: int, seed: int, prefix: str) -> AnnDa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reference", type=int, default=150_000)
     parser.add_argument("--query", type=int, default=50_000)
     parser.add_argument("--genes", type=int, default=20_000)

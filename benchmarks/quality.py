@@ -16,7 +16,8 @@ Methods: napari-cellmapper's default; the same before calibration (``calibrate=F
 "uncalibrated" confidence); its k-NN probabilities alone (``head="none"``, as before this
 panel); cellmapper 0.2.6 (only in the benchmark environment; its joint PCA fallback on
 log-normalised counts, or on the values as they are for seqFISH; gauss at k = 30, and hnoca at
-k = 10, the setting the issue measured); logistic regression, a linear SVM and nearest centroid, all trained on the reference
+k = 10, the setting the issue measured); logistic regression, a linear SVM and nearest
+centroid, all trained on the reference
 in the same space (the joint embedding our default builds, or ``X_pca``).
 
 Columns: accuracy, macro F1, mean and minimum per-class recall (over the query's classes),
@@ -142,7 +143,11 @@ def ours(**kwargs) -> Callable[[Case], Prediction]:
 def _space(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reference and query coordinates in the default's joint space, and the usable query cells."""
     if case.use_rep is not None:
-        return case.reference.obsm[case.use_rep], case.query.obsm[case.use_rep], np.ones(case.query.n_obs, bool)
+        return (
+            case.reference.obsm[case.use_rep],
+            case.query.obsm[case.use_rep],
+            np.ones(case.query.n_obs, bool),
+        )
     emb = build_joint_embedding(case.query, case.reference)
     return emb.reference[emb.reference_usable], emb.query, emb.query_usable
 
@@ -171,7 +176,11 @@ def sklearn_baseline(name: str) -> Callable[[Case], Prediction]:
         model.fit(xr, y)
         pred = model.predict(xq).astype(object)
         pred[~ok] = "unmapped"
-        conf = model.predict_proba(xq).max(axis=1) if hasattr(model, "predict_proba") and name == "logreg" else None
+        conf = (
+            model.predict_proba(xq).max(axis=1)
+            if hasattr(model, "predict_proba") and name == "logreg"
+            else None
+        )
         return pred.astype(str), conf
 
     return run
@@ -235,7 +244,9 @@ def scores(case: Case, pred: np.ndarray, conf: np.ndarray | None) -> dict[str, f
     classes = np.unique(t)
     recall = np.array([correct[t == c].mean() for c in classes])
     precision = np.array([correct[p == c].mean() if (p == c).any() else 0.0 for c in classes])
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(recall), where=precision + recall > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(recall), where=precision + recall > 0
+    )
     out = {"acc": correct.mean(), "f1": f1.mean(), "recall_mean": recall.mean(), "recall_min": recall.min()}
     out["ece"] = ece(correct, np.asarray(conf)[keep].astype(float)) if conf is not None else np.nan
     return out
@@ -278,12 +289,16 @@ def _fmt(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--splits", type=int, default=10, help="random pbmc splits (10)")
     parser.add_argument("--seeds", type=int, default=5, help="draws of each semi-synthetic case (5)")
     parser.add_argument("--only", nargs="*", default=None, help="data sets to run (default: all)")
-    parser.add_argument("--variants", action="store_true", help="also the variants the default was chosen from")
+    parser.add_argument(
+        "--variants", action="store_true", help="also the variants the default was chosen from"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     started = time.perf_counter()

@@ -19,7 +19,14 @@ def _overconfident(n=4000, seed=0):
 
 def _ece(conf, correct, bins=15):
     idx = np.minimum((conf * bins).astype(int), bins - 1)
-    return sum(abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).sum() for b in range(bins) if (idx == b).any()) / conf.size
+    return (
+        sum(
+            abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).sum()
+            for b in range(bins)
+            if (idx == b).any()
+        )
+        / conf.size
+    )
 
 
 def test_temperature_flattens_overconfident_probabilities_and_lowers_ece():

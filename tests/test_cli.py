@@ -110,9 +110,16 @@ def test_joint_and_label_options(files):
     assert code == 0
     result = ad.read_h5ad(out)
     joint, labels = result.uns["cellmapper"]["joint"], result.uns["cellmapper"]["labels"]
-    assert joint["scaling"] == "gene" and joint["n_genes"] == 20 and "normalize=True" in joint["normalize"]["query"]
+    assert (
+        joint["scaling"] == "gene"
+        and joint["n_genes"] == 20
+        and "normalize=True" in joint["normalize"]["query"]
+    )
     assert labels["head"] == "none" and not labels["calibrate"] and labels["min_confidence"] == 1.0
-    assert "unassigned" in set(result.obs["celltype_pred"].astype(str)) or (result.obs["celltype_conf"] == 1).all()
+    assert (
+        "unassigned" in set(result.obs["celltype_pred"].astype(str))
+        or (result.obs["celltype_conf"] == 1).all()
+    )
 
 
 def test_stream_command(files):

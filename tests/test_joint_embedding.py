@@ -224,7 +224,9 @@ def test_implicit_pca_fitted_on_a_sample_projects_everyone(monkeypatch):
     emb = J.build_joint_embedding(query, reference, n_comps=8)
     assert emb.query.shape == (200, 8) and emb.reference.shape == (300, 8)
     nearest = np.argmax(emb.query @ emb.reference.T, axis=1)
-    assert np.mean(reference.obs["celltype"].to_numpy()[nearest] == query.obs["true_celltype"].to_numpy()) > 0.9
+    assert (
+        np.mean(reference.obs["celltype"].to_numpy()[nearest] == query.obs["true_celltype"].to_numpy()) > 0.9
+    )
 
 
 def test_whole_transcriptome_input_makes_no_dense_copy():
@@ -255,7 +257,9 @@ def test_whole_transcriptome_input_makes_no_dense_copy():
     finally:
         tracemalloc.stop()
     assert emb.info["solver"].startswith("randomized") and emb.info["n_genes"] > 3000
-    assert peak < dense_bytes / 8, f"peak {peak / 1e6:.0f} MB against a dense copy of {dense_bytes / 1e6:.0f} MB"
+    assert peak < dense_bytes / 8, (
+        f"peak {peak / 1e6:.0f} MB against a dense copy of {dense_bytes / 1e6:.0f} MB"
+    )
 
 
 def test_highly_variable_genes_are_selected_above_n_top_genes():

@@ -529,7 +529,11 @@ BAD_INPUTS = {
     "layer missing": (lambda q, r: None, {"layer_key": "counts"}, ["layer_key='counts'", "not a layer"]),
     "unknown head": (lambda q, r: None, {"head": "mlp"}, ["Unknown head 'mlp'"]),
     "head weight above 1": (lambda q, r: None, {"head_weight": 1.5}, ["head_weight", "between 0 and 1"]),
-    "min_confidence negative": (lambda q, r: None, {"min_confidence": -0.1}, ["min_confidence", "between 0 and 1"]),
+    "min_confidence negative": (
+        lambda q, r: None,
+        {"min_confidence": -0.1},
+        ["min_confidence", "between 0 and 1"],
+    ),
     "unknown scaling": (lambda q, r: None, {"scaling": "cell"}, ["Unknown scaling 'cell'"]),
     "unknown normalize": (lambda q, r: None, {"normalize": "yes"}, ["Unknown normalize 'yes'", "auto"]),
     "bad n_top_genes": (lambda q, r: None, {"n_top_genes": 2}, ["n_top_genes", ">= 5"]),
@@ -690,7 +694,9 @@ def test_head_none_uncalibrated_is_the_plain_knn_transfer():
 
 def test_head_and_calibration_change_probabilities_not_the_mapping_matrix():
     query, reference = make_pair(seed=7)
-    query.obsm["X_joint"] = query.obsm["X_joint"] + np.random.default_rng(0).normal(scale=4, size=(60, 8)).astype(np.float32)
+    query.obsm["X_joint"] = query.obsm["X_joint"] + np.random.default_rng(0).normal(
+        scale=4, size=(60, 8)
+    ).astype(np.float32)
     plain = query.copy()
     m_plain = CellMapper(plain, reference).fit(
         "X_joint", obs_keys="celltype", obsm_keys="X_umap", n_neighbors=10, head="none", calibrate=False,

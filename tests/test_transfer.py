@@ -172,11 +172,15 @@ def test_mix_probabilities_matches_the_numpy_steps():
     res = T.mix_probabilities(knn, head, 0.3, 1.7, pd.Index(list("abcd")))
     mixed = 0.7 * knn + 0.3 * head
     mixed[3] = 0
-    expected = T.summarise_probabilities(apply_temperature(mixed, 1.7).astype(np.float32), pd.Index(list("abcd")))
+    expected = T.summarise_probabilities(
+        apply_temperature(mixed, 1.7).astype(np.float32), pd.Index(list("abcd"))
+    )
     np.testing.assert_allclose(res.probabilities, expected.probabilities, atol=1e-5)
     np.testing.assert_allclose(res.confidence, expected.confidence, atol=1e-5)
     np.testing.assert_allclose(res.entropy, expected.entropy, atol=1e-5)
     np.testing.assert_array_equal(res.codes, expected.codes)
     assert res.codes[3] == -1 and res.entropy[3] == 1
     plain = T.mix_probabilities(knn, None, 0.5, 1.0, pd.Index(list("abcd")))
-    np.testing.assert_allclose(plain.probabilities, T.summarise_probabilities(knn, pd.Index(list("abcd"))).probabilities, atol=1e-6)
+    np.testing.assert_allclose(
+        plain.probabilities, T.summarise_probabilities(knn, pd.Index(list("abcd"))).probabilities, atol=1e-6
+    )

@@ -86,13 +86,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_quality_options(m: argparse.ArgumentParser) -> None:
     """Joint-space and label options (core.pipeline.MappingParams fields of the same names)."""
-    m.add_argument("--joint-layer", default=None, help="layer with the expression for the joint embedding (X)")
+    m.add_argument(
+        "--joint-layer", default=None, help="layer with the expression for the joint embedding (X)"
+    )
     m.add_argument(
         "--normalize", default="auto", choices=("auto", "true", "false"),
         help="counts -> library size + log1p: auto (decide from the values), true, false",
     )  # fmt: skip
-    m.add_argument("--scaling", default="dataset", choices=("dataset", "gene"), help="per-dataset scaling (dataset)")
-    m.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes kept (2000; 0: all shared)")
+    m.add_argument(
+        "--scaling", default="dataset", choices=("dataset", "gene"), help="per-dataset scaling (dataset)"
+    )
+    m.add_argument(
+        "--n-top-genes", type=int, default=2000, help="highly variable genes kept (2000; 0: all shared)"
+    )
     m.add_argument("--head", default="lda", choices=("lda", "none"), help="classifier head for labels (lda)")
     m.add_argument("--head-weight", type=float, default=0.5, help="weight of the head's probabilities (0.5)")
     m.add_argument("--no-calibrate", action="store_true", help="keep the uncalibrated confidence")

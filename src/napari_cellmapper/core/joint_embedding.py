@@ -20,10 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from anndata import AnnData
 from scipy import sparse
-from scipy.sparse.linalg import LinearOperator, svds
 
 from napari_cellmapper.core.gene_selection import highly_variable
-from napari_cellmapper.core.normalization import COUNTS, Decision, check_normalize, decide, row_chunks, transform
+from napari_cellmapper.core.normalization import (
+    COUNTS,
+    Decision,
+    check_normalize,
+    decide,
+    row_chunks,
+    transform,
+)
 from napari_cellmapper.core.sparse_pca import CentredBlock, fit_components, implicit_cca, row_sample
 from napari_cellmapper.core.validation import (
     JOINT_METHODS,
@@ -83,7 +89,9 @@ def _raw_stats(x, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         totals[start:stop] = c @ mask
         if sparse.issparse(c):
             nz = c.data != 0
-            signal[start:stop] = np.bincount(_row_ids(c)[nz], weights=mask[c.indices[nz]], minlength=stop - start) > 0
+            signal[start:stop] = (
+                np.bincount(_row_ids(c)[nz], weights=mask[c.indices[nz]], minlength=stop - start) > 0
+            )
             nnz += np.bincount(c.indices[nz], minlength=x.shape[1])
         else:
             nz = c != 0
@@ -173,23 +181,22 @@ def _pca(zq: np.ndarray, zr: np.ndarray, n_comps: int, seed: int) -> tuple[np.nd
 
 
 def _cca(zq: np.ndarray, zr: np.ndarray, n_comps: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Seurat-style CCA: SVD of Zq · Zr^T without forming it, L2-normalised cell loadings."""
-    op = LinearOperator(
-        (zq.shape[0], zr.shape[0]),
-        matvec=lambda v: zq @ (zr.T @ v),
-        rmatvec=lambda v: zr @ (zq.T @ v),
-        matmat=lambda m: zq @ (zr.T @ m),
-        rmatmat=lambda m: zr @ (zq.T @ m),
-        dtype=np.float32,
-    )
-    n_comps = min(n_comps, min(op.shape) - 1)
-    rng = np.random.default_rng(seed)
-    v0 = rng.standard_normal(min(op.shape)).astype(np.float32)
-    u, s, vt = svds(op, k=n_comps, v0=v0, random_state=seed)
-    order = np.argsort(s)[::-1]
-    uq, vr = u[:, order].astype(np.float32), vt[order].T.astype(np.float32)
+    """Seurat-style CCA: SVD of Zq · Zr^T without forming it (see :func:`.sparse_pca.implicit_cca`)."""
 
-    return uq, vr, {"singular_values": s[order].astype(float).tolist()}
+    def block(z: np.ndarray) -> CentredBlock:
+        return CentredBlock(z, np.zeros(z.shape[1]), np.ones(z.shape[1]), np.ones(z.shape[0], bool))
+
+    return implicit_cca(block(zq), block(zr), n_comps, seed)
+
+
+def check_n_top_genes(n_top_genes: object) -> None:
+    """Raise unless ``n_top_genes`` is None or an integer >= ``MIN_SHARED_GENES``."""
+    integer = isinstance(n_top_genes, (int, np.integer)) and not isinstance(n_top_genes, bool)
+    if n_top_genes is not None and (not integer or n_top_genes < MIN_SHARED_GENES):
+        raise CellMapperInputError(
+            f"n_top_genes must be None (all shared genes) or an integer >= {MIN_SHARED_GENES}; "
+            f"got {n_top_genes!r}."
+        )
 
 
 def l2_normalise(a: np.ndarray) -> np.ndarray:
@@ -244,10 +251,7 @@ def build_joint_embedding(
     check_choice("joint method", method, JOINT_METHODS)
     check_choice("scaling", scaling, SCALINGS)
     check_normalize(normalize)
-    if n_top_genes is not None and (isinstance(n_top_genes, bool) or not isinstance(n_top_genes, (int, np.integer)) or n_top_genes < MIN_SHARED_GENES):
-        raise CellMapperInputError(
-            f"n_top_genes must be None (all shared genes) or an integer >= {MIN_SHARED_GENES}; got {n_top_genes!r}."
-        )
+    check_n_top_genes(n_top_genes)
     check_unique_var_names(query, "query")
     check_unique_var_names(reference, "reference")
     genes = shared_genes(query, reference)
@@ -329,7 +333,9 @@ def build_joint_embedding(
             "n_genes": len(genes),
             "n_shared_genes": n_all,
             "gene_selection": (
-                f"{len(genes)} highly variable of {n_all} shared genes" if len(genes) < n_all else "all shared genes"
+                f"{len(genes)} highly variable of {n_all} shared genes"
+                if len(genes) < n_all
+                else "all shared genes"
             ),
             "n_comps": n_comps,
             "log_normalised": dq.mode == COUNTS and dr.mode == COUNTS,
@@ -349,7 +355,9 @@ def _scale_vector(var: np.ndarray, scaling: str) -> np.ndarray:
     return np.full(var.shape, 1.0 / total if total > 0 else 1.0)
 
 
-def _implicit_pca(bq, br, variances, n_usable, n_comps: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _implicit_pca(
+    bq, br, variances, n_usable, n_comps: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """PCA through :mod:`.sparse_pca`, fitted on at most ``PCA_FIT_ROWS`` cells, then projected."""
     from threadpoolctl import threadpool_limits
 
@@ -359,7 +367,10 @@ def _implicit_pca(bq, br, variances, n_usable, n_comps: int, seed: int) -> tuple
     sample = [row_sample(br, int(np.ceil(share * n_r)), rng), row_sample(bq, int(np.ceil(share * n_q)), rng)]
     with threadpool_limits(1, user_api="blas"):  # tall-skinny products: threads only spin
         components, s = fit_components(sample, n_comps, seed)
-    total_ss = sum(float(n) * float((v * b.scale**2).sum()) for v, n, b in zip(variances, n_usable, (bq, br), strict=True))
+    total_ss = sum(
+        float(n) * float((v * b.scale**2).sum())
+        for v, n, b in zip(variances, n_usable, (bq, br), strict=True)
+    )
     ratio = (s**2) / (share * total_ss) if total_ss > 0 else np.zeros_like(s)
     info = {"explained_variance_ratio": ratio.astype(float).tolist()}
     return bq.matmat(components), br.matmat(components), info

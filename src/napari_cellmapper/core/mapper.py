@@ -26,16 +26,15 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from napari_cellmapper.core import sparse_product
+from napari_cellmapper.core import calibration, label_head, sparse_product
 from napari_cellmapper.core import validation as val
-from napari_cellmapper.core import calibration, label_head
 from napari_cellmapper.core.joint_embedding import (
     DEFAULT_N_TOP_GENES,
     SCALINGS,
     JointEmbedding,
     build_joint_embedding,
+    check_n_top_genes,
 )
-from napari_cellmapper.core.normalization import check_normalize
 from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
 from napari_cellmapper.core.neighbors import (
     Neighbors,
@@ -46,6 +45,7 @@ from napari_cellmapper.core.neighbors import (
     prepare_rep,
     resolve_backend,
 )
+from napari_cellmapper.core.normalization import check_normalize
 from napari_cellmapper.core.numba_threads import in_background
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
@@ -132,12 +132,7 @@ def _to_all_rows(
 def _check_joint_options(scaling: str, normalize: object, n_top_genes: object) -> None:
     val.check_choice("scaling", scaling, SCALINGS)
     check_normalize(normalize)
-    if n_top_genes is not None and (
-        isinstance(n_top_genes, bool) or not isinstance(n_top_genes, (int, np.integer)) or n_top_genes < 5
-    ):
-        raise val.CellMapperInputError(
-            f"n_top_genes must be None (all shared genes) or an integer >= 5; got {n_top_genes!r}."
-        )
+    check_n_top_genes(n_top_genes)
 
 
 def _check_label_options(head: str, head_weight: float, min_confidence: float) -> None:
@@ -510,8 +505,13 @@ class CellMapper:
             n_query=int(self.query.n_obs),
             n_reference=int(self.reference.n_obs),
             n_unmapped=int(unmapped.sum()),
-            labels={"head": head, "head_weight": float(head_weight), "calibrate": bool(calibrate),
-                    "min_confidence": float(min_confidence), **label_info},
+            labels={
+                "head": head,
+                "head_weight": float(head_weight),
+                "calibrate": bool(calibrate),
+                "min_confidence": float(min_confidence),
+                **label_info,
+            },
         )
         self.query.uns["cellmapper"] = self.provenance()
         return self
@@ -585,7 +585,11 @@ class CellMapper:
                 **self._search_options,
             )
         )
-        idx = found.indices if everyone else np.where(found.indices >= 0, np.flatnonzero(usable)[np.maximum(found.indices, 0)], -1)
+        idx = (
+            found.indices
+            if everyone
+            else np.where(found.indices >= 0, np.flatnonzero(usable)[np.maximum(found.indices, 0)], -1)
+        )
         own = idx == rows[:, None]
         drop = np.where(own.any(axis=1), own.argmax(axis=1), k - 1)
         keep = np.ones_like(own)

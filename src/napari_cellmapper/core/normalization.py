@@ -44,7 +44,9 @@ class Decision:
     reason: str
 
 
-def row_chunks(x, cols: np.ndarray | None = None, size: int = CHUNK_ROWS) -> Iterator[tuple[int, int, object]]:
+def row_chunks(
+    x, cols: np.ndarray | None = None, size: int = CHUNK_ROWS
+) -> Iterator[tuple[int, int, object]]:
     """``(start, stop, rows[start:stop][:, cols])`` over a CSR or dense matrix; only one chunk is
     ever copied."""
     for start in range(0, x.shape[0], size):
@@ -76,7 +78,9 @@ def _sample(x, cols: np.ndarray, seed: int = 0) -> np.ndarray:
     return sub.toarray() if sparse.issparse(sub) else np.asarray(sub, dtype=np.float32)
 
 
-def decide(x, cols: np.ndarray, totals: np.ndarray, usable: np.ndarray, normalize: object, role: str) -> Decision:
+def decide(
+    x, cols: np.ndarray, totals: np.ndarray, usable: np.ndarray, normalize: object, role: str
+) -> Decision:
     """The transformation of one dataset (``x`` restricted to ``cols``) for ``normalize``."""
     sample = _sample(x, cols)
     negative = bool((sample < 0).any())
@@ -100,7 +104,8 @@ def decide(x, cols: np.ndarray, totals: np.ndarray, usable: np.ndarray, normaliz
     lo, hi = np.percentile(medians, [5, 95])
     if zeros < QUANTILE_MAX_ZEROS and lo > 0 and hi / lo <= QUANTILE_MEDIAN_RATIO:
         return Decision(
-            AS_IS, "integers with nearly no zeros and equal gene medians (quantile-normalised): used as they are"
+            AS_IS,
+            "integers with nearly no zeros and equal gene medians (quantile-normalised): used as they are",
         )
     return Decision(COUNTS, "counts: library-size normalisation and log1p")
 
@@ -110,7 +115,11 @@ def transform(chunk, decision: Decision, size_factors: np.ndarray | None):
     if decision.mode == AS_IS:
         return chunk.copy()
     if decision.mode == COUNTS:
-        chunk = (sparse.diags(size_factors.astype(np.float32)) @ chunk) if sparse.issparse(chunk) else chunk * size_factors[:, None].astype(np.float32)
+        chunk = (
+            (sparse.diags(size_factors.astype(np.float32)) @ chunk)
+            if sparse.issparse(chunk)
+            else chunk * size_factors[:, None].astype(np.float32)
+        )
     else:
         chunk = chunk.copy()
     if sparse.issparse(chunk):

@@ -96,7 +96,9 @@ def row_sample(block: CentredBlock, n: int, rng: np.random.Generator) -> Centred
     return CentredBlock(block.x[rows], block.mean, block.scale, block.mask[rows])
 
 
-def implicit_cca(query: CentredBlock, reference: CentredBlock, n_comps: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def implicit_cca(
+    query: CentredBlock, reference: CentredBlock, n_comps: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Seurat-style CCA: SVD of ``Zq · Zr^T`` through the blocks' operators."""
     op = LinearOperator(
         (query.shape[0], reference.shape[0]),
@@ -111,4 +113,8 @@ def implicit_cca(query: CentredBlock, reference: CentredBlock, n_comps: int, see
     v0 = rng.standard_normal(min(op.shape)).astype(np.float32)
     u, s, vt = svds(op, k=n_comps, v0=v0, random_state=seed)
     order = np.argsort(s)[::-1]
-    return u[:, order].astype(np.float32), vt[order].T.astype(np.float32), {"singular_values": s[order].astype(float).tolist()}
+    return (
+        u[:, order].astype(np.float32),
+        vt[order].T.astype(np.float32),
+        {"singular_values": s[order].astype(float).tolist()},
+    )

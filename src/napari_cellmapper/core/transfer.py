@@ -52,7 +52,11 @@ class LabelTransfer:
         return self.codes < 0
 
     def predictions(
-        self, unmapped_label: str = UNMAPPED, *, min_confidence: float = 0.0, unassigned_label: str = UNASSIGNED
+        self,
+        unmapped_label: str = UNMAPPED,
+        *,
+        min_confidence: float = 0.0,
+        unassigned_label: str = UNASSIGNED,
     ) -> pd.Categorical:
         """Predicted labels as a Categorical with the reference's categories.
 
@@ -129,7 +133,9 @@ def summarise_probabilities(proba: np.ndarray, categories: pd.Index) -> LabelTra
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _mix_rows(knn, head, weight, inv_t, floor, log_norm, proba, confidence, codes, entropy):  # pragma: no cover
+def _mix_rows(
+    knn, head, weight, inv_t, floor, log_norm, proba, confidence, codes, entropy
+):  # pragma: no cover
     """One pass per row: ``(1 - weight) knn + weight head``, then ``p^inv_t`` (values below
     ``floor`` raised to it; zeros stay zero), renormalised; its max, argmax and entropy. Rows
     of ``knn`` without probability are unmapped."""

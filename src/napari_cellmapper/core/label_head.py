@@ -7,7 +7,7 @@ tens of milliseconds at 100k cells. The mapping matrix ``M`` is untouched: embed
 expression are still ``M · Y``; only the class probabilities become
 ``(1 - w) · M · onehot + w · head``.
 
-On the quality panel (``benchmarks/quality.py``) averaging the two gained 1-5 points of accuracy
+On the quality panel (``benchmarks/quality.py``) averaging the two gained 0.2-4.2 points of accuracy
 over k-NN alone, most on cross-platform data where a class's reference cells sit off the query's.
 """
 

@@ -100,6 +100,27 @@ def test_map_spatialdata_zarr(tmp_path, capsys):
     assert "reference" in str(table.uns["cellmapper"])
 
 
+def test_joint_and_label_options(files):
+    ref, query, tmp = files
+    out = tmp / "opts.h5ad"
+    code = main(["map", "--reference", str(ref), "--query", str(query), "--obs", "celltype", "-k", "10",
+                 "--n-comps", "6", "--normalize", "true", "--scaling", "gene", "--n-top-genes", "20",
+                 "--head", "none", "--no-calibrate", "--min-confidence", "1", "--out", str(out), "-q"])  # fmt: skip
+    assert code == 0
+    result = ad.read_h5ad(out)
+    joint, labels = result.uns["cellmapper"]["joint"], result.uns["cellmapper"]["labels"]
+    assert (
+        joint["scaling"] == "gene"
+        and joint["n_genes"] == 20
+        and "normalize=True" in joint["normalize"]["query"]
+    )
+    assert labels["head"] == "none" and not labels["calibrate"] and labels["min_confidence"] == 1.0
+    assert (
+        "unassigned" in set(result.obs["celltype_pred"].astype(str))
+        or (result.obs["celltype_conf"] == 1).all()
+    )
+
+
 def test_stream_command(files):
     ref, query, tmp = files
     out = tmp / "streamed.zarr"

@@ -195,3 +195,109 @@ def test_duplicate_var_names_are_reported(monkeypatch):
     monkeypatch.setattr(mapper_mod, "iter_search", lambda *a, **k: pytest.fail("search must not run"))
     with pytest.raises(CellMapperInputError, match="var names|duplicate"):
         CellMapper(query, reference).fit(use_rep=None, obs_keys="celltype", progress=False)
+
+
+def _agreement(a: J.JointEmbedding, b: J.JointEmbedding) -> float:
+    """|correlation| of the first (cell-type) component of the two embeddings, over all cells."""
+    x = np.concatenate([a.query[:, 0], a.reference[:, 0]])
+    y = np.concatenate([b.query[:, 0], b.reference[:, 0]])
+    return abs(float(np.corrcoef(x, y)[0, 1]))
+
+
+@pytest.mark.parametrize("scaling", ["dataset", "gene"])
+def test_implicit_sparse_path_matches_the_dense_path(monkeypatch, scaling):
+    query, reference = make_pair(n_query=150, n_ref=300, n_genes=60, seed=8)
+    dense = J.build_joint_embedding(query, reference, n_comps=8, scaling=scaling)
+    monkeypatch.setattr(J, "DENSE_LIMIT", 0)
+    implicit = J.build_joint_embedding(query, reference, n_comps=8, scaling=scaling)
+    assert dense.info["solver"].startswith("exact") and implicit.info["solver"].startswith("randomized")
+    assert _agreement(dense, implicit) > 0.99
+    nearest = np.argmax(implicit.query @ implicit.reference.T, axis=1)
+    truth = query.obs["true_celltype"].to_numpy()
+    assert np.mean(reference.obs["celltype"].to_numpy()[nearest] == truth) > 0.9
+
+
+def test_implicit_pca_fitted_on_a_sample_projects_everyone(monkeypatch):
+    query, reference = make_pair(n_query=200, n_ref=300, n_genes=60, seed=9)
+    monkeypatch.setattr(J, "DENSE_LIMIT", 0)
+    monkeypatch.setattr(J, "PCA_FIT_ROWS", 100)
+    emb = J.build_joint_embedding(query, reference, n_comps=8)
+    assert emb.query.shape == (200, 8) and emb.reference.shape == (300, 8)
+    nearest = np.argmax(emb.query @ emb.reference.T, axis=1)
+    assert (
+        np.mean(reference.obs["celltype"].to_numpy()[nearest] == query.obs["true_celltype"].to_numpy()) > 0.9
+    )
+
+
+def test_whole_transcriptome_input_makes_no_dense_copy():
+    """10,000 + 5,000 cells x 4,000 sparse genes: a dense copy would take 240 MB; the run must
+    stay far below (inputs ~2 MB, the embedding 0.5 MB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n_genes = 4000
+
+    def counts(n: int, seed: int) -> AnnData:
+        x = sparse.random(n, n_genes, density=0.005, random_state=seed, format="csr", dtype=np.float32)
+        x.data = np.ceil(x.data * 5)
+        a = AnnData(X=x)
+        a.var_names = [f"g{j}" for j in range(n_genes)]
+        a.obs_names = [f"c{seed}_{i}" for i in range(n)]
+        return a
+
+    query, reference = counts(5000, 1), counts(10_000, 2)
+    rng.random()
+    dense_bytes = (query.n_obs + reference.n_obs) * n_genes * 4
+    tracemalloc.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            emb = J.build_joint_embedding(query, reference, n_comps=10, n_top_genes=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert emb.info["solver"].startswith("randomized") and emb.info["n_genes"] > 3000
+    assert peak < dense_bytes / 8, (
+        f"peak {peak / 1e6:.0f} MB against a dense copy of {dense_bytes / 1e6:.0f} MB"
+    )
+
+
+def test_highly_variable_genes_are_selected_above_n_top_genes():
+    query, reference = make_pair(n_query=60, n_ref=120, n_genes=40, seed=10)
+    emb = J.build_joint_embedding(query, reference, n_comps=5, n_top_genes=12)
+    assert len(emb.genes) == 12 and emb.info["n_shared_genes"] == 40
+    assert "12 highly variable of 40" in emb.info["gene_selection"]
+    every = J.build_joint_embedding(query, reference, n_comps=5, n_top_genes=None)
+    assert len(every.genes) == 40 and every.info["gene_selection"] == "all shared genes"
+    with pytest.raises(CellMapperInputError, match="n_top_genes"):
+        J.build_joint_embedding(query, reference, n_top_genes=0)
+
+
+def test_quantile_normalised_integers_are_not_renormalised_and_the_decision_is_recorded():
+    from test_normalization import quantile_normalised
+
+    query, reference = make_pair(n_query=80, n_ref=120, n_genes=40, seed=11)
+    query.X = quantile_normalised(1, 80, 40)
+    reference.X = quantile_normalised(2, 120, 40)
+    auto = J.build_joint_embedding(query, reference, n_comps=5)
+    as_is = J.build_joint_embedding(query, reference, n_comps=5, normalize=False)
+    counted = J.build_joint_embedding(query, reference, n_comps=5, normalize=True)
+    np.testing.assert_allclose(auto.query, as_is.query, atol=1e-5)
+    assert not np.allclose(auto.query, counted.query, atol=1e-3)
+    assert "quantile" in auto.info["normalize"]["query"] and not auto.info["log_normalised"]
+    CellMapper(query, reference).fit(None, obs_keys="celltype", n_neighbors=10, n_comps=5, progress=False)
+    assert "quantile" in query.uns["cellmapper"]["joint"]["normalize"]["reference"]
+
+
+def test_joint_options_reach_the_embedding_through_fit():
+    query, reference = make_pair(n_query=60, n_ref=120, n_genes=40, seed=12)
+    q1, q2 = query.copy(), query.copy()
+    CellMapper(q1, reference).fit(None, obs_keys="celltype", n_neighbors=10, n_comps=6, progress=False)
+    CellMapper(q2, reference).fit(
+        None, obs_keys="celltype", n_neighbors=10, n_comps=6, scaling="gene", n_top_genes=20, normalize=True,
+        progress=False,
+    )  # fmt: skip
+    joint = q2.uns["cellmapper"]["joint"]
+    assert joint["scaling"] == "gene" and joint["n_genes"] == 20 and joint["n_comps"] == 6
+    assert joint["normalize"]["setting"] == "True"
+    assert not np.allclose(q1.obsm["X_cellmapper_joint"], q2.obsm["X_cellmapper_joint"])

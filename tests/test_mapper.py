@@ -287,7 +287,9 @@ def test_steps_search_only_once(pair, search_calls):
 
     cmap.compute_mapping_matrix(kernel="scarches")
     cmap.transfer(obsm_keys="X_umap", progress=False)
-    assert len(search_calls) == 1, "changing the kernel or transferring more keys must not search again"
+    # the query once; a reference sample once (leave-one-out, for the calibration), then cached
+    assert len(search_calls) == 2, "changing the kernel or transferring more keys must not search again"
+    assert search_calls[1][0][0] == search_calls[1][1][0] == reference.n_obs
     assert query.uns["cellmapper"]["kernel"] == "scarches"
     # the neighbours found once are still those used
     assert cmap.neighbors is neighbors
@@ -525,6 +527,16 @@ BAD_INPUTS = {
         ["obsm key 'X_tsne'", "not in reference.obsm"],
     ),
     "layer missing": (lambda q, r: None, {"layer_key": "counts"}, ["layer_key='counts'", "not a layer"]),
+    "unknown head": (lambda q, r: None, {"head": "mlp"}, ["Unknown head 'mlp'"]),
+    "head weight above 1": (lambda q, r: None, {"head_weight": 1.5}, ["head_weight", "between 0 and 1"]),
+    "min_confidence negative": (
+        lambda q, r: None,
+        {"min_confidence": -0.1},
+        ["min_confidence", "between 0 and 1"],
+    ),
+    "unknown scaling": (lambda q, r: None, {"scaling": "cell"}, ["Unknown scaling 'cell'"]),
+    "unknown normalize": (lambda q, r: None, {"normalize": "yes"}, ["Unknown normalize 'yes'", "auto"]),
+    "bad n_top_genes": (lambda q, r: None, {"n_top_genes": 2}, ["n_top_genes", ">= 5"]),
 }
 
 
@@ -667,3 +679,57 @@ def test_provenance_records_whichever_cupy_distribution_is_installed(monkeypatch
     versions = mapper._versions()
     assert versions["cupy-cuda13x"] == "14.2.0"
     assert "cupy-cuda12x" not in versions and "cupy" not in versions
+
+
+def test_min_confidence_labels_uncertain_cells_unassigned():
+    query, reference = make_pair(seed=4)
+    rng = np.random.default_rng(0)
+    query.obsm["X_joint"] = rng.normal(size=query.obsm["X_joint"].shape).astype(np.float32)  # ambiguous cells
+    CellMapper(query, reference).fit("X_joint", obs_keys="celltype", n_neighbors=15, progress=False)
+    conf = query.obs["celltype_conf"].to_numpy()
+    threshold = float(np.median(conf))
+    q2 = query.copy()
+    CellMapper(q2, reference).fit(
+        "X_joint", obs_keys="celltype", n_neighbors=15, min_confidence=threshold, progress=False
+    )
+    pred = q2.obs["celltype_pred"].astype(str).to_numpy()
+    low = conf < threshold
+    assert low.any() and (~low).any()
+    assert (pred[low] == "unassigned").all()
+    np.testing.assert_array_equal(pred[~low], query.obs["celltype_pred"].astype(str).to_numpy()[~low])
+    assert "unassigned" in q2.obs["celltype_pred"].cat.categories
+    assert len(q2.uns["celltype_pred_colors"]) == len(q2.obs["celltype_pred"].cat.categories)
+    assert q2.uns["cellmapper"]["labels"]["min_confidence"] == threshold
+
+
+def test_head_none_uncalibrated_is_the_plain_knn_transfer():
+    query, reference = make_pair(seed=6)
+    cmap = CellMapper(query, reference).fit(
+        "X_joint", obs_keys="celltype", n_neighbors=10, head="none", calibrate=False, progress=False
+    )
+    codes = reference.obs["celltype"].cat.codes.to_numpy()
+    onehot = np.eye(len(reference.obs["celltype"].cat.categories))[codes]
+    expected = cmap.mapping_matrix @ onehot
+    np.testing.assert_allclose(query.obsm["celltype_proba"].to_numpy(), expected, atol=1e-5)
+
+
+def test_head_and_calibration_change_probabilities_not_the_mapping_matrix():
+    query, reference = make_pair(seed=7)
+    query.obsm["X_joint"] = query.obsm["X_joint"] + np.random.default_rng(0).normal(
+        scale=4, size=(60, 8)
+    ).astype(np.float32)
+    plain = query.copy()
+    m_plain = CellMapper(plain, reference).fit(
+        "X_joint", obs_keys="celltype", obsm_keys="X_umap", n_neighbors=10, head="none", calibrate=False,
+        progress=False,
+    ).mapping_matrix  # fmt: skip
+    cmap = CellMapper(query, reference).fit(
+        "X_joint", obs_keys="celltype", obsm_keys="X_umap", n_neighbors=10, progress=False
+    )
+    assert (cmap.mapping_matrix != m_plain).nnz == 0
+    np.testing.assert_allclose(query.obsm["X_umap_pred"], plain.obsm["X_umap_pred"])
+    proba = query.obsm["celltype_proba"].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert not np.allclose(proba, plain.obsm["celltype_proba"].to_numpy())
+    info = query.uns["cellmapper"]["labels"]
+    assert info["head"] == "lda" and info["calibrate"] and info["celltype"]["temperature"] > 0

@@ -106,3 +106,18 @@ def test_presence_beside_the_transfer_equals_presence_afterwards(kernel):
         expected.obsm["presence_score_groups"].to_numpy(),
         rtol=1e-6,
     )
+
+
+def test_label_and_joint_options_travel_through_params():
+    query, reference = make_pair(seed=13)
+    params = MappingParams(
+        use_rep=None, obs_keys=("celltype",), n_neighbors=10, n_comps=6, scaling="gene", normalize=True,
+        n_top_genes=20, head="none", calibrate=False, min_confidence=1.0, quality=False,
+    )  # fmt: skip
+    annotate(query, reference, params, progress=False)
+    info = query.uns["cellmapper"]
+    assert info["joint"]["scaling"] == "gene" and info["joint"]["n_genes"] == 20
+    assert info["labels"]["head"] == "none" and not info["labels"]["calibrate"]
+    uncertain = query.obs["celltype_conf"].to_numpy() < 1.0
+    assert (query.obs["celltype_pred"].astype(str).to_numpy()[uncertain] == "unassigned").all()
+    assert info["pipeline"]["normalize"] == "True"

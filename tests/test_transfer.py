@@ -152,3 +152,35 @@ def test_reference_category_named_unmapped():
     pred = res.predictions()
     assert pred.categories.is_unique
     assert list(pred) == ["B", "B", "unmapped", "unmapped"]
+
+
+def test_predictions_below_min_confidence_are_unassigned():
+    pred = _labels().predictions(min_confidence=0.8)  # row 0 has confidence 0.7, row 1 has 1.0
+    assert list(pred) == ["unassigned", "a", "unmapped", "unmapped"]
+    assert list(pred.categories) == ["a", "b", "c", T.UNMAPPED, T.UNASSIGNED]
+    assert list(_labels(M[:2]).predictions(min_confidence=0.5).categories) == ["a", "b", "c"]
+
+
+def test_mix_probabilities_matches_the_numpy_steps():
+    from napari_cellmapper.core.calibration import apply_temperature
+
+    rng = np.random.default_rng(0)
+    knn = rng.dirichlet(np.ones(4), 50).astype(np.float32)
+    knn[3] = 0  # unmapped
+    knn[4] = [1, 0, 0, 0]
+    head = rng.dirichlet(np.ones(4), 50).astype(np.float32)
+    res = T.mix_probabilities(knn, head, 0.3, 1.7, pd.Index(list("abcd")))
+    mixed = 0.7 * knn + 0.3 * head
+    mixed[3] = 0
+    expected = T.summarise_probabilities(
+        apply_temperature(mixed, 1.7).astype(np.float32), pd.Index(list("abcd"))
+    )
+    np.testing.assert_allclose(res.probabilities, expected.probabilities, atol=1e-5)
+    np.testing.assert_allclose(res.confidence, expected.confidence, atol=1e-5)
+    np.testing.assert_allclose(res.entropy, expected.entropy, atol=1e-5)
+    np.testing.assert_array_equal(res.codes, expected.codes)
+    assert res.codes[3] == -1 and res.entropy[3] == 1
+    plain = T.mix_probabilities(knn, None, 0.5, 1.0, pd.Index(list("abcd")))
+    np.testing.assert_allclose(
+        plain.probabilities, T.summarise_probabilities(knn, pd.Index(list("abcd"))).probabilities, atol=1e-6
+    )

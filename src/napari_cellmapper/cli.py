@@ -94,6 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--metric", default="euclidean", choices=METRICS, help="distance (euclidean)")
     m.add_argument("--joint", default="pca", choices=JOINT_METHODS, help="joint embedding from shared genes")
     m.add_argument("--n-comps", type=int, default=30, help="components of the built joint embedding (30)")
+    _add_quality_options(m)
     m.add_argument("--presence", action="store_true", help="presence scores on the reference")
     m.add_argument(
         "--reference-k", type=_count(1), default=15,
@@ -128,6 +129,36 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     d.add_argument("--run", action="store_true", help="also run a mapping straight away")
     return parser
+
+
+def _add_quality_options(m: argparse.ArgumentParser) -> None:
+    """Joint-space and label options (core.pipeline.MappingParams fields of the same names)."""
+    m.add_argument(
+        "--joint-layer", default=None, help="layer with the expression for the joint embedding (X)"
+    )
+    m.add_argument(
+        "--normalize", default="auto", choices=("auto", "true", "false"),
+        help="counts -> library size + log1p: auto (decide from the values), true, false",
+    )  # fmt: skip
+    m.add_argument(
+        "--scaling", default="dataset", choices=("dataset", "gene"), help="per-dataset scaling (dataset)"
+    )
+    m.add_argument(
+        "--n-top-genes", type=int, default=2000, help="highly variable genes kept (2000; 0: all shared)"
+    )
+    m.add_argument("--head", default="lda", choices=("lda", "none"), help="classifier head for labels (lda)")
+    m.add_argument("--head-weight", type=float, default=0.5, help="weight of the head's probabilities (0.5)")
+    m.add_argument("--no-calibrate", action="store_true", help="keep the uncalibrated confidence")
+    m.add_argument("--min-confidence", type=float, default=0.0, help="label cells below it 'unassigned' (0)")
+
+
+def _quality_params(args) -> dict:
+    normalize = {"true": True, "false": False}.get(args.normalize, args.normalize)
+    return {
+        "joint_layer": args.joint_layer, "scaling": args.scaling, "normalize": normalize,
+        "n_top_genes": args.n_top_genes or None, "head": args.head, "head_weight": args.head_weight,
+        "calibrate": not args.no_calibrate, "min_confidence": args.min_confidence,
+    }  # fmt: skip
 
 
 def _read_reference(args):
@@ -188,6 +219,7 @@ def _cmd_map(args) -> int:
         metric=args.metric,
         joint=args.joint,
         n_comps=args.n_comps,
+        **_quality_params(args),
         presence=args.presence,
         reference_k=args.reference_k,
         n_niches=args.niches,

@@ -20,8 +20,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from anndata import AnnData
 from scipy import sparse
-from scipy.sparse.linalg import LinearOperator, svds
 
+from napari_cellmapper.core.gene_selection import highly_variable
+from napari_cellmapper.core.normalization import (
+    COUNTS,
+    Decision,
+    check_normalize,
+    decide,
+    row_chunks,
+    transform,
+)
+from napari_cellmapper.core.sparse_pca import CentredBlock, fit_components, implicit_cca, row_sample
 from napari_cellmapper.core.validation import (
     JOINT_METHODS,
     CellMapperInputError,
@@ -31,6 +40,12 @@ from napari_cellmapper.core.validation import (
 
 MIN_SHARED_GENES = 5
 SCALE_CLIP = 10.0
+SCALINGS = ("dataset", "gene")
+DEFAULT_N_TOP_GENES = 2000
+#: above this many values (cells x selected genes of both datasets) nothing is densified
+DENSE_LIMIT = 20_000_000
+#: the implicit PCA is fitted on at most this many cells, then every cell is projected
+PCA_FIT_ROWS = 60_000
 
 
 @dataclass(frozen=True)
@@ -52,36 +67,87 @@ def shared_genes(query: AnnData, reference: AnnData) -> list[str]:
     return list(dict.fromkeys(genes))
 
 
-def _matrix(adata: AnnData, genes: list[str], layer: str | None):
-    sub = adata[:, genes]
-    x = sub.X if layer in (None, "X") else sub.layers[layer]
+def _raw(adata: AnnData, layer: str | None):
+    """The expression matrix as stored (CSR or dense); never subset, so never copied whole."""
+    x = adata.X if layer in (None, "X") else adata.layers[layer]
     if x is None:
         raise CellMapperInputError("No expression matrix found; pass layer= naming one.")
-    return sparse.csr_matrix(x, dtype=np.float32) if sparse.issparse(x) else np.asarray(x, np.float32)
-
-
-def _looks_like_counts(x) -> bool:
-    values = x.data if sparse.issparse(x) else x
-    sample = values.ravel()[:100_000]
-    return bool(sample.size == 0 or (sample.min() >= 0 and np.allclose(sample, np.round(sample))))
-
-
-def _totals(x) -> np.ndarray:
-    return np.asarray(x.sum(axis=1)).ravel()
-
-
-def _has_signal(x) -> np.ndarray:
-    """Cells with at least one non-zero value over the genes."""
-    return np.asarray((x != 0).sum(axis=1)).ravel() > 0
-
-
-def _log_normalise(x, totals: np.ndarray, target: float):
-    scale = np.divide(target, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
     if sparse.issparse(x):
-        x = sparse.diags(scale.astype(np.float32)) @ x
-        x.data = np.log1p(x.data)
-        return x.toarray()
-    return np.log1p(x * scale[:, None].astype(np.float32))
+        return x if x.format == "csr" else sparse.csr_matrix(x)
+    return np.asarray(x)
+
+
+def _raw_stats(x, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row totals and rows with a non-zero value over the ``cols``, and each of those columns'
+    number of non-zeros; full-width row chunks, so no column subset is ever copied."""
+    mask = np.zeros(x.shape[1], np.float32)
+    mask[cols] = 1
+    totals = np.zeros(x.shape[0])
+    signal = np.zeros(x.shape[0], bool)
+    nnz = np.zeros(x.shape[1], np.int64)
+    for start, stop, c in row_chunks(x):
+        totals[start:stop] = c @ mask
+        if sparse.issparse(c):
+            nz = c.data != 0
+            signal[start:stop] = (
+                np.bincount(_row_ids(c)[nz], weights=mask[c.indices[nz]], minlength=stop - start) > 0
+            )
+            nnz += np.bincount(c.indices[nz], minlength=x.shape[1])
+        else:
+            nz = c != 0
+            signal[start:stop] = (nz @ mask) > 0
+            nnz += nz.sum(axis=0)
+    return totals, signal, nnz[cols]
+
+
+def _row_ids(c: sparse.csr_matrix) -> np.ndarray:
+    return np.repeat(np.arange(c.shape[0]), np.diff(c.indptr))
+
+
+def _size_factors(totals: np.ndarray, target: float) -> np.ndarray:
+    return np.divide(target, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
+
+
+def _transformed(x, cols, decision: Decision, factors: np.ndarray, usable: np.ndarray):
+    """Chunks of the transformed values of the ``cols`` (unusable rows zeroed)."""
+    for start, stop, c in row_chunks(x, cols):
+        t = transform(c, decision, factors[start:stop])
+        keep = usable[start:stop]
+        if not keep.all():
+            t = sparse.diags(keep.astype(np.float32)) @ t if sparse.issparse(t) else t * keep[:, None]
+        yield start, stop, t
+
+
+def _moments(x, cols, decision, factors, usable) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and (population) variance of the transformed values over usable cells
+    (full-width chunks; the ``cols`` are picked from the per-gene sums)."""
+    s1, s2 = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for start, stop, c in row_chunks(x):
+        t = transform(c, decision, factors[start:stop])
+        keep = usable[start:stop]
+        if sparse.issparse(t):
+            w = t.data * keep[_row_ids(t)]
+            s1 += np.bincount(t.indices, weights=w, minlength=x.shape[1])
+            s2 += np.bincount(t.indices, weights=w * t.data, minlength=x.shape[1])
+        else:
+            s1 += (t * keep[:, None]).sum(axis=0)
+            s2 += (t * t * keep[:, None]).sum(axis=0)
+    n = max(int(usable.sum()), 1)
+    mean = s1[cols] / n
+    return mean, np.maximum(s2[cols] / n - mean**2, 0)
+
+
+def _materialise(x, cols, decision, factors, usable, dense: bool):
+    """The transformed matrix of the selected genes: dense (small problems) or CSR."""
+    if dense:
+        out = np.empty((x.shape[0], cols.size), np.float32)
+        for start, stop, t in _transformed(x, cols, decision, factors, usable):
+            out[start:stop] = t.toarray() if sparse.issparse(t) else t
+        return out
+    parts = [t for _, _, t in _transformed(x, cols, decision, factors, usable)]
+    if not sparse.issparse(parts[0]):
+        return np.vstack(parts)
+    return sparse.vstack(parts, format="csr", dtype=np.float32)
 
 
 def _scale(x: np.ndarray, usable: np.ndarray, scaling: str) -> np.ndarray:
@@ -115,23 +181,22 @@ def _pca(zq: np.ndarray, zr: np.ndarray, n_comps: int, seed: int) -> tuple[np.nd
 
 
 def _cca(zq: np.ndarray, zr: np.ndarray, n_comps: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Seurat-style CCA: SVD of Zq · Zr^T without forming it, L2-normalised cell loadings."""
-    op = LinearOperator(
-        (zq.shape[0], zr.shape[0]),
-        matvec=lambda v: zq @ (zr.T @ v),
-        rmatvec=lambda v: zr @ (zq.T @ v),
-        matmat=lambda m: zq @ (zr.T @ m),
-        rmatmat=lambda m: zr @ (zq.T @ m),
-        dtype=np.float32,
-    )
-    n_comps = min(n_comps, min(op.shape) - 1)
-    rng = np.random.default_rng(seed)
-    v0 = rng.standard_normal(min(op.shape)).astype(np.float32)
-    u, s, vt = svds(op, k=n_comps, v0=v0, random_state=seed)
-    order = np.argsort(s)[::-1]
-    uq, vr = u[:, order].astype(np.float32), vt[order].T.astype(np.float32)
+    """Seurat-style CCA: SVD of Zq · Zr^T without forming it (see :func:`.sparse_pca.implicit_cca`)."""
 
-    return uq, vr, {"singular_values": s[order].astype(float).tolist()}
+    def block(z: np.ndarray) -> CentredBlock:
+        return CentredBlock(z, np.zeros(z.shape[1]), np.ones(z.shape[1]), np.ones(z.shape[0], bool))
+
+    return implicit_cca(block(zq), block(zr), n_comps, seed)
+
+
+def check_n_top_genes(n_top_genes: object) -> None:
+    """Raise unless ``n_top_genes`` is None or an integer >= ``MIN_SHARED_GENES``."""
+    integer = isinstance(n_top_genes, (int, np.integer)) and not isinstance(n_top_genes, bool)
+    if n_top_genes is not None and (not integer or n_top_genes < MIN_SHARED_GENES):
+        raise CellMapperInputError(
+            f"n_top_genes must be None (all shared genes) or an integer >= {MIN_SHARED_GENES}; "
+            f"got {n_top_genes!r}."
+        )
 
 
 def l2_normalise(a: np.ndarray) -> np.ndarray:
@@ -149,6 +214,8 @@ def build_joint_embedding(
     layer: str | None = None,
     target_sum: float | None = None,
     scaling: str = "dataset",
+    normalize: str | bool = "auto",
+    n_top_genes: int | None = DEFAULT_N_TOP_GENES,
     seed: int = 0,
 ) -> JointEmbedding:
     """Joint coordinates for query and reference from their shared genes.
@@ -168,11 +235,23 @@ def build_joint_embedding(
     scaling
         Per-dataset scaling after centring every gene within its dataset: ``"dataset"`` (one
         factor per dataset; default) or ``"gene"`` (every gene to unit variance).
+    normalize
+        ``"auto"`` (decide per dataset from the values, see :mod:`.normalization`), ``True``
+        (counts: library-size normalisation and ``log1p``) or ``False`` (values used as they are).
+        The decision is recorded in ``info["normalize"]``.
+    n_top_genes
+        With more shared genes than this, keep the ``n_top_genes`` most variable (see
+        :mod:`.gene_selection`); ``None`` keeps all.
     seed
         Random seed of the solvers.
+
+    Problems larger than ``DENSE_LIMIT`` values (cells x selected genes) never form a dense copy:
+    the centring and scaling stay implicit (:mod:`.sparse_pca`).
     """
     check_choice("joint method", method, JOINT_METHODS)
-    check_choice("scaling", scaling, ("dataset", "gene"))
+    check_choice("scaling", scaling, SCALINGS)
+    check_normalize(normalize)
+    check_n_top_genes(n_top_genes)
     check_unique_var_names(query, "query")
     check_unique_var_names(reference, "reference")
     genes = shared_genes(query, reference)
@@ -182,24 +261,17 @@ def build_joint_embedding(
             "to build a joint representation. Check that both use the same gene identifiers "
             "(symbols vs Ensembl IDs), or pass use_rep naming a precomputed joint embedding."
         )
-    xq, xr = _matrix(query, genes, layer), _matrix(reference, genes, layer)
-    tq, tr = _totals(xq), _totals(xr)
-    q_usable, r_usable = _has_signal(xq), _has_signal(xr)
+    xq, xr = _raw(query, layer), _raw(reference, layer)
+    cq = query.var_names.get_indexer(genes)
+    cr = reference.var_names.get_indexer(genes)
+    (tq, q_usable, nq), (tr, r_usable, nr) = _raw_stats(xq, cq), _raw_stats(xr, cr)
     for role, usable in (("query", q_usable), ("reference", r_usable)):
         if not usable.any():
             raise CellMapperInputError(
                 f"Every {role} cell has zero counts over the shared genes; nothing can be mapped. "
                 "Check the expression matrix (X or layer=)."
             )
-        if not usable.all():
-            warnings.warn(
-                f"{int((~usable).sum())} {role} cell(s) have zero counts over the shared genes; "
-                "they are left unmapped.",
-                stacklevel=3,
-            )
-    expressed = (np.asarray((xq != 0).sum(axis=0)).ravel() > 0) & (
-        np.asarray((xr != 0).sum(axis=0)).ravel() > 0
-    )
+    expressed = (nq > 0) & (nr > 0)
     if not expressed.all():
         warnings.warn(
             f"{int((~expressed).sum())} shared gene(s) have no counts in the query or the reference "
@@ -213,25 +285,92 @@ def build_joint_embedding(
                 f"{MIN_SHARED_GENES} are needed to build a joint representation. Pass use_rep naming "
                 "a precomputed joint embedding instead."
             )
-        xq, xr = xq[:, expressed], xr[:, expressed]
-        tq, tr = _totals(xq), _totals(xr)
-        q_usable, r_usable = q_usable & _has_signal(xq), r_usable & _has_signal(xr)
-    counts = _looks_like_counts(xq) and _looks_like_counts(xr)
-    if counts:
-        target = target_sum or float(np.median(np.concatenate([tq[tq > 0], tr[tr > 0]])))
-        lq, lr = _log_normalise(xq, tq, target), _log_normalise(xr, tr, target)
-    else:
-        lq = xq.toarray() if sparse.issparse(xq) else xq
-        lr = xr.toarray() if sparse.issparse(xr) else xr
-    zq, zr = _scale(lq, q_usable, scaling), _scale(lr, r_usable, scaling)
-    n_comps = int(max(1, min(n_comps, len(genes) - 1, q_usable.sum() - 1, r_usable.sum() - 1)))
+        cq, cr = cq[expressed], cr[expressed]
+        (tq, q_usable, _), (tr, r_usable, _) = _raw_stats(xq, cq), _raw_stats(xr, cr)
+    for role, usable in (("query", q_usable), ("reference", r_usable)):
+        if not usable.all():
+            warnings.warn(
+                f"{int((~usable).sum())} {role} cell(s) have zero counts over the shared genes; "
+                "they are left unmapped.",
+                stacklevel=3,
+            )
     if method == "cca" and min(q_usable.sum(), r_usable.sum()) < 2:
         raise CellMapperInputError(
             "joint='cca' needs at least 2 cells with counts in each dataset; use joint='pca'."
         )
-    if method == "pca":
-        cq, cr, info = _pca(zq, zr, n_comps, seed)
+    dq = decide(xq, cq, tq, q_usable, normalize, "query")
+    dr = decide(xr, cr, tr, r_usable, normalize, "reference")
+    counted = [t[u] for t, u, d in ((tq, q_usable, dq), (tr, r_usable, dr)) if d.mode == COUNTS]
+    target = target_sum or (float(np.median(np.concatenate(counted))) if counted else 1.0)
+    fq, fr = _size_factors(tq, target), _size_factors(tr, target)
+    mq, vq = _moments(xq, cq, dq, fq, q_usable)
+    mr, vr = _moments(xr, cr, dr, fr, r_usable)
+    n_all = len(genes)
+    if n_top_genes is not None and n_all > n_top_genes:
+        sel = highly_variable([mq, mr], [vq, vr], n_top_genes)
+        cq, cr, mq, vq, mr, vr = cq[sel], cr[sel], mq[sel], vq[sel], mr[sel], vr[sel]
+        genes = [genes[i] for i in sel]
+    n_comps = int(max(1, min(n_comps, len(genes) - 1, q_usable.sum() - 1, r_usable.sum() - 1)))
+    dense = (xq.shape[0] + xr.shape[0]) * len(genes) <= DENSE_LIMIT
+    lq = _materialise(xq, cq, dq, fq, q_usable, dense)
+    lr = _materialise(xr, cr, dr, fr, r_usable, dense)
+    if dense:
+        zq, zr = _scale(lq, q_usable, scaling), _scale(lr, r_usable, scaling)
+        del lq, lr
+        if method == "pca":
+            cq_, cr_, info = _pca(zq, zr, n_comps, seed)
+        else:
+            cq_, cr_, info = _cca(zq, zr, n_comps, seed)
     else:
-        cq, cr, info = _cca(zq, zr, n_comps, seed)
-    info.update({"n_genes": len(genes), "n_comps": n_comps, "log_normalised": counts})
-    return JointEmbedding(l2_normalise(cq), l2_normalise(cr), q_usable, r_usable, genes, method, info)
+        bq = CentredBlock(lq, mq, _scale_vector(vq, scaling), q_usable)
+        br = CentredBlock(lr, mr, _scale_vector(vr, scaling), r_usable)
+        if method == "pca":
+            cq_, cr_, info = _implicit_pca(bq, br, (vq, vr), (q_usable.sum(), r_usable.sum()), n_comps, seed)
+        else:
+            cq_, cr_, info = implicit_cca(bq, br, n_comps, seed)
+    info.update(
+        {
+            "n_genes": len(genes),
+            "n_shared_genes": n_all,
+            "gene_selection": (
+                f"{len(genes)} highly variable of {n_all} shared genes"
+                if len(genes) < n_all
+                else "all shared genes"
+            ),
+            "n_comps": n_comps,
+            "log_normalised": dq.mode == COUNTS and dr.mode == COUNTS,
+            "normalize": {"setting": str(normalize), "query": dq.reason, "reference": dr.reason},
+            "solver": "exact (dense)" if dense else "randomized (sparse, implicit centring)",
+        }
+    )
+    return JointEmbedding(l2_normalise(cq_), l2_normalise(cr_), q_usable, r_usable, genes, method, info)
+
+
+def _scale_vector(var: np.ndarray, scaling: str) -> np.ndarray:
+    """Per-gene factors of :func:`_scale` for the implicit path (no clipping at ``SCALE_CLIP``)."""
+    if scaling == "gene":
+        sd = np.sqrt(var)
+        return np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 0)
+    total = float(np.sqrt(var.mean())) if var.size else 0.0
+    return np.full(var.shape, 1.0 / total if total > 0 else 1.0)
+
+
+def _implicit_pca(
+    bq, br, variances, n_usable, n_comps: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """PCA through :mod:`.sparse_pca`, fitted on at most ``PCA_FIT_ROWS`` cells, then projected."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    n_q, n_r = bq.shape[0], br.shape[0]
+    share = min(1.0, PCA_FIT_ROWS / (n_q + n_r))
+    sample = [row_sample(br, int(np.ceil(share * n_r)), rng), row_sample(bq, int(np.ceil(share * n_q)), rng)]
+    with threadpool_limits(1, user_api="blas"):  # tall-skinny products: threads only spin
+        components, s = fit_components(sample, n_comps, seed)
+    total_ss = sum(
+        float(n) * float((v * b.scale**2).sum())
+        for v, n, b in zip(variances, n_usable, (bq, br), strict=True)
+    )
+    ratio = (s**2) / (share * total_ss) if total_ss > 0 else np.zeros_like(s)
+    info = {"explained_variance_ratio": ratio.astype(float).tolist()}
+    return bq.matmat(components), br.matmat(components), info

@@ -27,9 +27,15 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from napari_cellmapper.core import sparse_product
+from napari_cellmapper.core import calibration, label_head, sparse_product
 from napari_cellmapper.core import validation as val
-from napari_cellmapper.core.joint_embedding import JointEmbedding, build_joint_embedding
+from napari_cellmapper.core.joint_embedding import (
+    DEFAULT_N_TOP_GENES,
+    SCALINGS,
+    JointEmbedding,
+    build_joint_embedding,
+    check_n_top_genes,
+)
 from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
 from napari_cellmapper.core.neighbors import (
     GPU_BACKENDS,
@@ -41,6 +47,7 @@ from napari_cellmapper.core.neighbors import (
     prepare_rep,
     resolve_backend,
 )
+from napari_cellmapper.core.normalization import check_normalize
 from napari_cellmapper.core.numba_threads import in_background
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
@@ -50,6 +57,7 @@ from napari_cellmapper.core.transfer import (
     iter_transfer_dense,
     iter_transfer_expression,
     iter_transfer_labels,
+    mix_probabilities,
     transfer_numeric,
 )
 
@@ -126,6 +134,19 @@ def _to_all_rows(
     return indices, distances
 
 
+def _check_joint_options(scaling: str, normalize: object, n_top_genes: object) -> None:
+    val.check_choice("scaling", scaling, SCALINGS)
+    check_normalize(normalize)
+    check_n_top_genes(n_top_genes)
+
+
+def _check_label_options(head: str, head_weight: float, min_confidence: float) -> None:
+    val.check_choice("head", head, label_head.HEADS)
+    for name, value in (("head_weight", head_weight), ("min_confidence", min_confidence)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 <= value <= 1:
+            raise val.CellMapperInputError(f"{name} must be a number between 0 and 1; got {value!r}.")
+
+
 class CellMapper:
     """k-NN mapping of labels, embeddings and expression from a reference onto a query.
 
@@ -157,6 +178,8 @@ class CellMapper:
         self._query_imputed: AnnData | None = None
         self._index: Any = None
         self._device_mapping: tuple[sparse.csr_matrix, Any] | None = None
+        #: (reference rows, their neighbours among the other reference cells), for calibration
+        self._loo: tuple[np.ndarray, Neighbors] | None = None
         self._search_options: dict[str, Any] = {}
         self.params: dict[str, Any] = {}
         #: what ``iter_fit(reference_graph_task=...)`` returned, or None
@@ -191,11 +214,15 @@ class CellMapper:
         joint: str = "pca",
         n_comps: int = 30,
         joint_layer: str | None = None,
+        scaling: str = "dataset",
+        normalize: str | bool = "auto",
+        n_top_genes: int | None = DEFAULT_N_TOP_GENES,
         chunk_size: int | None = None,
         **search_options: Any,
     ) -> Steps[Neighbors]:
         """Generator version of :meth:`compute_neighbors`."""
         self._check_common()
+        _check_joint_options(scaling, normalize, n_top_genes)
         val.check_choice("backend", backend, val.BACKENDS)
         val.check_choice("metric", metric, val.METRICS)
         val.check_choice("joint method", joint, val.JOINT_METHODS)
@@ -203,7 +230,14 @@ class CellMapper:
         if use_rep is None:
             yield Progress("joint representation", 0, 1)
             emb = build_joint_embedding(
-                self.query, self.reference, method=joint, n_comps=n_comps, layer=joint_layer
+                self.query,
+                self.reference,
+                method=joint,
+                n_comps=n_comps,
+                layer=joint_layer,
+                scaling=scaling,
+                normalize=normalize,
+                n_top_genes=n_top_genes,
             )
             q_rep, r_rep, q_ok, r_ok = emb.query, emb.reference, emb.query_usable, emb.reference_usable
             yield Progress("joint representation", 1, 1)
@@ -246,6 +280,7 @@ class CellMapper:
         self.neighbors = neighbors
         self.reference_neighbors = None
         self.mapping_matrix = None
+        self._loo = None
         self.params.update(
             use_rep=use_rep if use_rep is not None else f"built from shared genes ({joint})",
             n_neighbors=int(n_neighbors),
@@ -262,6 +297,10 @@ class CellMapper:
                 "method": joint,
                 "n_genes": emb.info["n_genes"],
                 "n_comps": emb.info["n_comps"],
+                "scaling": scaling,
+                "gene_selection": emb.info["gene_selection"],
+                "normalize": emb.info["normalize"],
+                "solver": emb.info["solver"],
             }
         return neighbors
 
@@ -283,7 +322,9 @@ class CellMapper:
             ``backend`` (``"auto"``, ``"faiss-exact"``, ``"faiss-ivf"``, ``"cupy"``, ``"cupy-ivf"``,
             ``"dask"``),
             ``metric`` (``"euclidean"``, ``"cosine"``), ``joint`` (``"pca"``, ``"cca"``),
-            ``n_comps``, ``joint_layer``, ``chunk_size`` and backend options.
+            ``n_comps``, ``joint_layer``, ``scaling`` (``"dataset"``, ``"gene"``), ``normalize``
+            (``"auto"``, ``True``, ``False``), ``n_top_genes`` (2000; ``None``: all shared genes),
+            ``chunk_size`` and backend options.
         """
         return run_steps(self.iter_compute_neighbors(use_rep, n_neighbors, **kwargs), progress)
 
@@ -409,10 +450,15 @@ class CellMapper:
         *,
         prediction_postfix: str = "_pred",
         chunk_size: int | None = None,
+        head: str = "lda",
+        head_weight: float = label_head.DEFAULT_WEIGHT,
+        calibrate: bool = True,
+        min_confidence: float = 0.0,
     ) -> Steps[CellMapper]:
         """Generator version of :meth:`transfer`."""
         if self.mapping_matrix is None:
             raise val.CellMapperInputError("Call compute_mapping_matrix() (or fit()) before transfer().")
+        _check_label_options(head, head_weight, min_confidence)
         obs_list, obsm_list = val.as_key_list(obs_keys), val.as_key_list(obsm_keys)
         self._check_transfer_keys(obs_list, obsm_list, layer_key)
         chunk = {"chunk_size": chunk_size} if chunk_size else {}
@@ -422,6 +468,7 @@ class CellMapper:
         obsm_new: dict[str, Any] = {}
         uns_new: dict[str, Any] = {}
         labels: dict[str, LabelTransfer] = {}
+        label_info: dict[str, dict[str, Any]] = {}
         for key in obs_list:
             column = self.reference.obs[key]
             if val.is_categorical_like(column):
@@ -434,8 +481,9 @@ class CellMapper:
                 codes, cats = category_codes(column)
                 labels_of = gpu.iter_labels if gpu is not None else partial(iter_transfer_labels, m)
                 res = yield from labels_of(codes, cats, stage=f"transfer {key}", **chunk)
+                res, label_info[key] = self._refine_labels(res, codes, head, head_weight, calibrate)
                 labels[key] = res
-                pred = res.predictions()
+                pred = res.predictions(min_confidence=min_confidence)
                 obs_new[f"{key}{prediction_postfix}"] = pred
                 obs_new[f"{key}_conf"] = res.confidence
                 obs_new[f"{key}_entropy"] = res.entropy
@@ -446,8 +494,7 @@ class CellMapper:
                 )
                 ref_colors = self.reference.uns.get(f"{key}_colors")
                 colors = colors_for(list(cats), None if ref_colors is None else list(ref_colors))
-                if len(pred.categories) > len(cats):
-                    colors.append(UNMAPPED_COLOR)
+                colors.extend([UNMAPPED_COLOR] * (len(pred.categories) - len(cats)))
                 uns_new[f"{key}{prediction_postfix}_colors"] = np.asarray(colors, dtype=object)
             else:
                 obs_new[f"{key}{prediction_postfix}"] = transfer_numeric(m, column.to_numpy())
@@ -486,9 +533,98 @@ class CellMapper:
             n_query=int(self.query.n_obs),
             n_reference=int(self.reference.n_obs),
             n_unmapped=int(unmapped.sum()),
+            labels={
+                "head": head,
+                "head_weight": float(head_weight),
+                "calibrate": bool(calibrate),
+                "min_confidence": float(min_confidence),
+                **label_info,
+            },
         )
         self.query.uns["cellmapper"] = self.provenance()
         return self
+
+    def _refine_labels(
+        self, res: LabelTransfer, codes: np.ndarray, head: str, weight: float, calibrate: bool
+    ) -> tuple[LabelTransfer, dict[str, Any]]:
+        """k-NN class probabilities combined with the classifier head, then calibrated.
+
+        Tall-skinny products only: one BLAS thread (several threads spin for nothing there, and
+        on a busy machine cost seconds)."""
+        if (head == "none" and not calibrate) or self._query_rep is None or self._reference_rep is None:
+            return res, {}
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            return self._refine_labels_now(res, codes, head, weight, calibrate)
+
+    def _refine_labels_now(
+        self, res: LabelTransfer, codes: np.ndarray, head: str, weight: float, calibrate: bool
+    ) -> tuple[LabelTransfer, dict[str, Any]]:
+        codes = np.where(self._reference_usable, codes, -1) if self._reference_usable is not None else codes
+        n_cat = len(res.categories)
+        model = label_head.fit_lda(self._reference_rep, codes, n_cat) if head == "lda" else None
+        info: dict[str, Any] = {}
+        temperature = 1.0
+        if calibrate:
+            loo, (truth, rows) = self._reference_leave_one_out(codes, res.categories)
+            if loo is not None:
+                if model is not None:
+                    loo = label_head.combine(loo, model.probabilities(self._reference_rep[rows]), weight)
+                temperature = calibration.fit_temperature(loo, truth)
+            info["temperature"] = temperature
+        head_proba = None if model is None else model.probabilities(self._query_rep)
+        return mix_probabilities(res.probabilities, head_proba, weight, temperature, res.categories), info
+
+    def _reference_leave_one_out(
+        self, codes: np.ndarray, categories: pd.Index
+    ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+        """k-NN class probabilities of a sample of labelled reference cells, each mapped against
+        the other reference cells with this mapping's kernel (hnoca: gauss); and their codes/rows."""
+        rows = np.flatnonzero(codes >= 0)
+        empty = (np.zeros(0, np.int64), rows[:0])
+        if rows.size < 10 or self.neighbors is None:
+            return None, empty
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(rows, min(calibration.SAMPLE, rows.size), replace=False))
+        if self._loo is None or not np.array_equal(self._loo[0], rows):
+            self._loo = (rows, self._search_reference_sample(rows))
+        loo = self._loo[1]
+        kernel = self.params.get("kernel", "gauss")
+        kernel, sigma = ("gauss", None) if kernel == "hnoca" else (kernel, self.params.get("sigma"))
+        matrix = mapping_matrix(loo, kernel, sigma=sigma)
+        proba = run_steps(iter_transfer_labels(matrix, codes, categories)).probabilities
+        return proba, (codes[rows], rows)
+
+    def _search_reference_sample(self, rows: np.ndarray) -> Neighbors:
+        """The k nearest other reference cells of the reference ``rows`` (self excluded)."""
+        usable = self._reference_usable
+        everyone = bool(usable.all())
+        searched = self._reference_rep if everyone else self._reference_rep[usable]
+        k = min(self.neighbors.k + 1, searched.shape[0])
+        found = run_steps(
+            iter_search(
+                self._reference_rep[rows],
+                searched,
+                k,
+                metric=self.neighbors.metric,
+                backend=self.params.get("backend", "auto"),
+                index=self._index,
+                **self._search_options,
+            )
+        )
+        idx = (
+            found.indices
+            if everyone
+            else np.where(found.indices >= 0, np.flatnonzero(usable)[np.maximum(found.indices, 0)], -1)
+        )
+        own = idx == rows[:, None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), k - 1)
+        keep = np.ones_like(own)
+        keep[np.arange(rows.size), drop] = False
+        idx = idx[keep].reshape(rows.size, k - 1)
+        dist = found.distances[keep].reshape(rows.size, k - 1)
+        return Neighbors(idx, dist, found.metric, found.backend, self._reference_rep.shape[0])
 
     def transfer(
         self,
@@ -545,6 +681,13 @@ class CellMapper:
         joint: str = "pca",
         n_comps: int = 30,
         joint_layer: str | None = None,
+        scaling: str = "dataset",
+        normalize: str | bool = "auto",
+        n_top_genes: int | None = DEFAULT_N_TOP_GENES,
+        head: str = "lda",
+        head_weight: float = label_head.DEFAULT_WEIGHT,
+        calibrate: bool = True,
+        min_confidence: float = 0.0,
         chunk_size: int | None = None,
         prediction_postfix: str = "_pred",
         reference_graph: bool = False,
@@ -566,6 +709,8 @@ class CellMapper:
         val.check_choice("kernel", kernel, val.KERNELS)
         val.check_choice("backend", backend, val.BACKENDS)
         val.check_choice("metric", metric, val.METRICS)
+        _check_joint_options(scaling, normalize, n_top_genes)
+        _check_label_options(head, head_weight, min_confidence)
         self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
         val.check_k(n_neighbors, self.reference.n_obs)
         if reference_graph:
@@ -593,6 +738,9 @@ class CellMapper:
             joint=joint,
             n_comps=n_comps,
             joint_layer=joint_layer,
+            scaling=scaling,
+            normalize=normalize,
+            n_top_genes=n_top_genes,
             chunk_size=chunk_size,
             **search_options,
         )
@@ -601,7 +749,15 @@ class CellMapper:
         if reference_graph and kernel != "hnoca" and self._index is not None:
             background = self._start_reference_search(reference_k, reference_graph_task)
         yield from self.iter_transfer(
-            obs_keys, obsm_keys, layer_key, prediction_postfix=prediction_postfix, chunk_size=chunk_size
+            obs_keys,
+            obsm_keys,
+            layer_key,
+            prediction_postfix=prediction_postfix,
+            chunk_size=chunk_size,
+            head=head,
+            head_weight=head_weight,
+            calibrate=calibrate,
+            min_confidence=min_confidence,
         )
         self.reference_graph_result = None
         if background is not None:
@@ -637,7 +793,12 @@ class CellMapper:
             ``True`` for progress bars on stderr, a callback taking ``Progress``, or ``False``.
         **kwargs
             ``n_neighbors`` (30), ``kernel`` ("gauss"), ``backend`` ("auto"), ``metric``
-            ("euclidean"), ``joint`` ("pca"), ``n_comps`` (30), ``joint_layer``, ``chunk_size``,
+            ("euclidean"), ``joint`` ("pca"), ``n_comps`` (30), ``joint_layer``, ``scaling``
+            ("dataset" or "gene"), ``normalize`` ("auto", True, False), ``n_top_genes`` (2000;
+            None: all shared genes), ``head`` ("lda" or "none": a classifier head in the joint
+            space whose probabilities are averaged with the k-NN ones), ``head_weight`` (0.5),
+            ``calibrate`` (True: confidence calibrated by a temperature fitted on the reference),
+            ``min_confidence`` (0: cells below it are labelled "unassigned"), ``chunk_size``,
             ``prediction_postfix`` ("_pred") and backend options (e.g. ``nprobe``, ``client``).
 
         Returns

@@ -12,6 +12,8 @@ import numpy as np
 from anndata import AnnData
 
 from napari_cellmapper.core import validation as val
+from napari_cellmapper.core.joint_embedding import DEFAULT_N_TOP_GENES
+from napari_cellmapper.core.label_head import DEFAULT_WEIGHT
 from napari_cellmapper.core.mapper import REFERENCE_GRAPH_K, CellMapper, h5_safe
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 
@@ -33,6 +35,14 @@ class MappingParams:
     metric: str = "euclidean"
     joint: str = "pca"
     n_comps: int = 30
+    joint_layer: str | None = None
+    scaling: str = "dataset"
+    normalize: str | bool = "auto"
+    n_top_genes: int | None = DEFAULT_N_TOP_GENES
+    head: str = "lda"
+    head_weight: float = DEFAULT_WEIGHT
+    calibrate: bool = True
+    min_confidence: float = 0.0
     presence: bool = False
     quality: bool = True
     reference_k: int = REFERENCE_GRAPH_K
@@ -57,6 +67,14 @@ class MappingParams:
             "metric": self.metric,
             "joint": self.joint,
             "n_comps": self.n_comps,
+            "joint_layer": self.joint_layer,
+            "scaling": self.scaling,
+            "normalize": self.normalize,
+            "n_top_genes": self.n_top_genes,
+            "head": self.head,
+            "head_weight": self.head_weight,
+            "calibrate": self.calibrate,
+            "min_confidence": self.min_confidence,
             "reference_k": self.reference_k,
             **self.search_options,
         }
@@ -65,6 +83,7 @@ class MappingParams:
         """Plain dict (for provenance)."""
         out = asdict(self)
         out.pop("search_options")
+        out["normalize"] = str(self.normalize)
         return out
 
 

@@ -19,6 +19,7 @@ from napari_cellmapper.core.sparse_product import iter_product
 
 DEFAULT_TRANSFER_CHUNK = 131_072
 UNMAPPED = "unmapped"
+UNASSIGNED = "unassigned"
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,28 @@ class LabelTransfer:
         """Cells without any labelled neighbour."""
         return self.codes < 0
 
-    def predictions(self, unmapped_label: str = UNMAPPED) -> pd.Categorical:
+    def predictions(
+        self,
+        unmapped_label: str = UNMAPPED,
+        *,
+        min_confidence: float = 0.0,
+        unassigned_label: str = UNASSIGNED,
+    ) -> pd.Categorical:
         """Predicted labels as a Categorical with the reference's categories.
 
-        Unmapped cells get the explicit category ``unmapped_label`` (added only when needed).
+        Unmapped cells get the explicit category ``unmapped_label``, mapped cells whose confidence
+        is below ``min_confidence`` get ``unassigned_label`` (each added only when needed).
         """
         categories = list(self.categories)
         codes = self.codes
-        if self.unmapped.any():
-            if unmapped_label not in categories:
-                categories.append(unmapped_label)
-            codes = np.where(codes < 0, categories.index(unmapped_label), codes)
+        for label, cells in (
+            (unmapped_label, self.unmapped),
+            (unassigned_label, ~self.unmapped & (self.confidence < min_confidence)),
+        ):
+            if cells.any():
+                if label not in categories:
+                    categories.append(label)
+                codes = np.where(cells, categories.index(label), codes)
         return pd.Categorical.from_codes(codes, categories=categories)
 
 
@@ -118,6 +130,64 @@ def summarise_probabilities(proba: np.ndarray, categories: pd.Index) -> LabelTra
     norm = np.log(len(categories)) if len(categories) > 1 else 1.0
     entropy = np.where(mapped, np.clip(-plogp.sum(axis=1) / norm, 0, 1), 1).astype(np.float32)
     return LabelTransfer(codes, confidence.astype(np.float32), entropy, proba, categories)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _mix_rows(
+    knn, head, weight, inv_t, floor, log_norm, proba, confidence, codes, entropy
+):  # pragma: no cover
+    """One pass per row: ``(1 - weight) knn + weight head``, then ``p^inv_t`` (values below
+    ``floor`` raised to it; zeros stay zero), renormalised; its max, argmax and entropy. Rows
+    of ``knn`` without probability are unmapped."""
+    for r in prange(knn.shape[0]):
+        mapped = False
+        for c in range(knn.shape[1]):
+            if knn[r, c] > 0:
+                mapped = True
+        if not mapped:
+            for c in range(knn.shape[1]):
+                proba[r, c] = 0
+            confidence[r], codes[r], entropy[r] = 0, -1, 1
+            continue
+        total = 0.0
+        floor_t = floor**inv_t
+        for c in range(knn.shape[1]):
+            v = (1 - weight) * knn[r, c] + weight * head[r, c]
+            if v > 0 and inv_t != 1:
+                v = floor_t if v <= floor else np.exp(inv_t * np.log(v))
+            proba[r, c] = v
+            total += v
+        best, arg, h = -1.0, -1, 0.0
+        for c in range(knn.shape[1]):
+            p = proba[r, c] / total
+            proba[r, c] = p
+            if p > best:
+                best, arg = p, c
+            if p > 0:
+                h -= p * np.log(p)
+        confidence[r], codes[r] = best, arg
+        entropy[r] = min(max(h / log_norm, 0.0), 1.0)
+
+
+def mix_probabilities(
+    knn: np.ndarray, head: np.ndarray | None, weight: float, temperature: float, categories: pd.Index
+) -> LabelTransfer:
+    """:class:`LabelTransfer` of ``(1 - weight) · knn + weight · head`` calibrated by
+    ``temperature`` (see :mod:`.calibration`), in one parallel pass without temporaries."""
+    n, n_cat = knn.shape
+    if head is None:
+        head, weight = knn, 0.0
+    proba = np.empty((n, n_cat), np.float32)
+    confidence = np.empty(n, np.float32)
+    codes = np.empty(n, np.int64)
+    entropy = np.empty(n, np.float32)
+    log_norm = float(np.log(n_cat)) if n_cat > 1 else 1.0
+    with launch_lock():
+        _mix_rows(
+            np.ascontiguousarray(knn, np.float32), np.ascontiguousarray(head, np.float32), float(weight),
+            1.0 / float(temperature), 1e-6, log_norm, proba, confidence, codes, entropy,
+        )  # fmt: skip
+    return LabelTransfer(codes, confidence, entropy, proba, categories)
 
 
 def transfer_numeric(matrix: sparse.csr_matrix, values: np.ndarray) -> np.ndarray:

@@ -345,3 +345,12 @@ def test_build_from_shared_genes_with_presence(demo, qtbot, errors, kernel):
     assert not errors, errors
     scores = widget.scene.reference_layer.features["presence_score"]
     assert scores.between(0, 1).all() and scores.max() > 0.5
+
+
+def test_identifier_columns_never_colour_cells(demo):
+    """Issue 15: a unique-per-cell column (cell_id) is not offered nor picked as the default."""
+    viewer, widget = demo
+    keys = [widget.color_combo.itemText(i) for i in range(widget.color_combo.count())]
+    assert "cell_id" in widget.table.obs and "cell_id" not in keys
+    assert widget.color_combo.currentText() != "cell_id"
+    assert widget.scene.cells_layer.metadata.get("cellmapper_color_by") != "cell_id"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_cellmapper.viewer.colors import ColorInfo, color_info, palette_for, rgba_for
+from napari_cellmapper.viewer.colors import ColorInfo, color_info, is_identifier, palette_for, rgba_for
 from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     CellGeometry,
@@ -308,10 +308,11 @@ class CellMapperScene:
         self.cells_layer.features = features
 
     def color_keys(self) -> list[str]:
-        """Columns of the cells layer that can colour the cells."""
+        """Columns of the cells layer that can colour the cells (identifiers such as cell_id not)."""
         if self.cells_layer is None:
             return []
-        return [str(c) for c in self.cells_layer.features.columns if c != "index"]
+        features = self.cells_layer.features
+        return [str(c) for c in features.columns if c != "index" and not is_identifier(features[c])]
 
     def colors_for_key(self, key: str, values: pd.Series, adata: Any = None) -> list[str] | None:
         """Palette for a categorical column: ``uns[f"{key}_colors"]`` of the table, else default."""

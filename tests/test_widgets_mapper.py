@@ -354,3 +354,33 @@ def test_identifier_columns_never_colour_cells(demo):
     assert "cell_id" in widget.table.obs and "cell_id" not in keys
     assert widget.color_combo.currentText() != "cell_id"
     assert widget.scene.cells_layer.metadata.get("cellmapper_color_by") != "cell_id"
+
+
+def test_run_freezes_job_fields_and_click_names_the_cell(demo, qtbot, errors):
+    """Issue 11 defect 8: k, kernel, checkboxes are read-only during a run; a click shows the id."""
+    viewer, widget = demo
+    widget.controller.runner = _slow_runner(delay=0.01, steps=50)
+    widget.niches_check.setChecked(True)
+    widget.run()
+    frozen = (widget.k_spin, widget.kernel_combo, widget.presence_check, widget.niches_check,
+              widget.niches_spin, widget.rep_combo, widget.obs_list, widget.backend_combo)
+    assert widget.controller.is_running and not any(w.isEnabled() for w in frozen)
+    _wait_done(qtbot, widget)
+    assert all(w.isEnabled() for w in frozen)
+    text = widget.show_cell(5)
+    row = int(widget.scene.geometry.rows[5])
+    obs = widget.table.obs
+    assert text.splitlines()[0] == f"cell {obs.index[row]} (cell_id {obs['cell_id'].iloc[row]})"
+
+
+def test_cell_size_control_scales_point_cells(demo, qtbot):
+    """Issue 11 defect 1: the cells' drawn size is the user's to choose, kept across redraws."""
+    viewer, widget = demo
+    cells = widget.scene.cells_layer
+    before = np.array(cells.size, dtype=float)
+    widget.size_spin.setValue(3.0)
+    np.testing.assert_allclose(cells.size, 3.0 * before, rtol=1e-5)
+    widget.size_spin.setValue(0.5)
+    np.testing.assert_allclose(cells.size, 0.5 * before, rtol=1e-5)
+    widget.cs_combo.currentIndexChanged.emit(widget.cs_combo.currentIndex())  # redraw the query
+    np.testing.assert_allclose(widget.scene.cells_layer.size, 0.5 * before, rtol=1e-5)

@@ -301,6 +301,21 @@ class CellMapperScene:
                 ref_features[column] = result.reference_obs[column].to_numpy()
             self.reference_layer.features = ref_features
 
+    def set_cell_size(self, factor: float) -> bool:
+        """Draw point cells ``factor`` times their own size (the size they were drawn with).
+
+        Returns False (and changes nothing) when the cells are labels or polygons.
+        """
+        layer = self.cells_layer
+        if layer is None or layer_kind(layer) != "points":
+            return False
+        base = layer.metadata.get("cellmapper_sizes")
+        if base is None or len(base) != len(layer.data):
+            base = np.array(layer.size, dtype=np.float32, copy=True)
+            layer.metadata["cellmapper_sizes"] = base
+        layer.size = base * float(factor)
+        return True
+
     def set_cell_values(self, name: str, table_values: np.ndarray) -> None:
         """Add or replace one feature column from per-table-row values (in place)."""
         features = self.cells_layer.features.copy()

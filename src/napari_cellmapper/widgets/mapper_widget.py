@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QCompleter,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -241,6 +242,13 @@ class CellMapperWidget(QWidget):
         self.color_combo = QComboBox()
         self.color_combo.setToolTip("What colours the cells (recolours in place)")
         form.addRow("Colour cells by", self.color_combo)
+        self.size_spin = QDoubleSpinBox()
+        self.size_spin.setRange(0.1, 50.0)
+        self.size_spin.setSingleStep(0.25)
+        self.size_spin.setValue(1.0)
+        self.size_spin.setSuffix(" \u00d7")
+        self.size_spin.setToolTip("Size of the cells drawn as points, times their measured size")
+        form.addRow("Cell size", self.size_spin)
         self.color_key = ColorKey()
         self.color_key.setMinimumHeight(110)
         form.addRow(self.color_key)
@@ -290,6 +298,7 @@ class CellMapperWidget(QWidget):
         self.region_button.clicked.connect(self.add_region)
         self.clear_region_button.clicked.connect(self.clear_region)
         self.color_combo.currentTextChanged.connect(self._on_color_changed)
+        self.size_spin.valueChanged.connect(self._on_size_changed)
         self.reference_color_combo.currentTextChanged.connect(self._on_reference_color_changed)
         self.export_button.clicked.connect(self._export_dialog)
         self.gene_edit.returnPressed.connect(lambda: self.show_gene(self.gene_edit.text().strip()))
@@ -478,6 +487,7 @@ class CellMapperWidget(QWidget):
                     )
                 )
                 self.scene.place_reference()
+                self._on_size_changed(self.size_spin.value())
                 self.viewer.reset_view()
             except Exception as error:  # noqa: BLE001 - a broken element must not kill the widget
                 _notify_error(f"Could not draw the query: {error_message(error)}")
@@ -568,8 +578,26 @@ class CellMapperWidget(QWidget):
             self.cs_combo,
             self.open_reference_button,
             self.open_query_button,
+            *self._job_controls(),
         ):
             widget.setEnabled(not running)
+        self.niches_spin.setEnabled(not running and self.niches_check.isChecked())
+
+    def _job_controls(self) -> tuple[QWidget, ...]:
+        """The fields a run reads: frozen while it runs (its job was built at Run)."""
+        return (
+            self.rep_combo,
+            self.obs_list,
+            self.obsm_list,
+            self.expression_check,
+            self.k_spin,
+            self.kernel_combo,
+            self.backend_combo,
+            self.presence_check,
+            self.niches_check,
+            self.region_button,
+            self.clear_region_button,
+        )
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         self.status.setText(f"{stage}: {done}/{total}")
@@ -625,6 +653,9 @@ class CellMapperWidget(QWidget):
             return
         info = self.scene.color_cells(key)
         self.color_key.show_info(_described(info, self.table))
+
+    def _on_size_changed(self, factor: float) -> None:
+        self.size_spin.setEnabled(self.scene.set_cell_size(factor) or self.scene.cells_layer is None)
 
     def _fill_reference_colors(self, prefer: str | None = None) -> None:
         layer = self.scene.reference_layer

@@ -408,5 +408,5 @@ def test_small_cells_keep_their_colour_at_whole_tissue_zoom(make_napari_viewer, 
     layer.features = feats
     P.color_points_by(layer, "t")  # the recolour path writes the border colours too
     lit, red = _red_fraction_of_drawn_cells(viewer)
-    assert viewer.camera.zoom * 5.0 < 1.0  # cells are under a pixel on screen
+    assert viewer.scene.camera.zoom * 5.0 < 1.0  # cells are under a pixel on screen
     assert lit > 0.05 and red > 0.95, (lit, red)

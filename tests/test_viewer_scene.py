@@ -71,3 +71,29 @@ def test_reference_placed_beside_tissue_and_neighbours_highlighted(make_napari_v
     highlight = scene.highlight_neighbors(np.array([0, 5, -1]))
     assert len(highlight.data) == 2
     np.testing.assert_allclose(highlight.scale, layer.scale)
+
+
+def test_click_uses_no_deprecated_napari_api(make_napari_viewer):
+    """Issue 11 defect 8: napari 0.9 deprecates ``viewer.camera``; a click must not touch it."""
+    import warnings
+
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    clicked: list[int] = []
+    callback = scene.click_callback(clicked.append)
+
+    class Event:
+        button = 1
+        type = "mouse_press"
+        position = (0.0, 0.0)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*deprecated attribute.*")
+        generator = callback(viewer, Event())
+        next(generator)
+        Event.type = "mouse_release"
+        with pytest.raises(StopIteration):
+            next(generator)
+    assert clicked == []  # no query shown: nothing to select

@@ -384,3 +384,31 @@ def test_cell_size_control_scales_point_cells(demo, qtbot):
     np.testing.assert_allclose(cells.size, 0.5 * before, rtol=1e-5)
     widget.cs_combo.currentIndexChanged.emit(widget.cs_combo.currentIndex())  # redraw the query
     np.testing.assert_allclose(widget.scene.cells_layer.size, 0.5 * before, rtol=1e-5)
+
+
+def test_switching_queries_keeps_results_and_shows_one_sample(demo, qtbot, tmp_path, errors):
+    """Issue 11 defect 3 / issue 15: back to a mapped query, Export works; only its images show;
+    no stale selection ring."""
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.widgets.sources import QuerySource
+
+    viewer, widget = demo
+    widget.run()
+    _wait_done(qtbot, widget)
+    first = widget.query_combo.currentIndex()
+    first_table = widget.table
+    widget.show_cell(3)
+    assert "cellmapper selected cell" in viewer.layers
+    widget.add_query(QuerySource("second sample", spatial_example("circles", seed=1)))
+    assert "cellmapper selected cell" not in viewer.layers
+    assert not widget.export_button.isEnabled()  # the second sample is not mapped
+    second_images = [layer for layer in viewer.layers if layer.metadata.get("cellmapper_role") == "image"
+                     and layer.visible]
+    assert second_images and all(layer.metadata["sdata"] is widget.query.sdata for layer in second_images)
+    widget.query_combo.setCurrentIndex(first)
+    assert widget.table is first_table and widget.result is not None
+    assert widget.export_button.isEnabled()
+    assert widget.color_combo.currentText() == "cell_type_pred"
+    images = [layer for layer in viewer.layers if isinstance(layer, type(second_images[0])) and layer.visible]
+    assert images and all(layer.metadata.get("sdata") is widget.query.sdata for layer in images)
+    assert widget.export(tmp_path / "back.zarr") is not None

@@ -143,6 +143,8 @@ class CellMapperScene:
             "coordinate_system": coordinate_system,
             "path": path,
         }
+        self.highlight_cell(None)  # rings of the previous cells would be stale
+        self._remove(NEIGHBOURS)
         if self.cells_layer is not None and self.cells_layer in self.viewer.layers:
             self.viewer.layers.remove(self.cells_layer)
         reuse = [
@@ -199,10 +201,25 @@ class CellMapperScene:
         return layer
 
     def _show_images(self, sdata: Any, coordinate_system: str) -> None:
-        existing = {
-            (layer.metadata.get("element"), layer.metadata.get("coordinate_system"))
-            for layer in self._find("image", sdata=sdata)
-        }
+        """Images of ``sdata`` in ``coordinate_system``; other samples' or systems' images go.
+
+        Images this scene added are removed; those opened by the reader are hidden (and shown
+        again when their sample and coordinate system come back).
+        """
+        existing = set()
+        for layer in self._find("image"):
+            meta = layer.metadata
+            if meta.get("sdata") is sdata and meta.get("coordinate_system") == coordinate_system:
+                existing.add((meta.get("element"), coordinate_system))
+                if meta.pop("cellmapper_hidden", False):
+                    layer.visible = True
+            elif layer in self.image_layers:
+                self.image_layers.remove(layer)
+                self.viewer.layers.remove(layer)
+            elif layer.visible:
+                meta["cellmapper_hidden"] = True
+                layer.visible = False
+        self.image_layers = [layer for layer in self.image_layers if layer in self.viewer.layers]
         for name in image_names(sdata, coordinate_system):
             if (name, coordinate_system) in existing:
                 continue
@@ -485,7 +502,7 @@ class CellMapperScene:
             while event.type == "mouse_move":
                 yield
             end = np.asarray(event.position, dtype=float)
-            scale = float(viewer.camera.zoom) if getattr(viewer, "camera", None) else 1.0
+            scale = camera_zoom(viewer)
             if np.linalg.norm(end - start) * scale > 5:  # a drag (pan), not a click
                 return
             index = self.cell_at(end)
@@ -493,6 +510,15 @@ class CellMapperScene:
                 on_cell(index)
 
         return _callback
+
+
+def camera_zoom(viewer: Any) -> float:
+    """Screen pixels per world unit: ``viewer.scene.camera`` (napari >= 0.9), else ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None) if scene is not None else None
+    if camera is None:
+        camera = getattr(viewer, "camera", None)  # napari < 0.9
+    return float(camera.zoom) if camera is not None else 1.0
 
 
 def layer_kind(layer: Any) -> str:

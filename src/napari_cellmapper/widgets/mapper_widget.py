@@ -122,6 +122,7 @@ class CellMapperWidget(QWidget):
         self.references: list[ReferenceSource] = []
         self.queries: list[QuerySource] = []
         self.result: MappingResult | None = None
+        self._results: list[tuple[Any, MappingResult]] = []  # (table, its last applied result)
         self._syncing = False
         self._build()
         self._click = self.scene.click_callback(self.show_cell)
@@ -472,8 +473,8 @@ class CellMapperWidget(QWidget):
 
     def _on_cs_changed(self, *_: Any) -> None:
         self.controller.invalidate()
-        self.result = None
-        self.export_button.setEnabled(False)
+        self.result = self._result_of(self.table)  # a table keeps its results across switches
+        self.export_button.setEnabled(self.result is not None)
         query = self.query
         if query is not None and self.cs_combo.currentText():
             try:
@@ -492,7 +493,8 @@ class CellMapperWidget(QWidget):
             except Exception as error:  # noqa: BLE001 - a broken element must not kill the widget
                 _notify_error(f"Could not draw the query: {error_message(error)}")
         self._update_rep_and_sizes()
-        self._fill_colors()
+        result = self.result
+        self._fill_colors(prefer=result.color_keys[0] if result is not None and result.color_keys else None)
 
     def _sync(self, action: Any) -> Any:
         """Run a layer-changing action without re-listing sources in between."""
@@ -567,6 +569,10 @@ class CellMapperWidget(QWidget):
     def cancel(self) -> None:
         self.controller.cancel()
 
+    def _result_of(self, table: Any) -> MappingResult | None:
+        """The last result applied to ``table`` (the object, not a copy), if any."""
+        return next((result for t, result in self._results if t is table), None)
+
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
@@ -609,6 +615,7 @@ class CellMapperWidget(QWidget):
         for column in result.reference_obs.columns:
             reference.obs[column] = result.reference_obs[column].to_numpy()
         self.result = result
+        self._results = [(t, r) for t, r in self._results if t is not table] + [(table, result)]
         self._sync(
             lambda: (
                 self.scene.apply_result(result),

@@ -97,3 +97,23 @@ def test_click_uses_no_deprecated_napari_api(make_napari_viewer):
         with pytest.raises(StopIteration):
             next(generator)
     assert clicked == []  # no query shown: nothing to select
+
+
+def test_single_scale_labels_are_not_left_paintable(make_napari_viewer):
+    """Issue 11 defect 4: a click-drag on the cells must not edit the segmentation."""
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import get_transformation
+
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    sdata = spatial_example("labels")
+    multiscale = sdata.labels["cells"]
+    level0 = multiscale["scale0"]["image"]
+    sdata.labels["cells"] = Labels2DModel.parse(
+        level0.data, dims=("y", "x"), transformations=get_transformation(level0, get_all=True)
+    )
+    viewer = make_napari_viewer()
+    layer = CellMapperScene(viewer).show_query(sdata, "table", "cells", "global")
+    assert not layer.multiscale
+    assert not layer.editable and layer.mode == "pan_zoom"

@@ -412,3 +412,24 @@ def test_switching_queries_keeps_results_and_shows_one_sample(demo, qtbot, tmp_p
     images = [layer for layer in viewer.layers if isinstance(layer, type(second_images[0])) and layer.visible]
     assert images and all(layer.metadata.get("sdata") is widget.query.sdata for layer in images)
     assert widget.export(tmp_path / "back.zarr") is not None
+
+
+def test_labels_cells_are_not_painted_and_ring_fits_one_cell(make_napari_viewer, errors):
+    """Issue 11 defect 4: the segmentation is not left in a paint mode; the ring marks one cell."""
+    from scipy.spatial import cKDTree
+
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
+
+    viewer = make_napari_viewer()
+    widget = CellMapperWidget(viewer)
+    widget.add_reference(ReferenceSource("reference", pbmc_example()[0]))
+    widget.add_query(QuerySource("labels example", spatial_example("labels")))
+    cells = widget.scene.cells_layer
+    assert not cells.editable and cells.mode == "pan_zoom"
+    widget.show_cell(0)
+    ring = viewer.layers["cellmapper selected cell"]
+    yx = widget.scene.geometry.coords_yx
+    distance, _ = cKDTree(yx).query(yx[0], k=2)
+    assert float(np.max(ring.size)) < 2 * distance[1]  # no neighbouring cell inside the ring

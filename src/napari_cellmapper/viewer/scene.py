@@ -198,6 +198,9 @@ class CellMapperScene:
 
         layer = Layer.create(data, kwargs, kind)
         self.viewer.add_layer(layer)
+        if kind == "labels":  # a segmentation shown for its cells, not to be painted by a drag
+            layer.mode = "pan_zoom"
+            layer.editable = False
         return layer
 
     def _show_images(self, sdata: Any, coordinate_system: str) -> None:
@@ -409,7 +412,7 @@ class CellMapperScene:
         size = (
             self.geometry.sizes[index] * 1.6
             if self.geometry.sizes is not None
-            else _spacing(self.geometry.coords_yx) * 2
+            else _cell_spacing(self.geometry.coords_yx) * 1.2
         )
         self._upsert_points(SELECTED, yx, size=size, role="selected", scale=None)
 
@@ -532,6 +535,19 @@ def _spacing(coords_yx: np.ndarray) -> float:
         return 1.0
     span = np.ptp(valid, axis=0)
     return float(np.sqrt(max(float(np.prod(np.maximum(span, 1e-9))), 1e-9) / len(valid)))
+
+
+def _cell_spacing(coords_yx: np.ndarray, sample: int = 2000) -> float:
+    """Median distance from a cell to its nearest neighbour (about a cell's diameter in tissue)."""
+    from scipy.spatial import cKDTree
+
+    valid = coords_yx[np.isfinite(coords_yx).all(axis=1)]
+    if len(valid) < 2:
+        return 1.0
+    picked = valid[np.linspace(0, len(valid) - 1, min(sample, len(valid))).astype(np.intp)]
+    distances, _ = cKDTree(valid).query(picked, k=2)
+    nearest = distances[:, 1][distances[:, 1] > 0]
+    return float(np.median(nearest)) if len(nearest) else _spacing(coords_yx)
 
 
 def _is_data(value: Any) -> bool:

@@ -433,3 +433,22 @@ def test_labels_cells_are_not_painted_and_ring_fits_one_cell(make_napari_viewer,
     yx = widget.scene.geometry.coords_yx
     distance, _ = cKDTree(yx).query(yx[0], k=2)
     assert float(np.max(ring.size)) < 2 * distance[1]  # no neighbouring cell inside the ring
+
+
+def test_reference_without_embedding_is_explained(make_napari_viewer, errors):
+    """Issue 11 defect 6: no 2-D embedding: say so, and grey out 'Colour reference by'."""
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.widgets.mapper_widget import NO_EMBEDDING, CellMapperWidget
+    from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
+
+    viewer = make_napari_viewer()
+    widget = CellMapperWidget(viewer)
+    widget.add_query(QuerySource("example", spatial_example("circles")))
+    reference = pbmc_example()[0]
+    for key in list(reference.obsm.keys()):
+        del reference.obsm[key]
+    widget.add_reference(ReferenceSource("no embedding", reference))
+    assert widget.scene.reference_layer is None
+    assert widget.status.text() == NO_EMBEDDING and "warning: " + NO_EMBEDDING in errors
+    assert not widget.reference_color_combo.isEnabled()
+    assert widget.reference_color_combo.toolTip() == NO_EMBEDDING

@@ -61,6 +61,11 @@ if TYPE_CHECKING:
 
 GPU_LABEL = "GPU (cupy)"
 CLICK_HINT = "Click a cell to see its transferred label and reference neighbours."
+REFERENCE_COLOR_TIP = "What colours the reference embedding (e.g. presence_score)"
+NO_EMBEDDING = (
+    "The reference has no 2-D embedding (obsm such as X_umap): it is not drawn. Mapping works; "
+    "presence scores are written to the reference's obs."
+)
 
 
 def _gpu_available() -> bool:
@@ -259,7 +264,7 @@ class CellMapperWidget(QWidget):
         self.gene_edit.setEnabled(False)
         form.addRow("Imputed gene", self.gene_edit)
         self.reference_color_combo = QComboBox()
-        self.reference_color_combo.setToolTip("What colours the reference embedding (e.g. presence_score)")
+        self.reference_color_combo.setToolTip(REFERENCE_COLOR_TIP)
         form.addRow("Colour reference by", self.reference_color_combo)
         self.reference_color_key = ColorKey()
         self.reference_color_key.setMaximumHeight(70)
@@ -452,6 +457,11 @@ class CellMapperWidget(QWidget):
             self._sync(lambda: self.scene.show_reference(adata))
             self.viewer.reset_view()
             self._fill_reference_colors()
+            if self.scene.reference_layer is None:
+                self.status.setText(NO_EMBEDDING)
+                from napari.utils.notifications import show_warning
+
+                show_warning(NO_EMBEDDING)
         self._update_rep_and_sizes()
 
     def _on_query_changed(self, *_: Any) -> None:
@@ -667,6 +677,10 @@ class CellMapperWidget(QWidget):
     def _fill_reference_colors(self, prefer: str | None = None) -> None:
         layer = self.scene.reference_layer
         keys = [str(c) for c in layer.features.columns] if layer is not None else []
+        self.reference_color_combo.setEnabled(layer is not None)
+        self.reference_color_combo.setToolTip(
+            REFERENCE_COLOR_TIP if layer is not None or self.reference is None else NO_EMBEDDING
+        )
         current = prefer or self.reference_color_combo.currentText()
         self.reference_color_combo.blockSignals(True)
         self.reference_color_combo.clear()

@@ -38,7 +38,7 @@ def test_labels_drawn_with_affine_and_coloured(make_napari_viewer):
     scene = CellMapperScene(viewer)
     layer = scene.show_query(sdata, "table", "cells", "global")
     assert layer.__class__.__name__ == "Labels" and layer.multiscale
-    np.testing.assert_allclose(layer.affine.affine_matrix, [[2, 0, 50], [0, 2, 100], [0, 0, 1]])
+    np.testing.assert_allclose(layer.affine.affine_matrix, [[2, 0, 51], [0, 2, 101], [0, 0, 1]])
     assert "index" in layer.features and len(layer.features) == sdata.tables["table"].n_obs
     image = viewer.layers["tissue"]
     np.testing.assert_allclose(image.affine.affine_matrix, layer.affine.affine_matrix)
@@ -117,3 +117,23 @@ def test_single_scale_labels_are_not_left_paintable(make_napari_viewer):
     layer = CellMapperScene(viewer).show_query(sdata, "table", "cells", "global")
     assert not layer.multiscale
     assert not layer.editable and layer.mode == "pan_zoom"
+
+
+def test_image_pixels_sit_under_the_cells(make_napari_viewer):
+    """Issue 11 defect 7: a labels raster, the image and the cells' centres share one convention:
+    a cell's centre lies on its own label in the drawn raster, and the image's pixel there."""
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    sdata = spatial_example("labels")
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    layer = scene.show_query(sdata, "table", "cells", "global")
+    image = viewer.layers["tissue"]
+    ids = scene.geometry.instance_ids
+    for i in range(0, len(ids), 7):
+        centre = scene.geometry.coords_yx[i]
+        pixel = np.floor(np.asarray(layer.world_to_data(centre))[-2:] + 0.5).astype(int)
+        raster = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        assert int(raster[tuple(pixel)]) == int(ids[i])
+        np.testing.assert_allclose(image.world_to_data(centre)[-2:], layer.world_to_data(centre)[-2:])

@@ -137,3 +137,23 @@ def test_image_pixels_sit_under_the_cells(make_napari_viewer):
         raster = np.asarray(layer.data[0] if layer.multiscale else layer.data)
         assert int(raster[tuple(pixel)]) == int(ids[i])
         np.testing.assert_allclose(image.world_to_data(centre)[-2:], layer.world_to_data(centre)[-2:])
+
+
+def test_reference_placed_beside_the_image_not_over_it(make_napari_viewer):
+    """Issue 11 defect 5: an image wider than the cells' bounds must not lie under the reference."""
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity
+
+    sdata = spatial_example()
+    wide = np.zeros((1, 50, 2000), dtype=np.uint8)  # as in blobs: an image far beyond the cells
+    sdata.images["wide"] = Image2DModel.parse(wide, dims=("c", "y", "x"), transformations={"global": Identity()})
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    scene.show_query(sdata, "table", "cells", "global")
+    image = viewer.layers["wide"].extent.world[:, -2:]
+    assert image[1][1] > 1.5 * float(np.nanmax(scene.geometry.coords_yx[:, 1]))
+    layer = scene.show_reference(pbmc_example()[0])
+    assert layer.extent.world[0][1] > image[1][1]  # the whole embedding right of the image

@@ -237,11 +237,17 @@ class CellMapperScene:
 
     # -------------------------------------------------------------- reference
     def tissue_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(min, max) y/x of the cells (or (0, 0)-(1, 1) with no query)."""
+        """(min, max) y/x of the cells and the visible images of the query (or (0, 0)-(1, 1)
+        with no query): the reference is placed beside all of it, never over an image."""
         if self.geometry is None or not len(self.geometry.coords_yx):
             return np.zeros(2), np.ones(2)
         yx = self.geometry.coords_yx
-        return np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+        lo, hi = np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+        for layer in self._find("image", sdata=self.sdata):
+            if layer.visible and layer.metadata.get("coordinate_system") == self.geometry.coordinate_system:
+                extent = np.asarray(layer.extent.world, dtype=float)[:, -2:]
+                lo, hi = np.minimum(lo, extent[0]), np.maximum(hi, extent[1])
+        return lo, hi
 
     def show_reference(self, adata: Any, color_by: str | None = None) -> Any:
         """The reference on its 2-D embedding, placed right of the tissue at the tissue's height."""

@@ -32,8 +32,9 @@ def test_polygons_points_labels_geometry(io_toy, io_apply):
     np.testing.assert_allclose(points.coords_yx, _yx(io_apply(np.array([[0.5, 1.5], [2, 2], [7, 1]]))))
     labels = cell_geometry(io_toy, "t_labels", "labels", "global")
     assert labels.kind == "labels"
-    # label 7 at pixel rows 4..5, cols 6..7 -> centre (y, x) = (4.5, 6.5) in pixel indices
-    np.testing.assert_allclose(labels.coords_yx[0], _yx(io_apply(np.array([[6.5, 4.5]])))[0])
+    # label 7 at pixel rows 4..5, cols 6..7 -> centre (y, x) = (5, 7): SpatialData's pixel i
+    # covers [i, i + 1] (issue 11 defect 7: the same convention as the rasters drawn)
+    np.testing.assert_allclose(labels.coords_yx[0], _yx(io_apply(np.array([[7.0, 5.0]])))[0])
 
 
 def test_multi_region_table_rows(io_toy):
@@ -49,10 +50,11 @@ def test_image_layer_data_multiscale_rgb_affine():
     data, meta, kind = image_layer_data(sdata, "tissue", "global")
     assert kind == "image" and meta["multiscale"] and meta["rgb"]
     assert len(data) == 2 and data[0].shape[-1] == 3
-    # x' = 2x + 100, y' = 2y + 50  ->  in (y, x): diag(2, 2), translation (50, 100)
-    np.testing.assert_allclose(meta["affine"], [[2, 0, 50], [0, 2, 100], [0, 0, 1]])
+    # x' = 2x + 100, y' = 2y + 50  ->  in (y, x): diag(2, 2), translation (50, 100), after the
+    # half-pixel shift (napari centres pixel i at i, SpatialData at i + 0.5; issue 11 defect 7)
+    np.testing.assert_allclose(meta["affine"], [[2, 0, 51], [0, 2, 101], [0, 0, 1]])
     data, meta, _ = image_layer_data(sdata, "tissue", "pixels")
-    np.testing.assert_allclose(meta["affine"], np.eye(3))
+    np.testing.assert_allclose(meta["affine"], [[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
 
 
 def test_rgba_categorical_uses_palette_and_grey_for_missing():
@@ -105,3 +107,22 @@ def test_cell_info_top3_and_neighbours():
     reference_obs = pd.DataFrame({"ct": ["B"] * 6})
     text = info.as_text(reference_obs)
     assert "ct: B" in text and "top: B 0.70" in text and "2 reference neighbours" in text
+
+
+def test_image_pixel_centre_matches_spatialdata_convention():
+    """Issue 11 defect 7: SpatialData's pixel (i, j) covers [i, i + 1] x [j, j + 1]; the cells'
+    coordinates use that convention, so its centre (i + 0.5, j + 0.5) must land on pixel (i, j)."""
+    from napari.layers import Image
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    raster = np.zeros((1, 10, 12), dtype=np.uint8)
+    sdata = SpatialData(
+        images={"img": Image2DModel.parse(raster, dims=("c", "y", "x"),
+                                         transformations={"um": Scale([4.0, 4.0], axes=("y", "x"))})}
+    )
+    data, meta, _ = image_layer_data(sdata, "img", "um")
+    layer = Image(data, affine=meta["affine"])
+    centre_um = 4.0 * np.array([3.5, 4.5])  # centre of pixel (3, 4), in micrometres
+    np.testing.assert_allclose(layer.world_to_data(centre_um), [3.0, 4.0])

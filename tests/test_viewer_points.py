@@ -381,3 +381,32 @@ def test_gl_points_refuses_an_unexpected_visual():
 
     assert not P._use_gl_points(NotMarkers())
     assert not P._use_gl_points(object())
+
+
+def _red_fraction_of_drawn_cells(viewer) -> tuple[float, float]:
+    """(share of lit canvas pixels, share of those that are red) in a canvas screenshot."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer.reset_view()
+    QApplication.processEvents()
+    img = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    lit = img.sum(-1) > 60
+    r, g, b = img[lit].T
+    return float(lit.mean()), float(np.mean((r > 2 * g) & (r > 2 * b))) if lit.any() else 0.0
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("n", [20_000, P.LARGE_LAYER])
+def test_small_cells_keep_their_colour_at_whole_tissue_zoom(make_napari_viewer, n):
+    """Issue 11 defect 1: cells under napari's 2 px minimum were drawn in the border's dimgray."""
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(0, 20_000, (n, 2))
+    feats = pd.DataFrame({"t": pd.Categorical(["a"] * n, categories=["a", "b"])})
+    layer = P.add_cell_points(viewer, coords, feats, "t", colors={"t": ["#0000ff", "#ff0000"]}, size=5.0)
+    feats["t"] = pd.Categorical(["b"] * n, categories=["a", "b"])
+    layer.features = feats
+    P.color_points_by(layer, "t")  # the recolour path writes the border colours too
+    lit, red = _red_fraction_of_drawn_cells(viewer)
+    assert viewer.scene.camera.zoom * 5.0 < 1.0  # cells are under a pixel on screen
+    assert lit > 0.05 and red > 0.95, (lit, red)

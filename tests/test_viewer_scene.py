@@ -38,7 +38,7 @@ def test_labels_drawn_with_affine_and_coloured(make_napari_viewer):
     scene = CellMapperScene(viewer)
     layer = scene.show_query(sdata, "table", "cells", "global")
     assert layer.__class__.__name__ == "Labels" and layer.multiscale
-    np.testing.assert_allclose(layer.affine.affine_matrix, [[2, 0, 50], [0, 2, 100], [0, 0, 1]])
+    np.testing.assert_allclose(layer.affine.affine_matrix, [[2, 0, 51], [0, 2, 101], [0, 0, 1]])
     assert "index" in layer.features and len(layer.features) == sdata.tables["table"].n_obs
     image = viewer.layers["tissue"]
     np.testing.assert_allclose(image.affine.affine_matrix, layer.affine.affine_matrix)
@@ -71,3 +71,89 @@ def test_reference_placed_beside_tissue_and_neighbours_highlighted(make_napari_v
     highlight = scene.highlight_neighbors(np.array([0, 5, -1]))
     assert len(highlight.data) == 2
     np.testing.assert_allclose(highlight.scale, layer.scale)
+
+
+def test_click_uses_no_deprecated_napari_api(make_napari_viewer):
+    """Issue 11 defect 8: napari 0.9 deprecates ``viewer.camera``; a click must not touch it."""
+    import warnings
+
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    clicked: list[int] = []
+    callback = scene.click_callback(clicked.append)
+
+    class Event:
+        button = 1
+        type = "mouse_press"
+        position = (0.0, 0.0)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*deprecated attribute.*")
+        generator = callback(viewer, Event())
+        next(generator)
+        Event.type = "mouse_release"
+        with pytest.raises(StopIteration):
+            next(generator)
+    assert clicked == []  # no query shown: nothing to select
+
+
+def test_single_scale_labels_are_not_left_paintable(make_napari_viewer):
+    """Issue 11 defect 4: a click-drag on the cells must not edit the segmentation."""
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import get_transformation
+
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    sdata = spatial_example("labels")
+    multiscale = sdata.labels["cells"]
+    level0 = multiscale["scale0"]["image"]
+    sdata.labels["cells"] = Labels2DModel.parse(
+        level0.data, dims=("y", "x"), transformations=get_transformation(level0, get_all=True)
+    )
+    viewer = make_napari_viewer()
+    layer = CellMapperScene(viewer).show_query(sdata, "table", "cells", "global")
+    assert not layer.multiscale
+    assert not layer.editable and layer.mode == "pan_zoom"
+
+
+def test_image_pixels_sit_under_the_cells(make_napari_viewer):
+    """Issue 11 defect 7: a labels raster, the image and the cells' centres share one convention:
+    a cell's centre lies on its own label in the drawn raster, and the image's pixel there."""
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    sdata = spatial_example("labels")
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    layer = scene.show_query(sdata, "table", "cells", "global")
+    image = viewer.layers["tissue"]
+    ids = scene.geometry.instance_ids
+    for i in range(0, len(ids), 7):
+        centre = scene.geometry.coords_yx[i]
+        pixel = np.floor(np.asarray(layer.world_to_data(centre))[-2:] + 0.5).astype(int)
+        raster = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        assert int(raster[tuple(pixel)]) == int(ids[i])
+        np.testing.assert_allclose(image.world_to_data(centre)[-2:], layer.world_to_data(centre)[-2:])
+
+
+def test_reference_placed_beside_the_image_not_over_it(make_napari_viewer):
+    """Issue 11 defect 5: an image wider than the cells' bounds must not lie under the reference."""
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity
+
+    sdata = spatial_example()
+    wide = np.zeros((1, 50, 2000), dtype=np.uint8)  # as in blobs: an image far beyond the cells
+    sdata.images["wide"] = Image2DModel.parse(wide, dims=("c", "y", "x"), transformations={"global": Identity()})
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    scene.show_query(sdata, "table", "cells", "global")
+    image = viewer.layers["wide"].extent.world[:, -2:]
+    assert image[1][1] > 1.5 * float(np.nanmax(scene.geometry.coords_yx[:, 1]))
+    layer = scene.show_reference(pbmc_example()[0])
+    assert layer.extent.world[0][1] > image[1][1]  # the whole embedding right of the image

@@ -345,3 +345,110 @@ def test_build_from_shared_genes_with_presence(demo, qtbot, errors, kernel):
     assert not errors, errors
     scores = widget.scene.reference_layer.features["presence_score"]
     assert scores.between(0, 1).all() and scores.max() > 0.5
+
+
+def test_identifier_columns_never_colour_cells(demo):
+    """Issue 15: a unique-per-cell column (cell_id) is not offered nor picked as the default."""
+    viewer, widget = demo
+    keys = [widget.color_combo.itemText(i) for i in range(widget.color_combo.count())]
+    assert "cell_id" in widget.table.obs and "cell_id" not in keys
+    assert widget.color_combo.currentText() != "cell_id"
+    assert widget.scene.cells_layer.metadata.get("cellmapper_color_by") != "cell_id"
+
+
+def test_run_freezes_job_fields_and_click_names_the_cell(demo, qtbot, errors):
+    """Issue 11 defect 8: k, kernel, checkboxes are read-only during a run; a click shows the id."""
+    viewer, widget = demo
+    widget.controller.runner = _slow_runner(delay=0.01, steps=50)
+    widget.niches_check.setChecked(True)
+    widget.run()
+    frozen = (widget.k_spin, widget.kernel_combo, widget.presence_check, widget.niches_check,
+              widget.niches_spin, widget.rep_combo, widget.obs_list, widget.backend_combo)
+    assert widget.controller.is_running and not any(w.isEnabled() for w in frozen)
+    _wait_done(qtbot, widget)
+    assert all(w.isEnabled() for w in frozen)
+    text = widget.show_cell(5)
+    row = int(widget.scene.geometry.rows[5])
+    obs = widget.table.obs
+    assert text.splitlines()[0] == f"cell {obs.index[row]} (cell_id {obs['cell_id'].iloc[row]})"
+
+
+def test_cell_size_control_scales_point_cells(demo, qtbot):
+    """Issue 11 defect 1: the cells' drawn size is the user's to choose, kept across redraws."""
+    viewer, widget = demo
+    cells = widget.scene.cells_layer
+    before = np.array(cells.size, dtype=float)
+    widget.size_spin.setValue(3.0)
+    np.testing.assert_allclose(cells.size, 3.0 * before, rtol=1e-5)
+    widget.size_spin.setValue(0.5)
+    np.testing.assert_allclose(cells.size, 0.5 * before, rtol=1e-5)
+    widget.cs_combo.currentIndexChanged.emit(widget.cs_combo.currentIndex())  # redraw the query
+    np.testing.assert_allclose(widget.scene.cells_layer.size, 0.5 * before, rtol=1e-5)
+
+
+def test_switching_queries_keeps_results_and_shows_one_sample(demo, qtbot, tmp_path, errors):
+    """Issue 11 defect 3 / issue 15: back to a mapped query, Export works; only its images show;
+    no stale selection ring."""
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.widgets.sources import QuerySource
+
+    viewer, widget = demo
+    widget.run()
+    _wait_done(qtbot, widget)
+    first = widget.query_combo.currentIndex()
+    first_table = widget.table
+    widget.show_cell(3)
+    assert "cellmapper selected cell" in viewer.layers
+    widget.add_query(QuerySource("second sample", spatial_example("circles", seed=1)))
+    assert "cellmapper selected cell" not in viewer.layers
+    assert not widget.export_button.isEnabled()  # the second sample is not mapped
+    second_images = [layer for layer in viewer.layers if layer.metadata.get("cellmapper_role") == "image"
+                     and layer.visible]
+    assert second_images and all(layer.metadata["sdata"] is widget.query.sdata for layer in second_images)
+    widget.query_combo.setCurrentIndex(first)
+    assert widget.table is first_table and widget.result is not None
+    assert widget.export_button.isEnabled()
+    assert widget.color_combo.currentText() == "cell_type_pred"
+    images = [layer for layer in viewer.layers if isinstance(layer, type(second_images[0])) and layer.visible]
+    assert images and all(layer.metadata.get("sdata") is widget.query.sdata for layer in images)
+    assert widget.export(tmp_path / "back.zarr") is not None
+
+
+def test_labels_cells_are_not_painted_and_ring_fits_one_cell(make_napari_viewer, errors):
+    """Issue 11 defect 4: the segmentation is not left in a paint mode; the ring marks one cell."""
+    from scipy.spatial import cKDTree
+
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
+
+    viewer = make_napari_viewer()
+    widget = CellMapperWidget(viewer)
+    widget.add_reference(ReferenceSource("reference", pbmc_example()[0]))
+    widget.add_query(QuerySource("labels example", spatial_example("labels")))
+    cells = widget.scene.cells_layer
+    assert not cells.editable and cells.mode == "pan_zoom"
+    widget.show_cell(0)
+    ring = viewer.layers["cellmapper selected cell"]
+    yx = widget.scene.geometry.coords_yx
+    distance, _ = cKDTree(yx).query(yx[0], k=2)
+    assert float(np.max(ring.size)) < 2 * distance[1]  # no neighbouring cell inside the ring
+
+
+def test_reference_without_embedding_is_explained(make_napari_viewer, errors):
+    """Issue 11 defect 6: no 2-D embedding: say so, and grey out 'Colour reference by'."""
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.widgets.mapper_widget import NO_EMBEDDING, CellMapperWidget
+    from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
+
+    viewer = make_napari_viewer()
+    widget = CellMapperWidget(viewer)
+    widget.add_query(QuerySource("example", spatial_example("circles")))
+    reference = pbmc_example()[0]
+    for key in list(reference.obsm.keys()):
+        del reference.obsm[key]
+    widget.add_reference(ReferenceSource("no embedding", reference))
+    assert widget.scene.reference_layer is None
+    assert widget.status.text() == NO_EMBEDDING and "warning: " + NO_EMBEDDING in errors
+    assert not widget.reference_color_combo.isEnabled()
+    assert widget.reference_color_combo.toolTip() == NO_EMBEDDING

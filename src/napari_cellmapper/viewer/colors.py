@@ -14,6 +14,9 @@ import pandas as pd
 from napari_cellmapper.core.palettes import colors_for
 
 CONTINUOUS_COLORMAP = "viridis"
+#: A categorical/string column with more distinct values than this, and mostly one value per cell,
+#: is an identifier (cell_id, barcode): never a default colouring, never a legend.
+IDENTIFIER_MIN_VALUES = 200
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,22 @@ class ColorInfo:
 def is_categorical(values: pd.Series) -> bool:
     """Categorical, boolean, string-like columns are drawn with a palette."""
     return isinstance(values.dtype, pd.CategoricalDtype) or values.dtype.kind in "bOSU"
+
+
+def is_identifier(values: pd.Series) -> bool:
+    """Identifier-like column (cell_id, barcode): over 200 values, strings mostly unique, or
+    integers all distinct."""
+    n = len(values)
+    if n <= IDENTIFIER_MIN_VALUES or values.dtype.kind == "b":
+        return False
+    if values.dtype.kind in "iu":
+        return int(values.nunique()) == n
+    if not is_categorical(values):
+        return False
+    if isinstance(values.dtype, pd.CategoricalDtype) and len(values.cat.categories) <= IDENTIFIER_MIN_VALUES:
+        return False
+    n_values = int(values.nunique(dropna=True))
+    return n_values > IDENTIFIER_MIN_VALUES and n_values > n // 2
 
 
 def palette_for(categories: list[str], uns: Any = None, key: str | None = None) -> list[str]:
@@ -77,6 +96,8 @@ def color_info(
 ) -> ColorInfo:
     """Legend entries or colormap limits describing how ``values`` are drawn."""
     if is_categorical(values):
+        if is_identifier(values):
+            return ColorInfo(key, True)
         from napari_cellmapper.viewer.points import legend_entries
 
         frame = pd.DataFrame({key: as_categorical(values)})

@@ -438,7 +438,10 @@ def _upload_face_colors(vis: Any, layer: Any) -> bool:
     if data is None:
         return False
     markers = vis.node.points_markers
-    data["a_bg_color"] = np.asarray(layer.face_color, dtype=np.float32).take(layer._view_indices, axis=0)
+    face = np.asarray(layer.face_color, dtype=np.float32).take(layer._view_indices, axis=0)
+    data["a_bg_color"] = face
+    if _border_follows_face(layer):
+        data["a_fg_color"] = face
     markers._vbo.set_data(data)
     markers.update()
     return True
@@ -484,6 +487,11 @@ def _use_gl_points(markers: Any) -> bool:
     return True
 
 
+def _border_follows_face(layer: Any) -> bool:
+    """Whether the layer's border colours are kept equal to its face colours (see add_cell_points)."""
+    return bool(layer.metadata.get("cellmapper_border_follows_face"))
+
+
 def _set_face_rgba(layer: Any, rgba: np.ndarray) -> None:
     """Put (n, 4) RGBA on the layer in DIRECT mode, uploading only the colours when possible.
 
@@ -496,23 +504,30 @@ def _set_face_rgba(layer: Any, rgba: np.ndarray) -> None:
     try:
         if face is None or not hasattr(face, "events") or not hasattr(face, "colors"):
             raise AttributeError("no ColorManager")
-        with face.events.blocker_all():
-            if str(getattr(face, "color_mode", "direct")) != "direct":
-                face.color_mode = "direct"
-            face.colors = rgba
-        if len(face.colors) != len(rgba):
-            raise ValueError("ColorManager did not take the colours")
+        managers = [face, layer._border] if _border_follows_face(layer) else [face]
+        for manager in managers:
+            with manager.events.blocker_all():
+                if str(getattr(manager, "color_mode", "direct")) != "direct":
+                    manager.color_mode = "direct"
+                manager.colors = rgba
+            if len(manager.colors) != len(rgba):
+                raise ValueError("ColorManager did not take the colours")
     except Exception as err:  # pragma: no cover - only if napari changed its internals
         warnings.warn(f"fast face colour path unavailable ({err!r}); using layer.face_color", stacklevel=3)
         layer.face_color = rgba  # public path: slower, same result
+        if _border_follows_face(layer):
+            layer.border_color = rgba
         return
 
-    emitter = layer.events.face_color
+    emitters = [layer.events.face_color]
+    if _border_follows_face(layer):
+        emitters.append(layer.events.border_color)
     visuals = [v for v in _vispy_points_of(layer) if _markers_data(v, layer) is not None]
-    with ExitStack() as stack:
-        for vis in visuals:  # every other listener still hears the event
-            stack.enter_context(emitter.blocker(vis._on_data_change))
-        emitter()
+    for emitter in emitters:
+        with ExitStack() as stack:
+            for vis in visuals:  # every other listener still hears the event
+                stack.enter_context(emitter.blocker(vis._on_data_change))
+            emitter()
     for vis in visuals:
         try:
             ok = _upload_face_colors(vis, layer)
@@ -569,7 +584,8 @@ def add_cell_points(
     {category: colour} mapping. ``size`` is in data units (scalar). Other keyword arguments go to
     ``napari.layers.Points``; for layers of ``LARGE_LAYER`` points or more the defaults are the
     cheap-to-draw ``border_width=0``, ``antialiasing=0`` and ``canvas_size_limits=(1, 10000)``
-    (pass them to override). Borders default to 0 at every size. ``gl_points`` draws the cells
+    (pass them to override). Borders default to 0 at every size, and the border colour follows
+    the face colour (napari blends edges with it: small cells would turn grey). ``gl_points`` draws the cells
     as ``GL_POINTS`` rather than napari's instanced quads (about 2x faster frames; a cell is at
     most the GL point-size limit wide, see the module docstring); default: for large layers.
     """
@@ -598,6 +614,13 @@ def add_cell_points(
 
     large = n >= LARGE_LAYER
     kwargs.setdefault("border_width", 0)
+    # napari blends a marker's edge (antialiasing, and all of a marker at its 2 px minimum) with
+    # the border colour (dimgray by default): small cells at whole-tissue zoom were drawn grey.
+    # The border follows the face colour unless one is given, so every cell shows its colour.
+    follows = "border_color" not in kwargs
+    rgba = np.ascontiguousarray(rgba, dtype=np.float32)
+    if follows:
+        kwargs["border_color"] = rgba
     if large:
         kwargs.setdefault("antialiasing", 0)
         kwargs.setdefault("canvas_size_limits", (1, 10000))
@@ -605,6 +628,8 @@ def add_cell_points(
     metadata.update(meta)
     metadata["cellmapper_color_by"] = color_by
     metadata["cellmapper_palettes"] = palettes
+    metadata["cellmapper_border_follows_face"] = follows
+    metadata["cellmapper_base_size"] = float(size)
     for key in ("face_color", "face_color_cycle", "face_colormap", "face_contrast_limits"):
         kwargs.pop(key, None)  # colours come from color_by
 
@@ -619,7 +644,7 @@ def add_cell_points(
     visible = bool(kwargs.pop("visible", True))
     layer = Points(
         coords,
-        face_color=np.ascontiguousarray(rgba, dtype=np.float32),
+        face_color=rgba,
         size=float(size),
         name=name,
         metadata=metadata,

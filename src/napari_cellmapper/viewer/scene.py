@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_cellmapper.viewer.colors import ColorInfo, color_info, palette_for, rgba_for
+from napari_cellmapper.viewer.colors import ColorInfo, color_info, is_identifier, palette_for, rgba_for
 from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     CellGeometry,
@@ -143,6 +143,8 @@ class CellMapperScene:
             "coordinate_system": coordinate_system,
             "path": path,
         }
+        self.highlight_cell(None)  # rings of the previous cells would be stale
+        self._remove(NEIGHBOURS)
         if self.cells_layer is not None and self.cells_layer in self.viewer.layers:
             self.viewer.layers.remove(self.cells_layer)
         reuse = [
@@ -196,13 +198,31 @@ class CellMapperScene:
 
         layer = Layer.create(data, kwargs, kind)
         self.viewer.add_layer(layer)
+        if kind == "labels":  # a segmentation shown for its cells, not to be painted by a drag
+            layer.mode = "pan_zoom"
+            layer.editable = False
         return layer
 
     def _show_images(self, sdata: Any, coordinate_system: str) -> None:
-        existing = {
-            (layer.metadata.get("element"), layer.metadata.get("coordinate_system"))
-            for layer in self._find("image", sdata=sdata)
-        }
+        """Images of ``sdata`` in ``coordinate_system``; other samples' or systems' images go.
+
+        Images this scene added are removed; those opened by the reader are hidden (and shown
+        again when their sample and coordinate system come back).
+        """
+        existing = set()
+        for layer in self._find("image"):
+            meta = layer.metadata
+            if meta.get("sdata") is sdata and meta.get("coordinate_system") == coordinate_system:
+                existing.add((meta.get("element"), coordinate_system))
+                if meta.pop("cellmapper_hidden", False):
+                    layer.visible = True
+            elif layer in self.image_layers:
+                self.image_layers.remove(layer)
+                self.viewer.layers.remove(layer)
+            elif layer.visible:
+                meta["cellmapper_hidden"] = True
+                layer.visible = False
+        self.image_layers = [layer for layer in self.image_layers if layer in self.viewer.layers]
         for name in image_names(sdata, coordinate_system):
             if (name, coordinate_system) in existing:
                 continue
@@ -217,11 +237,17 @@ class CellMapperScene:
 
     # -------------------------------------------------------------- reference
     def tissue_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(min, max) y/x of the cells (or (0, 0)-(1, 1) with no query)."""
+        """(min, max) y/x of the cells and the visible images of the query (or (0, 0)-(1, 1)
+        with no query): the reference is placed beside all of it, never over an image."""
         if self.geometry is None or not len(self.geometry.coords_yx):
             return np.zeros(2), np.ones(2)
         yx = self.geometry.coords_yx
-        return np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+        lo, hi = np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+        for layer in self._find("image", sdata=self.sdata):
+            if layer.visible and layer.metadata.get("coordinate_system") == self.geometry.coordinate_system:
+                extent = np.asarray(layer.extent.world, dtype=float)[:, -2:]
+                lo, hi = np.minimum(lo, extent[0]), np.maximum(hi, extent[1])
+        return lo, hi
 
     def show_reference(self, adata: Any, color_by: str | None = None) -> Any:
         """The reference on its 2-D embedding, placed right of the tissue at the tissue's height."""
@@ -301,6 +327,21 @@ class CellMapperScene:
                 ref_features[column] = result.reference_obs[column].to_numpy()
             self.reference_layer.features = ref_features
 
+    def set_cell_size(self, factor: float) -> bool:
+        """Draw point cells ``factor`` times their own size (the size they were drawn with).
+
+        Returns False (and changes nothing) when the cells are labels or polygons.
+        """
+        layer = self.cells_layer
+        if layer is None or layer_kind(layer) != "points":
+            return False
+        base = layer.metadata.get("cellmapper_sizes")
+        if base is None or len(base) != len(layer.data):
+            base = np.array(layer.size, dtype=np.float32, copy=True)
+            layer.metadata["cellmapper_sizes"] = base
+        layer.size = base * float(factor)
+        return True
+
     def set_cell_values(self, name: str, table_values: np.ndarray) -> None:
         """Add or replace one feature column from per-table-row values (in place)."""
         features = self.cells_layer.features.copy()
@@ -308,10 +349,11 @@ class CellMapperScene:
         self.cells_layer.features = features
 
     def color_keys(self) -> list[str]:
-        """Columns of the cells layer that can colour the cells."""
+        """Columns of the cells layer that can colour the cells (identifiers such as cell_id not)."""
         if self.cells_layer is None:
             return []
-        return [str(c) for c in self.cells_layer.features.columns if c != "index"]
+        features = self.cells_layer.features
+        return [str(c) for c in features.columns if c != "index" and not is_identifier(features[c])]
 
     def colors_for_key(self, key: str, values: pd.Series, adata: Any = None) -> list[str] | None:
         """Palette for a categorical column: ``uns[f"{key}_colors"]`` of the table, else default."""
@@ -376,7 +418,7 @@ class CellMapperScene:
         size = (
             self.geometry.sizes[index] * 1.6
             if self.geometry.sizes is not None
-            else _spacing(self.geometry.coords_yx) * 2
+            else _cell_spacing(self.geometry.coords_yx) * 1.2
         )
         self._upsert_points(SELECTED, yx, size=size, role="selected", scale=None)
 
@@ -469,7 +511,7 @@ class CellMapperScene:
             while event.type == "mouse_move":
                 yield
             end = np.asarray(event.position, dtype=float)
-            scale = float(viewer.camera.zoom) if getattr(viewer, "camera", None) else 1.0
+            scale = camera_zoom(viewer)
             if np.linalg.norm(end - start) * scale > 5:  # a drag (pan), not a click
                 return
             index = self.cell_at(end)
@@ -477,6 +519,15 @@ class CellMapperScene:
                 on_cell(index)
 
         return _callback
+
+
+def camera_zoom(viewer: Any) -> float:
+    """Screen pixels per world unit: ``viewer.scene.camera`` (napari >= 0.9), else ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None) if scene is not None else None
+    if camera is None:
+        camera = getattr(viewer, "camera", None)  # napari < 0.9
+    return float(camera.zoom) if camera is not None else 1.0
 
 
 def layer_kind(layer: Any) -> str:
@@ -490,6 +541,19 @@ def _spacing(coords_yx: np.ndarray) -> float:
         return 1.0
     span = np.ptp(valid, axis=0)
     return float(np.sqrt(max(float(np.prod(np.maximum(span, 1e-9))), 1e-9) / len(valid)))
+
+
+def _cell_spacing(coords_yx: np.ndarray, sample: int = 2000) -> float:
+    """Median distance from a cell to its nearest neighbour (about a cell's diameter in tissue)."""
+    from scipy.spatial import cKDTree
+
+    valid = coords_yx[np.isfinite(coords_yx).all(axis=1)]
+    if len(valid) < 2:
+        return 1.0
+    picked = valid[np.linspace(0, len(valid) - 1, min(sample, len(valid))).astype(np.intp)]
+    distances, _ = cKDTree(valid).query(picked, k=2)
+    nearest = distances[:, 1][distances[:, 1] > 0]
+    return float(np.median(nearest)) if len(nearest) else _spacing(coords_yx)
 
 
 def _is_data(value: Any) -> bool:

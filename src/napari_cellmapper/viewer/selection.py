@@ -50,10 +50,11 @@ class CellInfo:
     top: tuple[tuple[str, float], ...]  # up to three (class, probability)
     neighbors: np.ndarray  # reference row numbers (k)
     key: str | None
+    cell_id: str = ""  # the table's obs name of the cell (what a person knows it by)
 
     def as_text(self, reference_obs: pd.DataFrame | None = None) -> str:
         """A few lines of plain text for the info panel."""
-        lines = [f"cell #{self.row}"]
+        lines = [f"cell {self.cell_id}" if self.cell_id else f"cell #{self.row}"]
         if self.key is not None:
             conf = (
                 ""
@@ -104,4 +105,16 @@ def cell_info(table: Any, row: int, key: str | None, result: Any | None) -> Cell
         where = np.flatnonzero(np.asarray(result.rows) == row)
         if len(where):
             neighbors = np.asarray(result.neighbor_indices[where[0]], dtype=np.int64)
-    return CellInfo(row, label, confidence, top, neighbors, key)
+    return CellInfo(row, label, confidence, top, neighbors, key, cell_name(table, row))
+
+
+def cell_name(table: Any, row: int) -> str:
+    """How a person knows a cell: its obs name, with the SpatialData instance id when there is one."""
+    name = str(table.obs_names[row])
+    attrs = table.uns.get("spatialdata_attrs", {}) if hasattr(table.uns, "get") else {}
+    instance_key = attrs.get("instance_key") if isinstance(attrs, dict) else None
+    if instance_key is not None and instance_key in table.obs:
+        instance = str(table.obs[instance_key].iloc[row])
+        if instance != name:
+            return f"{name} ({instance_key} {instance})"
+    return name

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_cellmapper.viewer.transforms import affine_yx, apply_affine_yx, mean_scale
+from napari_cellmapper.viewer.transforms import affine_yx, apply_affine_yx, mean_scale, raster_affine_yx
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -89,12 +89,13 @@ def _label_centroids(labels: Any, ids: np.ndarray) -> np.ndarray:
     """(y, x) centres of the given label values in element pixel coordinates (NaN if absent).
 
     Built on :func:`napari_cellmapper.io.spatial.label_centroids` (full resolution, block by
-    block), shifted by half a pixel: napari centres pixel ``i`` at ``i``, spatialdata at ``i + 0.5``.
+    block), in SpatialData's convention (pixel ``i`` centred at ``i + 0.5``); the rasters are drawn
+    in it too (:func:`~napari_cellmapper.viewer.transforms.raster_affine_yx`).
     """
     from napari_cellmapper.io.spatial import label_centroids
 
     centres = label_centroids(labels).reindex(np.asarray(ids, dtype=np.int64))
-    return centres[["y", "x"]].to_numpy(dtype=float) - 0.5
+    return centres[["y", "x"]].to_numpy(dtype=float)
 
 
 def _polygon_yx(geom: Any) -> np.ndarray:
@@ -147,7 +148,7 @@ def image_layer_data(sdata: Any, name: str, coordinate_system: str) -> LayerData
     """An image element as napari layer data: pyramid, channels and affine to the coordinate system."""
     image = sdata.images[name]
     levels, dims = _image_levels(image)
-    affine = affine_yx(image, coordinate_system)
+    affine = raster_affine_yx(affine_yx(image, coordinate_system))
     meta: dict[str, Any] = {
         "name": name,
         "affine": affine,
@@ -195,7 +196,7 @@ def labels_layer_data(sdata: Any, geometry: CellGeometry, features: pd.DataFrame
     feats.insert(0, "index", np.asarray(geometry.instance_ids, dtype=np.int64))
     meta = {
         "name": name,
-        "affine": geometry.affine,
+        "affine": raster_affine_yx(geometry.affine),
         "features": feats,
         "multiscale": len(levels) > 1,
         "opacity": 0.7,

@@ -23,6 +23,16 @@ def affine_yx(element: Any, coordinate_system: str) -> np.ndarray:
     return np.asarray(matrix, dtype=float)
 
 
+#: napari centres pixel ``i`` at ``i``; SpatialData (and the cells' coordinates) at ``i + 0.5``.
+HALF_PIXEL = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+
+
+def raster_affine_yx(element_affine: np.ndarray) -> np.ndarray:
+    """napari ``affine`` for a raster (image, labels): the element's transformation after the
+    half-pixel shift, so pixel ``i`` covers ``[i, i + 1]`` as in SpatialData."""
+    return np.asarray(element_affine, dtype=float) @ HALF_PIXEL
+
+
 def apply_affine_yx(matrix: np.ndarray, yx: np.ndarray) -> np.ndarray:
     """Apply a 3x3 (y, x) homogeneous matrix to an (n, 2) array of (y, x) positions."""
     yx = np.asarray(yx, dtype=float)

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QCompleter,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -60,6 +61,11 @@ if TYPE_CHECKING:
 
 GPU_LABEL = "GPU (cupy)"
 CLICK_HINT = "Click a cell to see its transferred label and reference neighbours."
+REFERENCE_COLOR_TIP = "What colours the reference embedding (e.g. presence_score)"
+NO_EMBEDDING = (
+    "The reference has no 2-D embedding (obsm such as X_umap): it is not drawn. Mapping works; "
+    "presence scores are written to the reference's obs."
+)
 
 
 def _gpu_available() -> bool:
@@ -121,6 +127,7 @@ class CellMapperWidget(QWidget):
         self.references: list[ReferenceSource] = []
         self.queries: list[QuerySource] = []
         self.result: MappingResult | None = None
+        self._results: list[tuple[Any, MappingResult]] = []  # (table, its last applied result)
         self._syncing = False
         self._build()
         self._click = self.scene.click_callback(self.show_cell)
@@ -241,6 +248,13 @@ class CellMapperWidget(QWidget):
         self.color_combo = QComboBox()
         self.color_combo.setToolTip("What colours the cells (recolours in place)")
         form.addRow("Colour cells by", self.color_combo)
+        self.size_spin = QDoubleSpinBox()
+        self.size_spin.setRange(0.1, 50.0)
+        self.size_spin.setSingleStep(0.25)
+        self.size_spin.setValue(1.0)
+        self.size_spin.setSuffix(" \u00d7")
+        self.size_spin.setToolTip("Size of the cells drawn as points, times their measured size")
+        form.addRow("Cell size", self.size_spin)
         self.color_key = ColorKey()
         self.color_key.setMinimumHeight(110)
         form.addRow(self.color_key)
@@ -250,7 +264,7 @@ class CellMapperWidget(QWidget):
         self.gene_edit.setEnabled(False)
         form.addRow("Imputed gene", self.gene_edit)
         self.reference_color_combo = QComboBox()
-        self.reference_color_combo.setToolTip("What colours the reference embedding (e.g. presence_score)")
+        self.reference_color_combo.setToolTip(REFERENCE_COLOR_TIP)
         form.addRow("Colour reference by", self.reference_color_combo)
         self.reference_color_key = ColorKey()
         self.reference_color_key.setMaximumHeight(70)
@@ -290,6 +304,7 @@ class CellMapperWidget(QWidget):
         self.region_button.clicked.connect(self.add_region)
         self.clear_region_button.clicked.connect(self.clear_region)
         self.color_combo.currentTextChanged.connect(self._on_color_changed)
+        self.size_spin.valueChanged.connect(self._on_size_changed)
         self.reference_color_combo.currentTextChanged.connect(self._on_reference_color_changed)
         self.export_button.clicked.connect(self._export_dialog)
         self.gene_edit.returnPressed.connect(lambda: self.show_gene(self.gene_edit.text().strip()))
@@ -442,6 +457,11 @@ class CellMapperWidget(QWidget):
             self._sync(lambda: self.scene.show_reference(adata))
             self.viewer.reset_view()
             self._fill_reference_colors()
+            if self.scene.reference_layer is None:
+                self.status.setText(NO_EMBEDDING)
+                from napari.utils.notifications import show_warning
+
+                show_warning(NO_EMBEDDING)
         self._update_rep_and_sizes()
 
     def _on_query_changed(self, *_: Any) -> None:
@@ -463,8 +483,8 @@ class CellMapperWidget(QWidget):
 
     def _on_cs_changed(self, *_: Any) -> None:
         self.controller.invalidate()
-        self.result = None
-        self.export_button.setEnabled(False)
+        self.result = self._result_of(self.table)  # a table keeps its results across switches
+        self.export_button.setEnabled(self.result is not None)
         query = self.query
         if query is not None and self.cs_combo.currentText():
             try:
@@ -478,11 +498,13 @@ class CellMapperWidget(QWidget):
                     )
                 )
                 self.scene.place_reference()
+                self._on_size_changed(self.size_spin.value())
                 self.viewer.reset_view()
             except Exception as error:  # noqa: BLE001 - a broken element must not kill the widget
                 _notify_error(f"Could not draw the query: {error_message(error)}")
         self._update_rep_and_sizes()
-        self._fill_colors()
+        result = self.result
+        self._fill_colors(prefer=result.color_keys[0] if result is not None and result.color_keys else None)
 
     def _sync(self, action: Any) -> Any:
         """Run a layer-changing action without re-listing sources in between."""
@@ -557,6 +579,10 @@ class CellMapperWidget(QWidget):
     def cancel(self) -> None:
         self.controller.cancel()
 
+    def _result_of(self, table: Any) -> MappingResult | None:
+        """The last result applied to ``table`` (the object, not a copy), if any."""
+        return next((result for t, result in self._results if t is table), None)
+
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
@@ -568,8 +594,26 @@ class CellMapperWidget(QWidget):
             self.cs_combo,
             self.open_reference_button,
             self.open_query_button,
+            *self._job_controls(),
         ):
             widget.setEnabled(not running)
+        self.niches_spin.setEnabled(not running and self.niches_check.isChecked())
+
+    def _job_controls(self) -> tuple[QWidget, ...]:
+        """The fields a run reads: frozen while it runs (its job was built at Run)."""
+        return (
+            self.rep_combo,
+            self.obs_list,
+            self.obsm_list,
+            self.expression_check,
+            self.k_spin,
+            self.kernel_combo,
+            self.backend_combo,
+            self.presence_check,
+            self.niches_check,
+            self.region_button,
+            self.clear_region_button,
+        )
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         self.status.setText(f"{stage}: {done}/{total}")
@@ -581,6 +625,7 @@ class CellMapperWidget(QWidget):
         for column in result.reference_obs.columns:
             reference.obs[column] = result.reference_obs[column].to_numpy()
         self.result = result
+        self._results = [(t, r) for t, r in self._results if t is not table] + [(table, result)]
         self._sync(
             lambda: (
                 self.scene.apply_result(result),
@@ -626,9 +671,16 @@ class CellMapperWidget(QWidget):
         info = self.scene.color_cells(key)
         self.color_key.show_info(_described(info, self.table))
 
+    def _on_size_changed(self, factor: float) -> None:
+        self.size_spin.setEnabled(self.scene.set_cell_size(factor) or self.scene.cells_layer is None)
+
     def _fill_reference_colors(self, prefer: str | None = None) -> None:
         layer = self.scene.reference_layer
         keys = [str(c) for c in layer.features.columns] if layer is not None else []
+        self.reference_color_combo.setEnabled(layer is not None)
+        self.reference_color_combo.setToolTip(
+            REFERENCE_COLOR_TIP if layer is not None or self.reference is None else NO_EMBEDDING
+        )
         current = prefer or self.reference_color_combo.currentText()
         self.reference_color_combo.blockSignals(True)
         self.reference_color_combo.clear()

@@ -23,7 +23,8 @@ drawn. Columns:
 ``frame``     until the first frame finished after the call returned (it shows the result)
 ``idle``      until Qt's event queue is drained after that frame
 The last row ("baseline") only redraws the unchanged canvas: the GL cost of drawing the points
-as the layer is set up (``GL_POINTS`` for large layers; ``gl_floor.py`` gives the renderer's floor). 1% of the cells have no cell type (NaN); napari's
+as the layer is set up (``GL_POINTS`` for large layers; ``gl_floor.py`` gives the renderer's
+floor). 1% of the cells have no cell type (NaN); napari's
 colour cycle raises on NaN, so the straightforward path gets them as an extra "unmapped" category.
 
 A screenshot (``viewer.screenshot(canvas_only=True)``) of the final state checks the pixels, not

@@ -25,7 +25,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=100_000, help="query = reference size")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--chunk", type=int, default=65_536, help="query rows per search call")
@@ -50,14 +52,24 @@ def main(argv: list[str] | None = None) -> None:
 
     def faiss_search(x: np.ndarray, k: int, probes: int) -> np.ndarray:
         params = faiss.SearchParametersIVF(nprobe=probes)
-        return np.vstack([theirs.search(x[s : s + args.chunk], k, params=params)[1] for s in range(0, len(x), args.chunk)])
+        return np.vstack(
+            [theirs.search(x[s : s + args.chunk], k, params=params)[1] for s in range(0, len(x), args.chunk)]
+        )
 
     def our_search(x: np.ndarray, k: int, probes: int) -> np.ndarray:
-        return np.vstack([ours.search_with(x[s : s + args.chunk], k, probes)[1] for s in range(0, len(x), args.chunk)])
+        return np.vstack(
+            [ours.search_with(x[s : s + args.chunk], k, probes)[1] for s in range(0, len(x), args.chunk)]
+        )
 
     runs = {
-        f"query search, k=30, nprobe {nprobe}": (lambda: faiss_search(qry, 30, nprobe), lambda: our_search(qry, 30, nprobe)),
-        f"reference graph, k=15, nprobe {half}": (lambda: faiss_search(ref, 15, half), lambda: our_search(ref, 15, half)),
+        f"query search, k=30, nprobe {nprobe}": (
+            lambda: faiss_search(qry, 30, nprobe),
+            lambda: our_search(qry, 30, nprobe),
+        ),
+        f"reference graph, k=15, nprobe {half}": (
+            lambda: faiss_search(ref, 15, half),
+            lambda: our_search(ref, 15, half),
+        ),
     }
     our_search(qry[:100], 30, nprobe)  # kernels loaded before timing
     print(f"n = {args.n:,}, nlist {ours.nlist}, medians of {args.repeats} interleaved rounds (2 cores)\n")

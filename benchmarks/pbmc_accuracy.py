@@ -28,7 +28,8 @@ def main() -> None:
             )
             truth, pred = query.obs["cell_type_true"], query.obs["cell_type_pred"]
             print(
-                f"| napari-cellmapper | X_pca | {k} | {kernel} | {accuracy(truth, pred):.3f} | {macro_f1(truth, pred):.3f} |"
+                f"| napari-cellmapper | X_pca | {k} | {kernel} | {accuracy(truth, pred):.3f} "
+                f"| {macro_f1(truth, pred):.3f} |"
             )
             try:
                 from cellmapper import CellMapper as ReferenceCellMapper
@@ -43,7 +44,8 @@ def main() -> None:
             cm.map_obs("cell_type")
             truth, pred = query.obs["cell_type_true"], query.obs["cell_type_pred"]
             print(
-                f"| cellmapper 0.2.6 | X_pca | {k} | {kernel} | {accuracy(truth, pred):.3f} | {macro_f1(truth, pred):.3f} |"
+                f"| cellmapper 0.2.6 | X_pca | {k} | {kernel} | {accuracy(truth, pred):.3f} "
+                f"| {macro_f1(truth, pred):.3f} |"
             )
 
 

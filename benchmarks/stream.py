@@ -1,7 +1,7 @@
 """Streaming benchmark: query sets far larger than memory against a 1M-cell reference.
 
 Query chunks are generated on the fly (never held whole), mapped with
-:func:`napari_cellmapper.core.streaming.map_stream` and written to an AnnData zarr as they go.
+:func:`napari_cellmapper.io.streaming.map_stream` and written to an AnnData zarr as they go.
 Each query size runs in a fresh subprocess, so its peak resident memory is its own: it should not
 grow with the number of query cells, while time grows about linearly.
 
@@ -41,7 +41,7 @@ def _query_chunks(n_query: int):
 def worker(n_ref: int, n_query: int, out_dir: Path) -> dict:
     from synthetic import make_pair
 
-    from napari_cellmapper.core.streaming import map_stream
+    from napari_cellmapper.io.streaming import map_stream
 
     reference, _ = make_pair(n_ref, 1, structure="structured")
     rss_reference = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -105,7 +105,8 @@ def main() -> None:
         rows.append(json.loads(line[7:]))
         print(f"n_query={n:,}: {rows[-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
     print(
-        f"reference {args.reference:,} cells; chunks of {CHUNK:,} query cells; labels+confidence+UMAP written to zarr"
+        f"reference {args.reference:,} cells; chunks of {CHUNK:,} query cells; "
+        "labels+confidence+UMAP written to zarr"
     )
     print("| query cells | seconds | µs per query cell | peak RSS GB | output GB |\n|---|---|---|---|---|")
     for r in rows:

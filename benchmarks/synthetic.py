@@ -25,11 +25,12 @@ def make_pair(
 ):
     """(reference, query) AnnData: clustered joint embedding, labels, UMAP, sparse expression.
 
-    ``structure="structured"`` (default) models a learned latent space: each cell type is a
-    centre plus variation along its own 4-dimensional subspace (cell states) plus isotropic noise,
-    so the data has a low intrinsic dimension, as scVI/PCA latent spaces do.
-    ``structure="isotropic"`` is the stress case: overlapping isotropic gaussian clusters that fill
-    all ``dim`` dimensions, the worst case for any space-partitioning index. Each type expresses its own ``GENES_PER_TYPE`` of ``N_GENES`` genes.
+        ``structure="structured"`` (default) models a learned latent space: each cell type is a
+        centre plus variation along its own 4-dimensional subspace (cell states) plus isotropic noise,
+        so the data has a low intrinsic dimension, as scVI/PCA latent spaces do.
+        ``structure="isotropic"`` is the stress case: overlapping isotropic gaussian clusters that fill
+        all ``dim`` dimensions, the worst case for any space-partitioning index. Each type expresses its
+    own ``GENES_PER_TYPE`` of ``N_GENES`` genes.
     """
     rng = np.random.default_rng(seed)
     weights = rng.dirichlet(np.full(n_types, 3.0))

@@ -28,7 +28,12 @@ def _rss_gb() -> float:
 
 
 def profile(
-    query_path: str, reference_path: str, *, n_niches: int = 8, obs_key: str = "cell_type", verbose: bool = False
+    query_path: str,
+    reference_path: str,
+    *,
+    n_niches: int = 8,
+    obs_key: str = "cell_type",
+    verbose: bool = False,
 ) -> dict:
     """Wall and CPU seconds per stage (ordered), the peak RSS in GB and the search's settings.
 
@@ -66,7 +71,10 @@ def profile(
         if not marks or marks[-1][1] != event.stage:
             marks.append((_now(), event.stage))
             if verbose:  # where a run that runs out of memory got to
-                print(f"[{time.perf_counter() - started[0]:7.1f} s, RSS {_rss_gb():.2f} GB] {event.stage}", file=sys.stderr)
+                print(
+                    f"[{time.perf_counter() - started[0]:7.1f} s, RSS {_rss_gb():.2f} GB] {event.stage}",
+                    file=sys.stderr,
+                )
 
     params = MappingParams(obs_keys=(obs_key,), presence=True, n_niches=n_niches)
     started = _now()
@@ -97,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true", help="print each stage (with RSS) as it starts")
     args = parser.parse_args(argv)
     out = profile(args.query, args.reference, n_niches=args.niches, verbose=args.verbose)
-    print(f"{out['n_query']:,} query x {out['n_reference']:,} reference cells, peak RSS {out['peak_gb']:.2f} GB, {out['search']}")
+    print(
+        f"{out['n_query']:,} query x {out['n_reference']:,} reference cells, "
+        f"peak RSS {out['peak_gb']:.2f} GB, {out['search']}"
+    )
     print(f"  {'stage':<28s} {'wall s':>8s} {'CPU s':>8s}")
     for stage, (wall, cpu) in out["times"].items():
         print(f"  {stage:<28s} {wall:8.2f} {cpu:8.2f}")

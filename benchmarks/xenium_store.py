@@ -6,8 +6,8 @@ The store follows spatialdata-io's Xenium reader: ``morphology_focus`` (multisca
 ``radius``) in micrometres with ``Scale(1 / 0.2125)`` to ``global``; a ``table`` of sparse
 counts on a gene panel whose rows are the cells (``cell_id``, ``region``, ``cell_labels``). The
 table annotates ``cell_labels`` by default (spatialdata-io's current default), or the circles or
-polygons. Rasters are dask arrays computed block by block from the cell layout (a numba loop per block), so a 1M-cell
-store is written with memory bounded by a few blocks.
+polygons. Rasters are dask arrays computed block by block from the cell layout (a numba loop per
+block), so a 1M-cell store is written with memory bounded by a few blocks.
 
 The tissue is a disc of cells on a jittered grid (one cell per grid square, cells never overlap),
 about 36 px (7.8 µm) apart as in the issue's 300k-cell, 20,000 x 20,000 px sample. Cell types
@@ -133,7 +133,9 @@ def image_block(layout: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarra
 def _raster(layout: Layout, block_fn, dtype: np.dtype):
     import dask.array as da
 
-    chunks = ((CHUNK,) * (layout.size // CHUNK) + ((layout.size % CHUNK,) if layout.size % CHUNK else ()),) * 2
+    chunks = (
+        (CHUNK,) * (layout.size // CHUNK) + ((layout.size % CHUNK,) if layout.size % CHUNK else ()),
+    ) * 2
 
     def fill(block_info=None):
         (y0, y1), (x0, x1) = block_info[None]["array-location"]
@@ -154,7 +156,8 @@ def polygons(layout: Layout, seed: int = 0):
         angles = np.linspace(0, 2 * np.pi, m, endpoint=False)[None, :] + rng.uniform(0, 1, (rows.size, 1))
         radius = layout.r[rows, None] * rng.uniform(0.9, 1.05, (rows.size, m))
         ring = np.stack(
-            [layout.x[rows, None] + radius * np.cos(angles), layout.y[rows, None] + radius * np.sin(angles)], axis=-1
+            [layout.x[rows, None] + radius * np.cos(angles), layout.y[rows, None] + radius * np.sin(angles)],
+            axis=-1,
         )
         ring = np.concatenate([ring, ring[:, :1]], axis=1) * PIXEL_SIZE
         out[rows] = shapely.polygons(ring)
@@ -185,7 +188,9 @@ def _expression_means(n_genes: int, rng: np.random.Generator) -> np.ndarray:
     """(N_TYPES, n_genes) mean counts: background plus each type's programme."""
     means = rng.gamma(0.5, 0.1, size=(N_TYPES, n_genes))
     for t in range(N_TYPES):
-        means[t, rng.choice(n_genes, min(PROGRAMME, n_genes), replace=False)] += rng.uniform(1.0, 6.0, PROGRAMME)
+        means[t, rng.choice(n_genes, min(PROGRAMME, n_genes), replace=False)] += rng.uniform(
+            1.0, 6.0, PROGRAMME
+        )
     return means
 
 
@@ -213,7 +218,10 @@ def make_reference(n_cells: int, n_genes: int, n_panel: int, seed: int = 0) -> A
     rng = np.random.default_rng(seed + 3)
     _, ref_genes = gene_names(n_panel, n_genes)
     means = np.concatenate(
-        [_expression_means(n_panel, np.random.default_rng(seed + 4)), _expression_means(n_genes - n_panel, rng)],
+        [
+            _expression_means(n_panel, np.random.default_rng(seed + 4)),
+            _expression_means(n_genes - n_panel, rng),
+        ],
         axis=1,
     )
     types = rng.choice(N_TYPES, n_cells, p=rng.dirichlet(np.full(N_TYPES, 3.0)))
@@ -348,7 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=300_000)
     parser.add_argument("--genes", type=int, default=400, help="query gene panel")
-    parser.add_argument("--region", default="cell_labels", choices=sorted(ELEMENTS), help="what the table annotates")
+    parser.add_argument(
+        "--region", default="cell_labels", choices=sorted(ELEMENTS), help="what the table annotates"
+    )
     parser.add_argument("--out", required=True, help="SpatialData .zarr to write (must not exist)")
     parser.add_argument("--reference", help="also write a matching reference .h5ad here")
     parser.add_argument("--reference-cells", type=int, default=50_000)
@@ -360,8 +370,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"store: {args.cells} cells -> {args.out} in {time.perf_counter() - t0:.1f} s", flush=True)
     if args.reference:
         t0 = time.perf_counter()
-        make_reference(args.reference_cells, args.reference_genes, args.genes, args.seed).write_h5ad(args.reference)
-        print(f"reference: {args.reference_cells} cells -> {args.reference} in {time.perf_counter() - t0:.1f} s")
+        make_reference(args.reference_cells, args.reference_genes, args.genes, args.seed).write_h5ad(
+            args.reference
+        )
+        print(
+            f"reference: {args.reference_cells} cells -> {args.reference} in {time.perf_counter() - t0:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -190,11 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         keys = [widget.color_combo.itemText(i) for i in range(widget.color_combo.count())]
         first = widget.color_combo.currentText()
-        switches = [k for k in keys if k.endswith("_conf")][:1] + [k for k in keys if k == "niche"][:1] + [first]
+        switches = (
+            [k for k in keys if k.endswith("_conf")][:1] + [k for k in keys if k == "niche"][:1] + [first]
+        )
         for key in switches:
             record(
                 f"colour by {key}",
-                step(clock, probe, lambda key=key: widget.color_combo.setCurrentText(key), lambda: True, args.timeout),
+                step(
+                    clock,
+                    probe,
+                    lambda key=key: widget.color_combo.setCurrentText(key),
+                    lambda: True,
+                    args.timeout,
+                ),
             )
         if args.screenshots:
             Path(args.screenshots).mkdir(parents=True, exist_ok=True)
@@ -213,7 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         before = widget.cell_label.text()
         record(
             "click a cell",
-            step(clock, probe, lambda: click_centre(viewer), lambda: widget.cell_label.text() != before, args.timeout),
+            step(
+                clock,
+                probe,
+                lambda: click_centre(viewer),
+                lambda: widget.cell_label.text() != before,
+                args.timeout,
+            ),
         )
         print(f"  clicked: {widget.cell_label.text().splitlines()[0] if widget.cell_label.text() else ''}")
         target_path = out_dir / "annotated.zarr"

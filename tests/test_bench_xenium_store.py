@@ -1,4 +1,5 @@
-"""benchmarks/xenium_store.py: a tiny Xenium-like store (element names, transforms, table) and its reference."""
+"""benchmarks/xenium_store.py: a tiny Xenium-like store (element names, transforms, table) and its
+reference."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def test_elements_kinds_and_pyramids(store):
     labels = store.labels["cell_labels"]
     assert [k for k in image.children] == ["scale0", "scale1", "scale2", "scale3"]
     assert [k for k in labels.children] == ["scale0", "scale1", "scale2", "scale3"]
-    assert next(iter(image["scale0"].values())).dtype == np.uint16 and next(iter(image["scale0"].values())).dims == ("c", "y", "x")
+    assert next(iter(image["scale0"].values())).dtype == np.uint16 and next(
+        iter(image["scale0"].values())
+    ).dims == ("c", "y", "x")
     assert next(iter(labels["scale0"].values())).dtype == np.int32
     assert spatial.kind_of_element(store, "cell_circles") == "circles"
     assert spatial.kind_of_element(store, "cell_boundaries") == "polygons"
@@ -108,7 +111,9 @@ def test_annotated_copy_shares_rasters_and_rewrites_only_the_table(store, tmp_pa
     raster = next(p for p in (out / "labels" / "cell_labels").rglob("*") if p.is_file() and "c" in p.parts)
     assert raster.stat().st_nlink == 2  # a hard link, not a copy
     np.testing.assert_allclose(
-        spatial.cell_coordinates(copy, "table", "global"), spatial.cell_coordinates(store, "table", "global"), atol=1.0
+        spatial.cell_coordinates(copy, "table", "global"),
+        spatial.cell_coordinates(store, "table", "global"),
+        atol=1.0,
     )
 
 

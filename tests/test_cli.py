@@ -26,9 +26,10 @@ def files(tmp_path):
 def test_map_h5ad(files, capsys):
     ref, query, tmp = files
     out = tmp / "out.h5ad"
-    code = main(["map", "--reference", str(ref), "--query", str(query), "--use-rep", "X_joint", "--obs", "celltype",
-                 "--obsm", "X_umap", "-k", "10", "--niches", "2", "--presence", "--reference-out", str(tmp / "r.h5ad"),
-                 "--layer", "X", "--imputed-out", str(tmp / "imp.h5ad"), "--out", str(out), "-q"])  # fmt: skip
+    code = main(["map", "--reference", str(ref), "--query", str(query), "--use-rep", "X_joint",
+                 "--obs", "celltype", "--obsm", "X_umap", "-k", "10", "--niches", "2", "--presence",
+                 "--reference-out", str(tmp / "r.h5ad"), "--layer", "X",
+                 "--imputed-out", str(tmp / "imp.h5ad"), "--out", str(out), "-q"])  # fmt: skip
     assert code == 0
     result = ad.read_h5ad(out)
     for column in ("celltype_pred", "celltype_conf", "celltype_entropy", "mapping_quality", "niche"):
@@ -38,8 +39,8 @@ def test_map_h5ad(files, capsys):
     assert ad.read_h5ad(tmp / "imp.h5ad").n_vars == result.n_vars
     assert "mapped 50 query cells" in capsys.readouterr().err
     # never overwrites silently
-    assert main(["map", "--reference", str(ref), "--query", str(query), "--use-rep", "X_joint", "--obs", "celltype",
-                 "--out", str(out), "-q"]) == 2  # fmt: skip
+    assert main(["map", "--reference", str(ref), "--query", str(query), "--use-rep", "X_joint",
+                 "--obs", "celltype", "--out", str(out), "-q"]) == 2  # fmt: skip
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -81,8 +82,9 @@ def test_map_spatialdata_zarr(tmp_path, capsys):
     reference.write_h5ad(ref)
     sample = datasets.write_spatial_example(tmp_path / "sample.zarr")
     out = tmp_path / "annotated.zarr"
-    code = main(["map", "--reference", str(ref), "--query", str(sample), "--table", "table", "--use-rep", "X_joint",
-                 "--obs", "cell_type", "--presence", "--reference-out", str(tmp_path / "ref_presence.h5ad"),
+    code = main(["map", "--reference", str(ref), "--query", str(sample), "--table", "table",
+                 "--use-rep", "X_joint", "--obs", "cell_type", "--presence",
+                 "--reference-out", str(tmp_path / "ref_presence.h5ad"),
                  "--niches", "4", "--layer", "X", "--out", str(out), "-q"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     import spatialdata
@@ -105,7 +107,8 @@ def test_joint_and_label_options(files):
     out = tmp / "opts.h5ad"
     code = main(["map", "--reference", str(ref), "--query", str(query), "--obs", "celltype", "-k", "10",
                  "--n-comps", "6", "--normalize", "true", "--scaling", "gene", "--n-top-genes", "20",
-                 "--head", "none", "--no-calibrate", "--min-confidence", "1", "--out", str(out), "-q"])  # fmt: skip
+                 "--head", "none", "--no-calibrate", "--min-confidence", "1",
+                 "--out", str(out), "-q"])  # fmt: skip
     assert code == 0
     result = ad.read_h5ad(out)
     joint, labels = result.uns["cellmapper"]["joint"], result.uns["cellmapper"]["labels"]

@@ -57,7 +57,7 @@ def no_mapping(monkeypatch):
         raise AssertionError("the mapping ran before the input was refused")
 
     monkeypatch.setattr("napari_cellmapper.core.pipeline.annotate", refuse)
-    monkeypatch.setattr("napari_cellmapper.core.streaming.map_stream", refuse)
+    monkeypatch.setattr("napari_cellmapper.io.streaming.map_stream", refuse)
 
 
 def _listing(folder: Path) -> dict[str, float]:

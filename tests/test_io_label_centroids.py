@@ -40,11 +40,15 @@ def test_dense_and_chunked_multiscale_equal_scipy(lab):
 
 def test_3d_labels_average_over_planes(lab):
     stack = np.stack([lab, np.roll(lab, 3, axis=1)])
-    out = lc.label_centroids(Labels3DModel.parse(da.from_array(stack, chunks=(1, 20, 20)), dims=("z", "y", "x")))
+    out = lc.label_centroids(
+        Labels3DModel.parse(da.from_array(stack, chunks=(1, 20, 20)), dims=("z", "y", "x"))
+    )
     ids, _ = _exact(stack[0])
     for label in (1, 5, 1000):
         _, yy, xx = np.nonzero(stack == label)
-        np.testing.assert_allclose(out.loc[label, ["x", "y"]].to_numpy(float), [xx.mean() + 0.5, yy.mean() + 0.5])
+        np.testing.assert_allclose(
+            out.loc[label, ["x", "y"]].to_numpy(float), [xx.mean() + 0.5, yy.mean() + 0.5]
+        )
 
 
 def test_cache_is_per_raster_and_returns_copies(lab, monkeypatch):
@@ -104,9 +108,11 @@ def test_cell_coordinates_place_labels_exactly_under_an_affine(lab):
     order = ids[::-1]  # table rows in another order than the ids
     table = ad.AnnData(
         X=np.zeros((order.size, 1), np.float32),
-        obs=pd.DataFrame({"region": pd.Categorical(["cells"] * order.size), "label": order}),
+        obs=pd.DataFrame(
+            {"region": pd.Categorical(["cells"] * order.size), "label": order},
+            index=[f"c{i}" for i in order],
+        ),
     )
-    table.obs_names = table.obs_names.astype(str)
     table = TableModel.parse(table, region="cells", region_key="region", instance_key="label")
     sdata = sd.SpatialData(labels={"cells": labels}, tables={"table": table})
     expected = xy[::-1] @ matrix[:2, :2].T + matrix[:2, 2]
@@ -152,7 +158,9 @@ def test_large_sparse_ids_are_summed_per_id_not_per_possible_id(lab, monkeypatch
         np.testing.assert_allclose(out[["x", "y"]].to_numpy(), xy, rtol=1e-12)
     stack = np.stack([big, np.roll(big, 3, axis=1)])
     lc.clear_cache()
-    out = lc.label_centroids(Labels3DModel.parse(da.from_array(stack, chunks=(1, 20, 20)), dims=("z", "y", "x")))
+    out = lc.label_centroids(
+        Labels3DModel.parse(da.from_array(stack, chunks=(1, 20, 20)), dims=("z", "y", "x"))
+    )
     _, yy, xx = np.nonzero(stack == 2**40)
     np.testing.assert_allclose(out.loc[2**40, ["x", "y"]].to_numpy(float), [xx.mean() + 0.5, yy.mean() + 0.5])
     lc.clear_cache()

@@ -119,8 +119,11 @@ def test_image_pixel_centre_matches_spatialdata_convention():
 
     raster = np.zeros((1, 10, 12), dtype=np.uint8)
     sdata = SpatialData(
-        images={"img": Image2DModel.parse(raster, dims=("c", "y", "x"),
-                                         transformations={"um": Scale([4.0, 4.0], axes=("y", "x"))})}
+        images={
+            "img": Image2DModel.parse(
+                raster, dims=("c", "y", "x"), transformations={"um": Scale([4.0, 4.0], axes=("y", "x"))}
+            )
+        }
     )
     data, meta, _ = image_layer_data(sdata, "img", "um")
     layer = Image(data, affine=meta["affine"])

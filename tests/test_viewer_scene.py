@@ -141,15 +141,17 @@ def test_image_pixels_sit_under_the_cells(make_napari_viewer):
 
 def test_reference_placed_beside_the_image_not_over_it(make_napari_viewer):
     """Issue 11 defect 5: an image wider than the cells' bounds must not lie under the reference."""
-    from napari_cellmapper.datasets import pbmc_example, spatial_example
-    from napari_cellmapper.viewer.scene import CellMapperScene
-
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import Identity
 
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
     sdata = spatial_example()
     wide = np.zeros((1, 50, 2000), dtype=np.uint8)  # as in blobs: an image far beyond the cells
-    sdata.images["wide"] = Image2DModel.parse(wide, dims=("c", "y", "x"), transformations={"global": Identity()})
+    sdata.images["wide"] = Image2DModel.parse(
+        wide, dims=("c", "y", "x"), transformations={"global": Identity()}
+    )
     viewer = make_napari_viewer()
     scene = CellMapperScene(viewer)
     scene.show_query(sdata, "table", "cells", "global")

@@ -362,8 +362,16 @@ def test_run_freezes_job_fields_and_click_names_the_cell(demo, qtbot, errors):
     widget.controller.runner = _slow_runner(delay=0.01, steps=50)
     widget.niches_check.setChecked(True)
     widget.run()
-    frozen = (widget.k_spin, widget.kernel_combo, widget.presence_check, widget.niches_check,
-              widget.niches_spin, widget.rep_combo, widget.obs_list, widget.backend_combo)
+    frozen = (
+        widget.k_spin,
+        widget.kernel_combo,
+        widget.presence_check,
+        widget.niches_check,
+        widget.niches_spin,
+        widget.rep_combo,
+        widget.obs_list,
+        widget.backend_combo,
+    )
     assert widget.controller.is_running and not any(w.isEnabled() for w in frozen)
     _wait_done(qtbot, widget)
     assert all(w.isEnabled() for w in frozen)
@@ -402,8 +410,9 @@ def test_switching_queries_keeps_results_and_shows_one_sample(demo, qtbot, tmp_p
     widget.add_query(QuerySource("second sample", spatial_example("circles", seed=1)))
     assert "cellmapper selected cell" not in viewer.layers
     assert not widget.export_button.isEnabled()  # the second sample is not mapped
-    second_images = [layer for layer in viewer.layers if layer.metadata.get("cellmapper_role") == "image"
-                     and layer.visible]
+    second_images = [
+        layer for layer in viewer.layers if layer.metadata.get("cellmapper_role") == "image" and layer.visible
+    ]
     assert second_images and all(layer.metadata["sdata"] is widget.query.sdata for layer in second_images)
     widget.query_combo.setCurrentIndex(first)
     assert widget.table is first_table and widget.result is not None

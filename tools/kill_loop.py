@@ -70,7 +70,7 @@ def commands(paths: dict[str, Path], folder: Path) -> dict[str, tuple[list[str],
         "new-path": ([*spatial, "--out", str(folder / "x_new.zarr")], folder / "x_new.zarr"),
         "overwrite": ([*spatial, "--overwrite", "--out", str(folder / "x_old.zarr")], folder / "x_old.zarr"),
         "in-place": (
-            [*spatial, "--in-place", "--overwrite", "--out", str(paths["spatial"])],
+            [*spatial, "--in-place"],
             paths["spatial"],
         ),
         "h5ad-overwrite": (

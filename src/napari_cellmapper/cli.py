@@ -25,7 +25,7 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 # the engine's choices (core.validation, which imports anndata: too slow for --help); a test keeps them equal
 KERNELS = ("gauss", "gauss_adaptive", "scarches", "inverse_distance", "equal", "hnoca")
-BACKENDS = ("auto", "faiss-exact", "faiss-ivf", "cupy", "dask")
+BACKENDS = ("auto", "faiss-exact", "faiss-ivf", "cupy", "cupy-ivf", "dask")
 METRICS = ("euclidean", "cosine")
 JOINT_METHODS = ("pca", "cca")
 GUI_INSTALL = "pip install 'napari-cellmapper[all]'"
@@ -169,7 +169,7 @@ def _read_reference(args):
 
 def _cmd_stream(args) -> int:
     from napari_cellmapper.cli_checks import check_inputs
-    from napari_cellmapper.core.streaming import iter_rep_chunks, map_stream
+    from napari_cellmapper.io.streaming import iter_rep_chunks, map_stream
 
     reference = _read_reference(args)
     check_inputs(args, reference, None, None)

@@ -5,9 +5,9 @@ either dataset; library-size normalisation and ``log1p`` (skipped for data that 
 per-dataset centring of every gene and scaling of each dataset (one factor per dataset by default,
 or every gene to unit variance), which removes the platforms' offsets; then PCA on both
 together, or CCA between them. On the MERFISH benchmark, per-dataset centring with one scale per
-dataset reached 0.85 accuracy against 0.82 for per-gene z-scores, which over-weight noisy genes. Cell coordinates
-are scaled to unit length, so Euclidean distances rank neighbours as cosine distances do, which
-is what makes cross-platform neighbours reliable (measured on the MERFISH benchmark).
+dataset reached 0.85 accuracy against 0.82 for per-gene z-scores, which over-weight noisy genes.
+Cell coordinates are scaled to unit length, so Euclidean distances rank neighbours as cosine
+distances do, which is what makes cross-platform neighbours reliable (measured on the MERFISH benchmark).
 
 Cells without any count cannot be placed: they get ``usable=False`` and stay unmapped.
 """

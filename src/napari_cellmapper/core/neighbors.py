@@ -63,7 +63,8 @@ def check_backend_options(backend: str, options: dict[str, Any]) -> None:
     if unknown:
         accepted = ", ".join(sorted(BACKEND_OPTIONS.get(backend, ()))) or "none"
         raise CellMapperInputError(
-            f"Unknown option(s) {', '.join(map(repr, unknown))} for backend {backend!r} (it accepts: {accepted})."
+            f"Unknown option(s) {', '.join(map(repr, unknown))} for backend {backend!r} "
+            f"(it accepts: {accepted})."
         )
 
 

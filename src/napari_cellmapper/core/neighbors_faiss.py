@@ -153,7 +153,6 @@ class IVFIndex(ProbedIndex):
         return self._cells
 
 
-
 class ProbeView:
     """An IVF index (CPU or GPU) searched with a fixed number of probes, without changing it."""
 

@@ -30,7 +30,7 @@ BAR_DELAY = 0.5
 ProgressCallback = Callable[[Progress], None]
 
 
-def run_steps(steps: Steps[T], progress: bool | ProgressCallback | None = None) -> T:
+def run_steps[T](steps: Steps[T], progress: bool | ProgressCallback | None = None) -> T:
     """Drive a generator of :class:`Progress` events and return its result.
 
     Parameters

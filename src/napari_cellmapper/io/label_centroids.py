@@ -30,7 +30,9 @@ _computing: dict[tuple, threading.Lock] = {}
 
 
 @njit(cache=True, nogil=True)
-def _accumulate(block: np.ndarray, y0: int, x0: int, count: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> None:
+def _accumulate(
+    block: np.ndarray, y0: int, x0: int, count: np.ndarray, sy: np.ndarray, sx: np.ndarray
+) -> None:
     """Add each positive label's pixel count and pixel-centre sums of one 2-D block."""
     h, w = block.shape
     for i in range(h):

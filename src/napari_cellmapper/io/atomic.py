@@ -185,10 +185,11 @@ def commit(
                 shutil.rmtree(staging, ignore_errors=True)  # the old tree, now at the staging name
             else:
                 raise OSError(errno.ENOTSUP, "atomic directory exchange is not supported here", str(target))
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries to disk (best effort: silently skipped where unsupported)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -281,26 +281,9 @@ def _clonable(source: Path, table_name: str) -> bool:
     return (source / "zarr.json").is_file() and (source / "tables" / table_name / "zarr.json").is_file()
 
 
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two directories (Linux renameat2); False where unsupported."""
     return atomic.exchange(a, b)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _commit(staging: Path, target: Path, *, in_place: bool, overwrite: bool) -> None:
@@ -313,7 +296,7 @@ def _commit(staging: Path, target: Path, *, in_place: bool, overwrite: bool) -> 
     _checkpoint("before-commit")
     with atomic.locked(target):
         _commit_locked(staging, target, in_place=in_place, overwrite=overwrite)
-    _fsync_dir(target.parent)
+    atomic.fsync_dir(target.parent)
     _checkpoint("committed")
 
 

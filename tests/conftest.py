@@ -12,6 +12,10 @@ import pandas as pd
 import pytest
 from anndata import AnnData
 
+# numba kernels compiled in the test process on first use, as before core.jit: deterministic paths,
+# no background compiling process; tests of the other policies set it themselves
+os.environ.setdefault("NAPARI_CELLMAPPER_JIT", "always")
+
 # x' = -y + 5, y' = 2 x + 1 : a rotation-and-scale, so that a missing transform is obvious
 IO_AFFINE = np.array([[0.0, -1.0, 5.0], [2.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
 

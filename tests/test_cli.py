@@ -144,3 +144,12 @@ def test_demo_without_display_says_so(monkeypatch, capsys):
     monkeypatch.setattr(sys, "platform", "linux")
     assert main(["demo"]) == 2
     assert "No display" in capsys.readouterr().err
+
+
+def test_precompile_compiles_the_kernels_and_says_where(monkeypatch, tmp_path, capsys):
+    from napari_cellmapper.core import jit
+
+    called = []
+    monkeypatch.setattr(jit, "compile_kernels", lambda: called.append(1) or tmp_path / "compiled-x")
+    assert main(["precompile"]) == 0
+    assert called == [1] and f"cached in {tmp_path}" in capsys.readouterr().out

@@ -128,6 +128,12 @@ def _build_parser() -> argparse.ArgumentParser:
         f"(needs the GUI: {GUI_INSTALL})",
     )  # fmt: skip
     d.add_argument("--run", action="store_true", help="also run a mapping straight away")
+
+    sub.add_parser(
+        "precompile", parents=[debug],
+        help="compile the numba kernels now (a fresh install otherwise compiles them in the "
+        "background after its first mapping; e.g. when building a container image)",
+    )  # fmt: skip
     return parser
 
 
@@ -333,6 +339,17 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_precompile(args) -> int:
+    import time
+
+    from napari_cellmapper.core import jit
+
+    start = time.perf_counter()
+    marker = jit.compile_kernels()
+    print(f"numba kernels compiled in {time.perf_counter() - start:.1f} s, cached in {marker.parent}")
+    return 0
+
+
 def _qt_binding_installed() -> bool:
     return any(importlib.util.find_spec(name) for name in ("PyQt6", "PyQt5", "PySide6", "PySide2"))
 
@@ -347,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-cellmapper`` command."""
     args = _build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
-    handlers = {"map": _cmd_map, "example": _cmd_example, "demo": _cmd_demo}
+    handlers = {"map": _cmd_map, "example": _cmd_example, "demo": _cmd_demo, "precompile": _cmd_precompile}
     with contextlib.nullcontext() if debug else warnings_as_lines():
         from napari_cellmapper.core.validation import CellMapperInputError
 

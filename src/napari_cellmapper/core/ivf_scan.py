@@ -17,6 +17,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from napari_cellmapper.core import jit
 from napari_cellmapper.core.numba_threads import in_background, launch_lock
 
 #: queries per kernel task
@@ -190,11 +191,12 @@ def scan(
     return out_dist, out_ids
 
 
-def _load_kernels() -> None:
+def load_kernels() -> None:
+    """Load (or compile, the first time on a machine) the kernels: a search of two rows."""
     rows = np.zeros((2, 8), dtype=np.float32)
     scan(rows, nearest_lists(rows, rows[:1], 1), np.array([0, 2], np.int64), rows, np.arange(2), 1)
 
 
-def warm_up() -> threading.Thread:
-    """Load (or compile, the first time on a machine) the kernels in a background thread."""
-    return in_background(_load_kernels, "cellmapper-ivf-warm-up")
+def warm_up() -> threading.Thread | None:
+    """Load the kernels in a background thread, when :mod:`.jit` lets them run."""
+    return in_background(load_kernels, "cellmapper-ivf-warm-up") if jit.kernels_ready() else None

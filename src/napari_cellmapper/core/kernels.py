@@ -27,16 +27,16 @@ normalised row unchanged and avoids underflow to an all-zero row for distant cel
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 from scipy import sparse
 
 from napari_cellmapper.core.neighbors import Neighbors
-from napari_cellmapper.core.numba_threads import launch_lock
 from napari_cellmapper.core.progress import chunk_bounds
 from napari_cellmapper.core.validation import KERNELS, CellMapperInputError, check_choice
 
 _EPS = np.float32(1e-8)
 _HNOCA_CHUNK = 8192
+#: rows per block of the gauss pass (bounded temporaries)
+_ROWS = 65_536
 
 
 def _masked(distances: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -63,50 +63,36 @@ def _gaussian(d: np.ndarray, valid: np.ndarray, sigma: np.ndarray | np.float32) 
 
 
 def global_sigma(neighbors: Neighbors) -> float:
-    """Bandwidth of the ``gauss`` kernel: the mean of all usable k-NN distances."""
-    total, count = _usable_sum(neighbors.indices, neighbors.distances)
+    """Bandwidth of the ``gauss`` kernel: the mean of all usable k-NN distances (float64 sum)."""
+    total, count = 0.0, 0
+    for start, stop in chunk_bounds(neighbors.indices.shape[0], _ROWS):
+        d = neighbors.distances[start:stop]
+        usable = (neighbors.indices[start:stop] >= 0) & np.isfinite(d)
+        total += float(d[usable].sum(dtype=np.float64))
+        count += int(usable.sum())
     return total / count if count else 1.0
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _usable(indices, distances, r, j):  # pragma: no cover
-    """:attr:`Neighbors.valid` for one edge: a neighbour, at a finite distance."""
-    return indices[r, j] >= 0 and np.isfinite(distances[r, j])
-
-
-@njit(cache=True, nogil=True)
-def _usable_sum(indices, distances):  # pragma: no cover
-    """Sum (float64, in row order: deterministic) and number of the usable distances."""
-    total, count = 0.0, 0
-    for r in range(indices.shape[0]):
-        for j in range(indices.shape[1]):
-            if _usable(indices, distances, r, j):
-                total += distances[r, j]
-                count += 1
-    return total, count
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _gauss_rows(indices, distances, sigma, out):  # pragma: no cover
-    """Row-normalised ``gauss`` weights in one pass, the same as ``normalise_rows(_gaussian(...))``:
-    relative to the row's nearest neighbour, every usable neighbour weighs 1 when sigma is 0."""
+def _gauss_rows(indices: np.ndarray, distances: np.ndarray, sigma: float, out: np.ndarray) -> None:
+    """Row-normalised ``gauss`` weights into ``out``, a block of rows at a time, the same as
+    ``normalise_rows(_gaussian(...))``: relative to the row's nearest neighbour, every usable
+    neighbour weighs 1 when sigma is 0."""
     two_sigma2 = np.float32(2) * np.float32(sigma) * np.float32(sigma)
-    for r in prange(indices.shape[0]):
-        k = indices.shape[1]
-        d2_min = np.float32(np.inf)
-        for j in range(k):
-            if _usable(indices, distances, r, j):
-                d2_min = min(d2_min, distances[r, j] * distances[r, j])
-        total = 0.0
-        for j in range(k):
-            w = np.float32(0)
-            if _usable(indices, distances, r, j):
-                scaled = (distances[r, j] * distances[r, j] - d2_min) / two_sigma2 if two_sigma2 > 0 else 0
-                w = np.float32(np.exp(-np.float32(scaled))) if np.isfinite(scaled) else np.float32(1)
-            out[r, j] = w
-            total += w
-        for j in range(k):
-            out[r, j] = np.float32(out[r, j] / total) if total > 0 else np.float32(0)
+    for start, stop in chunk_bounds(indices.shape[0], _ROWS):
+        d = distances[start:stop]
+        usable = (indices[start:stop] >= 0) & np.isfinite(d)
+        d2 = np.where(usable, np.square(d, dtype=np.float32), np.float32(np.inf))
+        d2_min = d2.min(axis=1, keepdims=True)
+        if two_sigma2 > 0:
+            with np.errstate(invalid="ignore", over="ignore"):
+                scaled = (d2 - d2_min) / two_sigma2
+                w = np.where(np.isfinite(scaled), np.exp(-scaled), np.float32(1))
+            w = np.where(usable, w, np.float32(0)).astype(np.float32, copy=False)
+        else:
+            w = usable.astype(np.float32)
+        total = w.sum(axis=1, dtype=np.float64, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:stop] = np.where(total > 0, w / total, 0)
 
 
 def kernel_weights(
@@ -220,15 +206,10 @@ def mapping_matrix(
 
     Rows of unmapped query cells (no usable neighbour) are all zero; see :func:`unmapped_rows`.
     """
-    if kernel == "gauss":  # the default: one parallel pass, no temporaries
+    if kernel == "gauss":  # the default: normalised in the same pass, temporaries bounded by blocks
         weights = np.empty(neighbors.indices.shape, dtype=np.float32)
-        with launch_lock():
-            _gauss_rows(
-                neighbors.indices,
-                neighbors.distances,
-                global_sigma(neighbors) if sigma is None else sigma,
-                weights,
-            )
+        sigma = global_sigma(neighbors) if sigma is None else sigma
+        _gauss_rows(neighbors.indices, neighbors.distances, sigma, weights)
         return weights_to_csr(neighbors, weights)
     weights = kernel_weights(neighbors, kernel, reference_neighbors=reference_neighbors, sigma=sigma)
     return weights_to_csr(neighbors, normalise_rows(weights))

@@ -13,7 +13,6 @@ cancelled run leaves the query as it was.
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -48,7 +47,6 @@ from napari_cellmapper.core.neighbors import (
     resolve_backend,
 )
 from napari_cellmapper.core.normalization import check_normalize
-from napari_cellmapper.core.numba_threads import in_background
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 from napari_cellmapper.core.transfer import (
@@ -100,21 +98,6 @@ ReferenceGraphTask = Callable[[Neighbors, sparse.csr_matrix], Any]
 #: HNOCA-tools gives that graph its own k, independent of the mapping's; 15 is scanpy's default,
 #: the graph a reference usually ships with. The hnoca kernel uses the mapping's k instead.
 REFERENCE_GRAPH_K = 15
-
-
-def _load_kernels_in_background(expression: bool) -> threading.Thread:
-    """Load (or compile, the first time on a machine) the numba kernels of the steps after the
-    search (gauss weights, labels, and with ``expression`` the expression product) in a
-    background thread while the search runs."""
-
-    def load() -> None:
-        one = Neighbors(np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32), "euclidean", "", 1)
-        matrix = mapping_matrix(one, "gauss")
-        run_steps(iter_transfer_labels(matrix, np.zeros(1, dtype=np.int64), pd.Index(["a"])))
-        if expression:
-            sparse_product.load_kernels()
-
-    return in_background(load, "cellmapper-kernels-warm-up")
 
 
 def _to_all_rows(
@@ -727,9 +710,8 @@ class CellMapper:
 
             resolve_backend(backend, self.query.n_obs, self.reference.n_obs)
         expression = self._reference_layer(layer_key)
-        _load_kernels_in_background(
-            expression is not None and sparse_product.uses_kernels(self.query.n_obs * n_neighbors, expression)
-        )
+        if expression is not None and sparse_product.uses_kernels(self.query.n_obs * n_neighbors, expression):
+            sparse_product.warm_up()  # loads the product's kernels while the search runs
         yield from self.iter_compute_neighbors(
             use_rep,
             n_neighbors,

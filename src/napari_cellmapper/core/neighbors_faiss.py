@@ -7,10 +7,12 @@ Euclidean or cosine distances (see :mod:`napari_cellmapper.core.neighbors`).
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
 
 import numpy as np
 
+from napari_cellmapper.core import jit
 from napari_cellmapper.core.ivf_scan import nearest_lists, scan, warm_up
 
 #: recall@k that the IVF calibration aims for on a query sample (the guarantee asked of it is 0.95)
@@ -121,6 +123,8 @@ class IVFIndex(ProbedIndex):
         np.cumsum(np.bincount(self._cells, minlength=self.nlist), out=self._offsets[1:])
         self.nprobe = nprobe
         self.calibrated_recall: float | None = None
+        self._faiss_index = None
+        self._faiss_lock = threading.Lock()
 
     def calibrate(
         self, query: np.ndarray, k: int, target_recall: float = IVF_TARGET_RECALL, seed: int = 0
@@ -145,8 +149,35 @@ class IVFIndex(ProbedIndex):
     def search_with(self, query: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` probing ``nprobe`` lists (does not change the index; thread-safe)."""
         query = np.ascontiguousarray(query, dtype=np.float32)
+        if not jit.use_kernels():
+            return self._faiss_search(query, k, nprobe)
         probes = nearest_lists(query, self._centroids, nprobe)
         return scan(query, probes, self._offsets, self._vectors, self._ids, k)
+
+    def _faiss_search(self, query: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same search on faiss' own IVF scan (same lists, same rows), while the kernels are
+        not compiled; missing neighbours get id -1 and distance inf, as from :func:`.ivf_scan.scan`."""
+        faiss = _faiss()
+        with self._faiss_lock:
+            if self._faiss_index is None:
+                dim = self._vectors.shape[1]
+                quantizer = faiss.IndexFlatL2(dim)
+                quantizer.add(self._centroids)
+                index = faiss.IndexIVFFlat(quantizer, dim, self.nlist)
+                index.is_trained = True
+                index.add_with_ids(self._vectors, self._ids)
+                self._faiss_index = (index, quantizer)  # the index does not own its quantizer
+        index = self._faiss_index[0]
+        distances, ids = index.search(query, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        distances[ids < 0] = np.inf
+        return distances, ids.astype(np.int64, copy=False)
+
+    def __getstate__(self) -> dict:
+        # plain arrays only (dask pickles the index); the faiss fallback is rebuilt where needed
+        return {**self.__dict__, "_faiss_index": None, "_faiss_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _faiss_lock=threading.Lock())
 
     def reference_cells(self) -> np.ndarray:
         """The coarse cell (inverted list) of each indexed reference row, int64."""

@@ -16,8 +16,9 @@ processed in an order that keeps neighbouring query cells together (``row_order`
 coarse cell of the search index): their reference rows are then reused from cache. The order
 changes the speed only, never the result.
 
-numba compiles the kernels once per machine (cached on disk); :func:`warm_up` loads them in a
-background thread so a fresh process does not pay for it on the critical path.
+numba compiles the kernels once per machine (cached on disk; until then scipy's product runs, see
+:mod:`.jit`); :func:`warm_up` loads them in a background thread so a fresh process does not pay
+for loading them on the critical path.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from numba import njit, prange
 from scipy import sparse
 
+from napari_cellmapper.core import jit
 from napari_cellmapper.core.numba_threads import in_background, launch_lock
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 
@@ -42,8 +44,10 @@ _SCAN_FACTOR = 8
 
 
 def uses_kernels(matrix_nnz: int, x: sparse.spmatrix | sparse.sparray) -> bool:
-    """Whether a product with ``matrix_nnz`` mapping entries and this ``x`` runs on the kernels."""
-    return sparse.issparse(x) and matrix_nnz * x.nnz / max(x.shape[0], 1) >= SMALL_PRODUCT
+    """Whether a product with ``matrix_nnz`` mapping entries and this ``x`` runs on the kernels
+    (large enough, and the kernels compiled: see :mod:`.jit`)."""
+    large = sparse.issparse(x) and matrix_nnz * x.nnz / max(x.shape[0], 1) >= SMALL_PRODUCT
+    return large and jit.use_kernels()
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -268,6 +272,6 @@ def load_kernels() -> None:
         pass
 
 
-def warm_up() -> threading.Thread:
-    """:func:`load_kernels` in a background thread."""
-    return in_background(load_kernels, "cellmapper-numba-warm-up")
+def warm_up() -> threading.Thread | None:
+    """:func:`load_kernels` in a background thread, when :mod:`.jit` lets the kernels run."""
+    return in_background(load_kernels, "cellmapper-numba-warm-up") if jit.kernels_ready() else None

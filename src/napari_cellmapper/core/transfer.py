@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from numba import njit, prange
 from scipy import sparse
 
-from napari_cellmapper.core.numba_threads import launch_lock
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 from napari_cellmapper.core.sparse_product import iter_product
 
 DEFAULT_TRANSFER_CHUNK = 131_072
+#: rows per block when mixing probabilities
+_MIX_ROWS = 32_768
 UNMAPPED = "unmapped"
 UNASSIGNED = "unassigned"
 
@@ -83,20 +83,18 @@ def category_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     return values.cat.codes.to_numpy().astype(np.int64), values.cat.categories
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _class_probabilities(indptr, indices, data, codes, out):  # pragma: no cover
+def _class_probabilities(indptr, indices, data, codes, out) -> None:
     """``out[r]``: the weights of row ``r`` of M summed per class of the reference cells
-    (``codes``, -1: no label, ignored), divided by their total; ``out`` starts at zero."""
-    for r in prange(out.shape[0]):
-        total = out.dtype.type(0)  # summed like the classes, so no class exceeds it
-        for p in range(indptr[r], indptr[r + 1]):
-            c = codes[indices[p]]
-            if c >= 0:
-                out[r, c] += data[p]
-                total += data[p]
-        if total > 0:
-            for c in range(out.shape[1]):
-                out[r, c] = out[r, c] / total
+    (``codes``, -1: no label, ignored), divided by their total (float64 sums); ``out`` starts at 0."""
+    n, n_cat = out.shape
+    lo, hi = indptr[0], indptr[-1]
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    classes = codes[indices[lo:hi]]
+    keep = classes >= 0
+    rows, classes, weights = rows[keep], classes[keep], data[lo:hi][keep]
+    sums = np.bincount(rows * n_cat + classes, weights=weights, minlength=n * n_cat).reshape(n, n_cat)
+    total = np.bincount(rows, weights=weights, minlength=n)[:, None]
+    out += np.divide(sums, total, out=np.zeros_like(sums), where=total > 0).astype(out.dtype)
 
 
 def iter_transfer_labels(
@@ -112,10 +110,9 @@ def iter_transfer_labels(
     proba = np.zeros((n_query, n_cat), dtype=np.float32)
     codes = np.asarray(codes, dtype=np.int64)
     for start, stop in chunk_bounds(n_query, chunk_size):
-        with launch_lock():
-            _class_probabilities(
-                matrix.indptr[start : stop + 1], matrix.indices, matrix.data, codes, proba[start:stop]
-            )
+        _class_probabilities(
+            matrix.indptr[start : stop + 1], matrix.indices, matrix.data, codes, proba[start:stop]
+        )
         yield Progress(stage, stop, n_query)
     return summarise_probabilities(proba, categories)
 
@@ -132,48 +129,32 @@ def summarise_probabilities(proba: np.ndarray, categories: pd.Index) -> LabelTra
     return LabelTransfer(codes, confidence.astype(np.float32), entropy, proba, categories)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _mix_rows(
-    knn, head, weight, inv_t, floor, log_norm, proba, confidence, codes, entropy
-):  # pragma: no cover
-    """One pass per row: ``(1 - weight) knn + weight head``, then ``p^inv_t`` (values below
-    ``floor`` raised to it; zeros stay zero), renormalised; its max, argmax and entropy. Rows
-    of ``knn`` without probability are unmapped."""
-    for r in prange(knn.shape[0]):
-        mapped = False
-        for c in range(knn.shape[1]):
-            if knn[r, c] > 0:
-                mapped = True
-        if not mapped:
-            for c in range(knn.shape[1]):
-                proba[r, c] = 0
-            confidence[r], codes[r], entropy[r] = 0, -1, 1
-            continue
-        total = 0.0
-        floor_t = floor**inv_t
-        for c in range(knn.shape[1]):
-            v = (1 - weight) * knn[r, c] + weight * head[r, c]
-            if v > 0 and inv_t != 1:
-                v = floor_t if v <= floor else np.exp(inv_t * np.log(v))
-            proba[r, c] = v
-            total += v
-        best, arg, h = -1.0, -1, 0.0
-        for c in range(knn.shape[1]):
-            p = proba[r, c] / total
-            proba[r, c] = p
-            if p > best:
-                best, arg = p, c
-            if p > 0:
-                h -= p * np.log(p)
-        confidence[r], codes[r] = best, arg
-        entropy[r] = min(max(h / log_norm, 0.0), 1.0)
+def _mix_rows(knn, head, weight, inv_t, floor, log_norm, proba, confidence, codes, entropy) -> None:
+    """``(1 - weight) knn + weight head``, then ``p^inv_t`` (values below ``floor`` raised to it;
+    zeros stay zero), renormalised; its max, argmax and entropy, into the output arrays. Rows of
+    ``knn`` without probability are unmapped."""
+    mapped = (knn > 0).any(axis=1)
+    v = (1 - weight) * knn.astype(np.float64) + weight * head
+    if inv_t != 1:
+        with np.errstate(divide="ignore"):
+            powered = np.where(v <= floor, floor**inv_t, np.exp(inv_t * np.log(v)))
+        v = np.where(v > 0, powered, v)
+    v[~mapped] = 0
+    total = v.sum(axis=1, keepdims=True)
+    p = np.divide(v, total, out=np.zeros_like(v), where=total > 0)
+    proba[:] = p
+    confidence[:] = np.where(mapped, p.max(axis=1), 0)
+    codes[:] = np.where(mapped, p.argmax(axis=1), -1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0).sum(axis=1)
+    entropy[:] = np.where(mapped, np.clip(h / log_norm, 0, 1), 1)
 
 
 def mix_probabilities(
     knn: np.ndarray, head: np.ndarray | None, weight: float, temperature: float, categories: pd.Index
 ) -> LabelTransfer:
     """:class:`LabelTransfer` of ``(1 - weight) · knn + weight · head`` calibrated by
-    ``temperature`` (see :mod:`.calibration`), in one parallel pass without temporaries."""
+    ``temperature`` (see :mod:`.calibration`), in blocks of rows (bounded temporaries)."""
     n, n_cat = knn.shape
     if head is None:
         head, weight = knn, 0.0
@@ -182,10 +163,11 @@ def mix_probabilities(
     codes = np.empty(n, np.int64)
     entropy = np.empty(n, np.float32)
     log_norm = float(np.log(n_cat)) if n_cat > 1 else 1.0
-    with launch_lock():
+    for start, stop in chunk_bounds(n, _MIX_ROWS):  # bounded float64 temporaries
+        rows = slice(start, stop)
         _mix_rows(
-            np.ascontiguousarray(knn, np.float32), np.ascontiguousarray(head, np.float32), float(weight),
-            1.0 / float(temperature), 1e-6, log_norm, proba, confidence, codes, entropy,
+            knn[rows], head[rows], float(weight), 1.0 / float(temperature), 1e-6, log_norm,
+            proba[rows], confidence[rows], codes[rows], entropy[rows],
         )  # fmt: skip
     return LabelTransfer(codes, confidence, entropy, proba, categories)
 

@@ -3,8 +3,9 @@
 A fresh install has no compiled kernels on disk. Each run here is a fresh process; "cold" runs
 point numba at an empty cache folder (``NUMBA_CACHE_DIR``), "warm" runs reuse that folder once
 the kernels are in it (under the default ``NAPARI_CELLMAPPER_JIT=auto`` the cold run starts a
-background process that compiles them; the benchmark waits for it and reports how long it took). The workload is the scale benchmark's 100k x 100k pair (30 dimensions, k = 30,
-labels, UMAP, 500-gene expression, presence). Prints the median total and per-stage times.
+background process that compiles them; the benchmark waits for it and reports how long it
+took). The workload is the scale benchmark's 100k x 100k pair (30 dimensions, k = 30, labels,
+UMAP, 500-gene expression, presence). Prints the median total and per-stage times.
 
     .venv/bin/python benchmarks/cold_start.py --n 100000 --repeats 3
 """
@@ -113,7 +114,9 @@ def main() -> None:
             )
     for name, runs in (("cold (first run, empty kernel cache)", cold), ("warm (kernels cached)", warm)):
         totals = [r["total_s"] for r in runs]
-        print(f"\n{name}: median {statistics.median(totals):.2f} s  ({', '.join(f'{t:.2f}' for t in totals)})")
+        print(
+            f"\n{name}: median {statistics.median(totals):.2f} s  ({', '.join(f'{t:.2f}' for t in totals)})"
+        )
         for stage in runs[0]["stages"]:
             times = [r["stages"].get(stage, 0.0) for r in runs]
             print(f"  {stage:<28} {statistics.median(times):6.2f} s")

@@ -166,7 +166,7 @@ def main() -> None:
 
     from synthetic import make_pair
 
-    from napari_cellmapper.core.neighbors import gpu_available
+    from napari_cellmapper.core.search.neighbors import gpu_available
 
     on_gpu = any(b.startswith("cupy") for b in args.backends)
     if on_gpu and not gpu_available():

@@ -12,6 +12,6 @@ export PYTHONPATH="$site:$PWD/src:$PWD/benchmarks"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
 python3 -c "import cupy; print('cupy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion())" \
   | tee -a "$OUT/device.txt"
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_neighbors_cupy.py tests/test_neighbors_cupy_ivf.py \
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_search_cupy_index.py tests/test_search_cupy_ivf.py \
   tests/test_transfer_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 python3 benchmarks/gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_stdout.txt"

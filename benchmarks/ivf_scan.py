@@ -1,7 +1,7 @@
 """The IVF search kernels against faiss' own, interleaved in one process.
 
 Same trained centroids, same lists probed: faiss' ``IndexIVFFlat.search`` (its quantizer's heap
-per query, its heap per query over the scanned candidates) against ``core/ivf_scan.py`` (partial
+per query, its heap per query over the scanned candidates) against ``core/search/ivf_scan.py`` (partial
 insertion sort over the centroid distances, branch-free candidate buffer with quickselect). Prints
 the median of ``--repeats`` interleaved rounds for the query search (k = 30, the calibrated
 nprobe) and the reference's own graph (k = 15, half the probes), and how often both return the
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
     from synthetic import make_pair
 
-    from napari_cellmapper.core.neighbors import prepare_rep
-    from napari_cellmapper.core.neighbors_faiss import IVFIndex
+    from napari_cellmapper.core.search.faiss_index import IVFIndex
+    from napari_cellmapper.core.search.neighbors import prepare_rep
 
     reference, query = make_pair(args.n, args.n, seed=0)
     ref = prepare_rep(reference.obsm["X_joint"], "euclidean")

@@ -85,8 +85,8 @@ def _exact_accuracy(query, reference, rows, kernel: str = "gauss") -> float:
     import numpy as np
 
     from napari_cellmapper.core.kernels import mapping_matrix
-    from napari_cellmapper.core.neighbors import Neighbors
     from napari_cellmapper.core.progress import run_steps
+    from napari_cellmapper.core.search.neighbors import Neighbors
     from napari_cellmapper.core.transfer import category_codes, iter_transfer_labels
 
     dist, idx = _exact_reference(query.obsm["X_joint"], reference.obsm["X_joint"], rows)
@@ -100,8 +100,8 @@ def _exact_accuracy(query, reference, rows, kernel: str = "gauss") -> float:
 def run_ours(root: Path, n: int, backend: str) -> dict:
     import anndata as ad
 
-    from napari_cellmapper.core.neighbors_faiss import recall_at_k
     from napari_cellmapper.core.pipeline import MappingParams, annotate
+    from napari_cellmapper.core.search.faiss_index import recall_at_k
 
     ref_path, query_path = _data_paths(root, n)
     reference, query = ad.read_h5ad(ref_path), ad.read_h5ad(query_path)
@@ -159,7 +159,7 @@ def run_cellmapper(root: Path, n: int, tool: str = "cellmapper", knn_method: str
     import numpy as np
     from cellmapper import CellMapper as ReferenceCellMapper
 
-    from napari_cellmapper.core.neighbors_faiss import recall_at_k
+    from napari_cellmapper.core.search.faiss_index import recall_at_k
 
     ref_path, query_path = _data_paths(root, n)
     reference, query = ad.read_h5ad(ref_path), ad.read_h5ad(query_path)

@@ -1,7 +1,7 @@
 """A numpy-backed stand-in for cupy, to run the GPU backend's code on the CPU (tests only).
 
 ``install_fake_cupy()`` puts it in ``sys.modules["cupy"]``; the CUDA kernels of
-:mod:`napari_cellmapper.core.neighbors_cupy` are emulated from their names.
+:mod:`napari_cellmapper.core.search.cupy_index` are emulated from their names.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def install_fake_cupy(free_bytes: int = 1_000_000, n_devices: int = 1) -> FakeCu
 
     Callers record and restore :data:`FAKE_MODULES` (e.g. ``monkeypatch.setitem(..., None)`` first).
     """
-    from napari_cellmapper.core import neighbors_cupy
+    from napari_cellmapper.core.search import cupy_index as neighbors_cupy
 
     fake = FakeCupy(free_bytes, n_devices)
     sys.modules["cupy"] = fake

@@ -16,8 +16,8 @@ from scipy import sparse
 
 from napari_cellmapper.core import jit
 from napari_cellmapper.core import sparse_product as sp
-from napari_cellmapper.core.neighbors_faiss import IVFIndex
 from napari_cellmapper.core.progress import run_steps
+from napari_cellmapper.core.search.faiss_index import IVFIndex
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -129,8 +129,9 @@ _CHILD = textwrap.dedent(
     """
     import json, numpy as np
     from scipy import sparse
-    from napari_cellmapper.core import ivf_scan, jit, sparse_product as sp
-    from napari_cellmapper.core.neighbors_faiss import IVFIndex
+    from napari_cellmapper.core import jit, sparse_product as sp
+    from napari_cellmapper.core.search import ivf_scan
+    from napari_cellmapper.core.search.faiss_index import IVFIndex
     from napari_cellmapper.core.progress import run_steps
     rng = np.random.default_rng(0)
     index = IVFIndex(rng.normal(size=(2000, 8)).astype(np.float32), nlist=20)

@@ -8,7 +8,7 @@ from scipy import sparse
 
 from napari_cellmapper import CellMapperInputError
 from napari_cellmapper.core import kernels as K
-from napari_cellmapper.core.neighbors import Neighbors, search
+from napari_cellmapper.core.search.neighbors import Neighbors, search
 
 INDICES = np.array([[0, 1, 2], [3, 4, 0]])
 DIST = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 2.0]], dtype=np.float32)

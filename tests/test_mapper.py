@@ -13,7 +13,7 @@ from anndata import AnnData
 from scipy import sparse
 
 import napari_cellmapper.core.mapper as mapper_mod
-import napari_cellmapper.core.neighbors as nb
+import napari_cellmapper.core.search.neighbors as nb
 from napari_cellmapper import CellMapper, CellMapperInputError
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR
 from napari_cellmapper.core.progress import Progress
@@ -345,7 +345,7 @@ def test_ivf_auto_parameters_recorded_in_provenance():
         use_rep="X_joint", obs_keys="celltype", backend="faiss-ivf", n_neighbors=10, progress=False
     )
     prov = query.uns["cellmapper"]
-    from napari_cellmapper.core.neighbors_faiss import ivf_nlist
+    from napari_cellmapper.core.search.faiss_index import ivf_nlist
 
     assert prov["nlist"] == ivf_nlist(2000)
     assert 1 <= prov["nprobe"] <= prov["nlist"]

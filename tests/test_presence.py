@@ -20,7 +20,7 @@ from napari_cellmapper.core.presence import (
 from napari_cellmapper.core.progress import Progress
 
 try:
-    from napari_cellmapper.core.neighbors import Neighbors
+    from napari_cellmapper.core.search.neighbors import Neighbors
 except ImportError:  # pragma: no cover - the core engineer's module is not there yet
     from dataclasses import dataclass
 
@@ -295,7 +295,7 @@ def test_mapping_quality_hand_case_and_unmapped():
 def test_convenience_path_searches_the_reference_and_uses_engine_kernel():
     pytest.importorskip("napari_cellmapper.core.kernels")
     from napari_cellmapper.core.kernels import mapping_matrix
-    from napari_cellmapper.core.neighbors import search
+    from napari_cellmapper.core.search.neighbors import search
 
     ref, ref_labels, query, _ = clustered(n_ref=2000, n_query=1500)
     mapping = mapping_matrix(search(query, ref, 30), "gauss")

@@ -49,7 +49,7 @@ def test_lazy_names_still_resolve():
 
 def _cache_path(**env: str) -> str:
     return _run(
-        "from napari_cellmapper.core import kernels\n"
+        "from napari_cellmapper.core import sparse_product as kernels\n"
         "cached = [f for f in vars(kernels).values() if hasattr(getattr(f, '_cache', None), '_cache_path')]\n"
         "print(cached[0]._cache._cache_path)",
         **env,

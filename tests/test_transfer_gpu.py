@@ -92,7 +92,7 @@ def test_progress_per_chunk_and_empty_query(device, mapping):
 
 @pytest.mark.gpu
 def test_real_device_equals_cpu(mapping):
-    from napari_cellmapper.core.neighbors import gpu_available
+    from napari_cellmapper.core.search.neighbors import gpu_available
 
     if not gpu_available():
         pytest.skip("needs an NVIDIA GPU with cupy")

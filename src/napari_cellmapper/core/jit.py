@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import platform
 import subprocess
@@ -37,7 +38,7 @@ from pathlib import Path
 POLICY_ENV = "NAPARI_CELLMAPPER_JIT"
 POLICIES = ("auto", "always", "never")
 #: modules whose kernels the background process compiles (their sources key the marker)
-KERNEL_MODULES = ("ivf_scan", "sparse_product")
+KERNEL_MODULES = ("napari_cellmapper.core.search.ivf_scan", "napari_cellmapper.core.sparse_product")
 #: a compile lock older than this (seconds) is taken for one left by a killed process
 STALE_LOCK_S = 900
 #: the compiling process waits this long (seconds) for the process that started it to end, so it
@@ -59,9 +60,8 @@ def _key() -> str:
     import numba
 
     digest = hashlib.sha256(f"{numba.__version__}|{sys.version}|{platform.machine()}".encode())
-    here = Path(__file__).resolve().parent
     for name in KERNEL_MODULES:
-        digest.update((here / f"{name}.py").read_bytes())
+        digest.update(Path(importlib.util.find_spec(name).origin).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -124,14 +124,15 @@ def start_background_compile() -> bool:
 
 def compile_kernels() -> Path:
     """Compile (or load) the kernels into the cache and write the marker; returns the marker."""
-    from napari_cellmapper.core import ivf_scan, sparse_product
+    from napari_cellmapper.core import sparse_product
+    from napari_cellmapper.core.search import ivf_scan
 
     ivf_scan.load_kernels()
     sparse_product.load_kernels()
     target = marker()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}")
-    partial.write_text(f"numba kernels of napari-cellmapper ({', '.join(KERNEL_MODULES)})\n")
+    partial.write_text(f"numba kernels of {', '.join(KERNEL_MODULES)}\n")
     os.replace(partial, target)
     return target
 

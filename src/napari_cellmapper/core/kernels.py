@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from napari_cellmapper.core.neighbors import Neighbors
 from napari_cellmapper.core.progress import chunk_bounds
+from napari_cellmapper.core.search.neighbors import Neighbors
 from napari_cellmapper.core.validation import KERNELS, CellMapperInputError, check_choice
 
 _EPS = np.float32(1e-8)

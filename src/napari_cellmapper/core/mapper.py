@@ -36,7 +36,10 @@ from napari_cellmapper.core.joint_embedding import (
     check_n_top_genes,
 )
 from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
-from napari_cellmapper.core.neighbors import (
+from napari_cellmapper.core.normalization import check_normalize
+from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
+from napari_cellmapper.core.progress import Progress, Steps, run_steps
+from napari_cellmapper.core.search.neighbors import (
     GPU_BACKENDS,
     Neighbors,
     build_index,
@@ -46,9 +49,6 @@ from napari_cellmapper.core.neighbors import (
     prepare_rep,
     resolve_backend,
 )
-from napari_cellmapper.core.normalization import check_normalize
-from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
-from napari_cellmapper.core.progress import Progress, Steps, run_steps
 from napari_cellmapper.core.transfer import (
     LabelTransfer,
     category_codes,
@@ -706,7 +706,7 @@ class CellMapper:
             val.check_unique_var_names(self.query, "query")
             val.check_unique_var_names(self.reference, "reference")
         if backend in GPU_BACKENDS:
-            from napari_cellmapper.core.neighbors import resolve_backend
+            from napari_cellmapper.core.search.neighbors import resolve_backend
 
             resolve_backend(backend, self.query.n_obs, self.reference.n_obs)
         expression = self._reference_layer(layer_key)

@@ -162,7 +162,7 @@ def reference_graph_operator(
             raise CellMapperInputError(
                 "reference coordinates contain NaN or inf; remove or impute those cells first."
             )
-        from napari_cellmapper.core.neighbors import search
+        from napari_cellmapper.core.search.neighbors import search
 
         k = min(int(n_neighbors) + 1, rep.shape[0])
         rep32 = np.ascontiguousarray(rep, dtype=np.float32)

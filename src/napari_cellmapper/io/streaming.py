@@ -27,15 +27,15 @@ from scipy import sparse
 
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.kernels import global_sigma, mapping_matrix, unmapped_rows
-from napari_cellmapper.core.neighbors import (
+from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
+from napari_cellmapper.core.progress import Progress, Steps, run_steps
+from napari_cellmapper.core.search.neighbors import (
     build_index,
     iter_search,
     locality_order,
     prepare_rep,
     resolve_backend,
 )
-from napari_cellmapper.core.palettes import UNMAPPED_COLOR, colors_for
-from napari_cellmapper.core.progress import Progress, Steps, run_steps
 from napari_cellmapper.core.transfer import (
     UNMAPPED,
     category_codes,

@@ -70,7 +70,7 @@ NO_EMBEDDING = (
 
 def _gpu_available() -> bool:
     try:
-        from napari_cellmapper.core.neighbors import gpu_available
+        from napari_cellmapper.core.search.neighbors import gpu_available
 
         return bool(gpu_available())
     except Exception:  # noqa: BLE001 - no cupy, no driver: no GPU

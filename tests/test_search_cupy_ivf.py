@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from _fake_cupy import FAKE_MODULES, install_fake_cupy
 
-from napari_cellmapper.core import neighbors
-from napari_cellmapper.core.neighbors_cupy_ivf import CupyIVFIndex, kmeans
-from napari_cellmapper.core.neighbors_faiss import recall_at_k
+from napari_cellmapper.core.search import neighbors
+from napari_cellmapper.core.search.cupy_ivf import CupyIVFIndex, kmeans
+from napari_cellmapper.core.search.faiss_index import recall_at_k
 from napari_cellmapper.core.validation import CellMapperInputError
 
 

@@ -9,10 +9,10 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from napari_cellmapper.core import neighbors_dask  # noqa: E402
-from napari_cellmapper.core.neighbors import iter_search, search  # noqa: E402
-from napari_cellmapper.core.neighbors_dask import iter_dask_search  # noqa: E402
 from napari_cellmapper.core.progress import run_steps  # noqa: E402
+from napari_cellmapper.core.search import dask_map as neighbors_dask  # noqa: E402
+from napari_cellmapper.core.search.dask_map import iter_dask_search  # noqa: E402
+from napari_cellmapper.core.search.neighbors import iter_search, search  # noqa: E402
 from napari_cellmapper.core.validation import CellMapperInputError  # noqa: E402
 
 K = 10

@@ -6,7 +6,7 @@ and a product matrix read once: seconds even on a Hopper GPU). Like the CPU engi
 and scans, for every query, only the reference rows of its ``nprobe`` nearest lists: about
 ``nlist / nprobe`` times fewer distances.
 
-Everything runs on the device with the kernels of :mod:`.neighbors_cupy`: the nearest lists of a
+Everything runs on the device with the kernels of :mod:`.cupy_index`: the nearest lists of a
 query tile are its top-``nprobe`` centroids (the fused top-k scan over the centroid product);
 then the (query, list) pairs are grouped by list, and each list is one GEMM of its rows against
 the queries that probe it plus the fused scan-and-merge into those queries' running best k.
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_cellmapper.core.neighbors_cupy import (
+from napari_cellmapper.core.search.cupy_index import (
     _MISSING,
     FUSED_MAX_K,
     _fused_step,
@@ -33,7 +33,7 @@ from napari_cellmapper.core.neighbors_cupy import (
     _squared_norms,
     _tiled_topk,
 )
-from napari_cellmapper.core.neighbors_faiss import NPROBE_LADDER, ProbedIndex, ivf_nlist
+from napari_cellmapper.core.search.faiss_index import NPROBE_LADDER, ProbedIndex, ivf_nlist
 from napari_cellmapper.core.validation import CellMapperInputError
 
 #: recall@k that the calibration aims for (issue 12 asks at least 0.99 of the GPU path)

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_cellmapper.core.neighbors import (
+from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
+from napari_cellmapper.core.search.neighbors import (
     DEFAULT_CHUNK_SIZE,
     Neighbors,
     prepare_rep,
     to_true_distances,
 )
-from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 from napari_cellmapper.core.validation import (
     METRICS,
     CellMapperInputError,
@@ -78,7 +78,7 @@ def _require_distributed() -> Any:
 
 def _build_worker_index(payload: Any, kind: str) -> Any:
     if kind == "faiss-exact":
-        from napari_cellmapper.core.neighbors_faiss import FlatIndex
+        from napari_cellmapper.core.search.faiss_index import FlatIndex
 
         return FlatIndex(payload)
     return payload  # the trained, calibrated IVFIndex itself, unpickled once by dask
@@ -172,7 +172,7 @@ def _payload(
         raise CellMapperInputError(
             f"Unknown option(s) {unknown} for index_backend='faiss-ivf'; use {list(_IVF_OPTIONS)}."
         )
-    from napari_cellmapper.core.neighbors_faiss import IVFIndex
+    from napari_cellmapper.core.search.faiss_index import IVFIndex
 
     ivf = IVFIndex(ref, **options)
     if ivf.nprobe is None:
@@ -214,7 +214,7 @@ def iter_dask_search(
         ``"euclidean"`` or ``"cosine"``.
     chunk_size
         Query rows per task; default: about four tasks per worker thread (multiples of 1,024 rows,
-        at most :data:`~napari_cellmapper.core.neighbors.DEFAULT_CHUNK_SIZE`).
+        at most :data:`~napari_cellmapper.core.search.neighbors.DEFAULT_CHUNK_SIZE`).
     stage
         Name of the progress stage.
     client

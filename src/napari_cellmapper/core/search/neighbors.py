@@ -9,12 +9,12 @@ Backends (``backend=``):
     the reference size, ``nprobe`` calibrated on a query sample so that recall@k against exact
     search reaches 0.965 on a sample (0.95 is guaranteed by tests).
 ``"cupy"``
-    GPU brute force in tiles (matrix product plus top-k), see :mod:`.neighbors_cupy`.
+    GPU brute force in tiles (matrix product plus top-k), see :mod:`.cupy_index`.
 ``"cupy-ivf"``
     GPU inverted file (k-means lists, nprobe calibrated to recall@k >= 0.99), see
-    :mod:`.neighbors_cupy_ivf`; not yet measured on a GPU, so ``"auto"`` does not pick it.
+    :mod:`.cupy_ivf`; not yet measured on a GPU, so ``"auto"`` does not pick it.
 ``"dask"``
-    query chunks searched in parallel on a dask cluster, see :mod:`.neighbors_dask`.
+    query chunks searched in parallel on a dask cluster, see :mod:`.dask_map`.
 ``"auto"``
     the GPU when one is present, else exact search for small problems and IVF for large ones.
 
@@ -184,19 +184,19 @@ def prepare_rep(rep: np.ndarray, metric: str) -> np.ndarray:
 def build_index(reference: np.ndarray, backend: str, **options: Any) -> NeighborIndex:
     """A searchable index over prepared (float32, metric-normalised) reference rows."""
     if backend == "faiss-exact":
-        from napari_cellmapper.core.neighbors_faiss import FlatIndex
+        from napari_cellmapper.core.search.faiss_index import FlatIndex
 
         return FlatIndex(reference)
     if backend == "faiss-ivf":
-        from napari_cellmapper.core.neighbors_faiss import IVFIndex
+        from napari_cellmapper.core.search.faiss_index import IVFIndex
 
         return IVFIndex(reference, **options)
     if backend == "cupy":
-        from napari_cellmapper.core.neighbors_cupy import CupyIndex
+        from napari_cellmapper.core.search.cupy_index import CupyIndex
 
         return CupyIndex(reference, **options)
     if backend == "cupy-ivf":
-        from napari_cellmapper.core.neighbors_cupy_ivf import CupyIVFIndex
+        from napari_cellmapper.core.search.cupy_ivf import CupyIVFIndex
 
         return CupyIVFIndex(reference, **options)
     raise CellMapperInputError(f"backend {backend!r} has no in-process index; use search() instead.")
@@ -257,7 +257,7 @@ def iter_search(
     resolved = resolve_backend(backend, n_query, n_reference)
     check_backend_options(resolved, options)
     if resolved == "dask":
-        from napari_cellmapper.core.neighbors_dask import iter_dask_search
+        from napari_cellmapper.core.search.dask_map import iter_dask_search
 
         return (
             yield from iter_dask_search(

@@ -1,7 +1,7 @@
 """The inverted-file scan: each query's k nearest rows among the lists it probes (numba).
 
 faiss trains the coarse centroids and picks each query's ``nprobe`` nearest lists
-(:mod:`.neighbors_faiss`); this kernel scans those lists. It keeps the k best candidates the way a
+(:mod:`.faiss_index`); this kernel scans those lists. It keeps the k best candidates the way a
 partial sort does: candidates closer than the current k-th best are appended to a small buffer,
 and when the buffer is full a quickselect keeps the k best and tightens the threshold. With
 k = 30 that costs a few selections per query instead of a heap update per accepted candidate,

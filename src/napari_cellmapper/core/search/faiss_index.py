@@ -1,7 +1,7 @@
 """Indexes on the CPU: exact (faiss' flat index) and approximate (IVF with calibrated nprobe).
 
 Indexes answer ``search(query, k) -> (squared_l2, indices)``; the caller turns squared L2 into true
-Euclidean or cosine distances (see :mod:`napari_cellmapper.core.neighbors`).
+Euclidean or cosine distances (see :mod:`napari_cellmapper.core.search.neighbors`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from napari_cellmapper.core import jit
-from napari_cellmapper.core.ivf_scan import nearest_lists, scan, warm_up
+from napari_cellmapper.core.search.ivf_scan import nearest_lists, scan, warm_up
 
 #: recall@k that the IVF calibration aims for on a query sample (the guarantee asked of it is 0.95)
 IVF_TARGET_RECALL = 0.965

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from _core_fixtures import clustered
 
-from napari_cellmapper.core import neighbors as nb
-from napari_cellmapper.core import neighbors_faiss as nf
+from napari_cellmapper.core.search import faiss_index as nf
+from napari_cellmapper.core.search import neighbors as nb
 
 
 def test_recall_at_k_hand_cases():

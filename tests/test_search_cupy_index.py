@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from _fake_cupy import FAKE_MODULES, FakeCupy, install_fake_cupy
 
-from napari_cellmapper.core import neighbors_cupy
-from napari_cellmapper.core.neighbors import gpu_available, prepare_rep, search
-from napari_cellmapper.core.neighbors_cupy import _tiled_topk_numpy
+from napari_cellmapper.core.search import cupy_index as neighbors_cupy
+from napari_cellmapper.core.search.cupy_index import _tiled_topk_numpy
+from napari_cellmapper.core.search.neighbors import gpu_available, prepare_rep, search
 from napari_cellmapper.core.validation import CellMapperInputError
 
 needs_gpu = pytest.mark.skipif(
     not gpu_available(),
-    reason="needs an NVIDIA GPU with cupy (napari_cellmapper.core.neighbors.gpu_available() is False)",
+    reason="needs an NVIDIA GPU with cupy (napari_cellmapper.core.search.neighbors.gpu_available() is False)",
 )
 
 
@@ -209,7 +209,7 @@ def test_fused_compile_failure_falls_back(fake_cupy, data):
 
 def test_build_index_and_search_through_neighbors(fake_cupy, data, monkeypatch):
     fake_cupy()
-    from napari_cellmapper.core import neighbors
+    from napari_cellmapper.core.search import neighbors
 
     monkeypatch.setattr(neighbors, "gpu_available", lambda: True)
     query, reference = data
@@ -362,7 +362,7 @@ def test_core_maps_through_cupy_path_without_gui_spatialdata_or_faiss():
 @pytest.mark.parametrize("devices", [0, "driver error"])
 def test_auto_uses_the_gpu_only_when_cupy_finds_a_device(monkeypatch, devices):
     """cupy installed but no usable device (none, or the driver fails): auto stays on the CPU."""
-    from napari_cellmapper.core import neighbors
+    from napari_cellmapper.core.search import neighbors
 
     for name in FAKE_MODULES:  # records the real state, restored afterwards
         monkeypatch.setitem(sys.modules, name, None)

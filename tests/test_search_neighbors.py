@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_cellmapper import CellMapperInputError
-from napari_cellmapper.core import neighbors as nb
 from napari_cellmapper.core.progress import Progress
+from napari_cellmapper.core.search import neighbors as nb
 
 
 def _data(n_q=40, n_r=300, d=7, seed=1):
@@ -202,7 +202,7 @@ def test_inputs_not_modified():
 
 
 def test_prebuilt_index_is_reused():
-    from napari_cellmapper.core.neighbors_faiss import FlatIndex, IVFIndex
+    from napari_cellmapper.core.search.faiss_index import FlatIndex, IVFIndex
 
     q, r = _data()
     index = FlatIndex(nb.prepare_rep(r, "cosine"))

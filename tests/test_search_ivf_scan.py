@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_cellmapper.core import ivf_scan
+from napari_cellmapper.core.search import ivf_scan
 
 
 def _lists(n_rows, n_lists, d, seed):

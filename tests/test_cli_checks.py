@@ -245,3 +245,14 @@ def test_demo_without_napari_says_what_to_install(monkeypatch, capsys):
 def test_messages_keep_their_quotes():
     assert cli._message(KeyError("'cell type' is not in obs")) == "'cell type' is not in obs"
     assert cli._message(ValueError("'X_umap' has 1 column")) == "'X_umap' has 1 column"
+
+
+@pytest.mark.parametrize("role", ["query", "reference"])
+def test_unreadable_h5ad_is_one_clear_line(files, no_mapping, capsys, role):
+    (files / "broken.h5ad").write_bytes(b"not an hdf5 file")
+    argv = [a.format(t=files) for a in H5AD]
+    argv[argv.index(f"--{role}") + 1] = str(files / "broken.h5ad")
+    assert main(["map", *argv, "--out", str(files / "o.h5ad"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not be read as .h5ad" in err and "broken.h5ad" in err, err
+    assert role.capitalize() in err and "--debug" not in err

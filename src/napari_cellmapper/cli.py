@@ -199,7 +199,6 @@ def _cmd_stream(args) -> int:
 
 
 def _cmd_map(args) -> int:
-    import anndata as ad
     import numpy as np
 
     from napari_cellmapper.cli_checks import check_inputs, check_paths, is_zarr
@@ -237,7 +236,9 @@ def _cmd_map(args) -> int:
             cs = args.coordinate_system or sio.default_coordinate_system(sdata, table)
             coords = sio.cell_coordinates(sdata, table, cs)
     else:
-        query = ad.read_h5ad(args.query)
+        from napari_cellmapper.io.reference import read_h5ad_file
+
+        query = read_h5ad_file(args.query, "Query")
         if args.niches and "spatial" in query.obsm:
             coords = np.asarray(query.obsm["spatial"])[:, :2]
     check_inputs(args, reference, query, coords)

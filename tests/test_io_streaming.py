@@ -253,3 +253,12 @@ def test_nan_in_the_reference_expression_is_refused_before_writing(pair, tmp_pat
     with pytest.raises(CellMapperInputError, match="NaN or inf"):
         _stream(pair, tmp_path / "out.zarr", layer_key="X")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_accepts_numpy_integer_k(pair, tmp_path):
+    query, reference = pair
+    out = map_stream(
+        reference, _chunks(query, 40), tmp_path / "out.zarr", use_rep="X_joint", obs_keys="celltype",
+        n_neighbors=np.int64(5), backend="faiss-exact", progress=False,
+    )  # fmt: skip
+    assert ad.read_zarr(out).n_obs == query.n_obs

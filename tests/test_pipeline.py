@@ -121,3 +121,20 @@ def test_label_and_joint_options_travel_through_params():
     uncertain = query.obs["celltype_conf"].to_numpy() < 1.0
     assert (query.obs["celltype_pred"].astype(str).to_numpy()[uncertain] == "unassigned").all()
     assert info["pipeline"]["normalize"] == "True"
+
+
+@pytest.mark.parametrize("backend", ["faiss-exact", "faiss-ivf"])
+def test_numpy_integer_k_is_accepted(backend):
+    query, reference = make_pair(n_query=40, n_ref=80, seed=5)
+    plain = MappingParams(
+        use_rep="X_joint", obs_keys=("celltype",), n_neighbors=5, backend=backend, presence=True,
+        reference_k=4,
+    )  # fmt: skip
+    want = annotate(query.copy(), reference.copy(), plain, progress=False)
+    params = MappingParams(
+        use_rep="X_joint", obs_keys=("celltype",), n_neighbors=np.int32(5), backend=backend,
+        presence=True, reference_k=np.int64(4),
+    )  # fmt: skip
+    got = annotate(query.copy(), reference.copy(), params, progress=False)
+    np.testing.assert_array_equal(got.neighbors.indices, want.neighbors.indices)
+    assert type(got.params["n_neighbors"]) is int and got.reference_neighbors.k == 4

@@ -227,6 +227,7 @@ class CellMapper:
         val.check_choice("metric", metric, val.METRICS)
         val.check_choice("joint method", joint, val.JOINT_METHODS)
         val.check_k(n_neighbors, self.reference.n_obs)
+        n_neighbors = int(n_neighbors)  # numpy integers pass the check; faiss takes only int
         if use_rep is None:
             yield Progress("joint representation", 0, 1)
             emb = build_joint_embedding(
@@ -331,7 +332,7 @@ class CellMapper:
     def _reference_k(self, n_neighbors: int | None) -> int:
         if self.neighbors is None or self._reference_rep is None:
             raise val.CellMapperInputError("Call compute_neighbors() (or fit()) first.")
-        return min(n_neighbors or self.neighbors.k, int(self._reference_usable.sum()))
+        return int(min(n_neighbors or self.neighbors.k, int(self._reference_usable.sum())))
 
     def _iter_reference_search(self, k: int) -> Steps[Neighbors]:
         """Search the reference against itself with the index of the query search (no state change)."""
@@ -713,8 +714,10 @@ class CellMapper:
         _check_label_options(head, head_weight, min_confidence)
         self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
         val.check_k(n_neighbors, self.reference.n_obs)
+        n_neighbors = int(n_neighbors)  # numpy integers pass the check; faiss takes only int
         if reference_graph:
             val.check_positive_int("reference_k", reference_k)  # capped at the reference's size
+            reference_k = int(reference_k)
         if use_rep is not None:
             q_rep = val.get_rep(self.query, use_rep, "query")
             r_rep = val.get_rep(self.reference, use_rep, "reference")

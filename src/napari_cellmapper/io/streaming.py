@@ -165,6 +165,7 @@ def iter_map_stream(
     ref_rep = val.get_rep(reference, use_rep, "reference")
     val.check_finite(ref_rep, f"reference.obsm[{use_rep!r}]")
     val.check_k(n_neighbors, reference.n_obs)
+    n_neighbors = int(n_neighbors)  # numpy integers pass the check; faiss takes only int
     resolved = resolve_backend(backend, n_query or reference.n_obs, reference.n_obs)
     if resolved == "dask":
         raise val.CellMapperInputError("Streaming builds one in-process index; use a faiss or cupy backend.")

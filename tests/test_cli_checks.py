@@ -256,3 +256,20 @@ def test_unreadable_h5ad_is_one_clear_line(files, no_mapping, capsys, role):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could not be read as .h5ad" in err and "broken.h5ad" in err, err
     assert role.capitalize() in err and "--debug" not in err
+
+
+def test_non_finite_counts_without_use_rep_is_one_clear_line(files, capsys, monkeypatch):
+    query = ad.read_h5ad(files / "query.h5ad")
+    x = query.X.toarray()
+    x[2, 3], x[4, 5] = np.nan, np.inf
+    query.X = x
+    query.write_h5ad(files / "nan_counts.h5ad")
+    searched = []
+    monkeypatch.setattr("napari_cellmapper.core.mapper.build_index", lambda *a, **k: searched.append(a))
+    argv = ["map", "--reference", str(files / "ref.h5ad"), "--query", str(files / "nan_counts.h5ad"),
+            "--obs", "celltype", "--out", str(files / "o.h5ad"), "-q"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-cellmapper: error: The query's X holds 2 NaN or inf"), err
+    assert len(err.splitlines()) == 1 and "--use-rep" in err and not searched
+    assert not (files / "o.h5ad").exists()

@@ -273,3 +273,13 @@ def test_non_finite_counts_without_use_rep_is_one_clear_line(files, capsys, monk
     assert err.startswith("napari-cellmapper: error: The query's X holds 2 NaN or inf"), err
     assert len(err.splitlines()) == 1 and "--use-rep" in err and not searched
     assert not (files / "o.h5ad").exists()
+
+
+def test_one_cell_reference_with_k_1(files, capsys):
+    ad.read_h5ad(files / "ref.h5ad")[:1].copy().write_h5ad(files / "one.h5ad")
+    argv = ["map", "--reference", str(files / "one.h5ad"), "--query", str(files / "query.h5ad"),
+            "--use-rep", "X_joint", "--obs", "celltype", "-k", "1", "--out", str(files / "o.h5ad"),
+            "-q"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "mapping quality needs at least 2" in capsys.readouterr().err
+    assert ad.read_h5ad(files / "o.h5ad").obs["celltype_pred"].nunique() == 1

@@ -97,7 +97,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_quality_options(m)
     m.add_argument("--presence", action="store_true", help="presence scores on the reference")
     m.add_argument(
-        "--reference-k", type=_count(1), default=15,
+        "--reference-k", type=_count(2), default=15,
         help="neighbours per cell in the reference's own graph (presence, quality; 15)",
     )  # fmt: skip
     m.add_argument(

@@ -181,6 +181,7 @@ class CellMapper:
         #: (reference rows, their neighbours among the other reference cells), for calibration
         self._loo: tuple[np.ndarray, Neighbors] | None = None
         self._search_options: dict[str, Any] = {}
+        self._expression: tuple[str, Any] | None = None  # (layer_key, matrix) read into memory
         self.params: dict[str, Any] = {}
         #: what ``iter_fit(reference_graph_task=...)`` returned, or None
         self.reference_graph_result: Any = None
@@ -666,7 +667,13 @@ class CellMapper:
         """The reference expression matrix named by ``layer_key`` ("X" or a layer), or None."""
         if layer_key is None:
             return None
-        return self.reference.X if layer_key == "X" else self.reference.layers[layer_key]
+        x = self.reference.X if layer_key == "X" else self.reference.layers[layer_key]
+        if sparse.issparse(x) or isinstance(x, np.ndarray):
+            return x
+        # a backed reference's X is an on-disk dataset: read it once (before the search), keep it
+        if self._expression is None or self._expression[0] != layer_key:
+            self._expression = (layer_key, x.to_memory() if hasattr(x, "to_memory") else np.asarray(x[()]))
+        return self._expression[1]
 
     def iter_fit(
         self,

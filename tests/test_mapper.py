@@ -150,8 +150,9 @@ def test_layer_key_names_a_layer(pair):
     )
 
 
+@pytest.mark.parametrize("use_rep", ["X_joint", None])
 @pytest.mark.parametrize("sparse_x", [True, False])
-def test_backed_reference_imputes_x(tmp_path, sparse_x):
+def test_backed_reference_imputes_x(tmp_path, sparse_x, use_rep):
     query, reference = make_pair(sparse_x=sparse_x)
     reference.write_h5ad(tmp_path / "ref.h5ad")
     backed = anndata.read_h5ad(tmp_path / "ref.h5ad", backed="r")

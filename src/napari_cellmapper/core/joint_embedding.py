@@ -72,6 +72,9 @@ def _raw(adata: AnnData, layer: str | None):
     x = adata.X if layer in (None, "X") else adata.layers[layer]
     if x is None:
         raise CellMapperInputError("No expression matrix found; pass layer= naming one.")
+    if not (sparse.issparse(x) or isinstance(x, np.ndarray)) and hasattr(x, "shape"):
+        # a backed AnnData's X is an on-disk dataset: read it (sparse stays sparse)
+        x = x.to_memory() if hasattr(x, "to_memory") else x[()]
     if sparse.issparse(x):
         return x if x.format == "csr" else sparse.csr_matrix(x)
     return np.asarray(x)

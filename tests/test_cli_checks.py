@@ -283,3 +283,44 @@ def test_one_cell_reference_with_k_1(files, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     assert "mapping quality needs at least 2" in capsys.readouterr().err
     assert ad.read_h5ad(files / "o.h5ad").obs["celltype_pred"].nunique() == 1
+
+
+def test_in_place_with_layer_can_be_run_again(sample, tmp_path, capsys):
+    from napari_cellmapper import datasets
+    from napari_cellmapper.io import spatial as sio
+
+    ref, _ = sample
+    store = datasets.write_spatial_example(tmp_path / "again.zarr")
+    argv = ["map", "--reference", str(ref), "--query", str(store), "--use-rep", "X_joint", "--obs",
+            "cell_type", "--layer", "X", "--in-place", "-q"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    tables = list(sio.open_spatial(store, selection=("tables",)).tables)
+    assert len(tables) == 2 and any(t.endswith("_imputed") for t in tables)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(sio.open_spatial(store, selection=("tables",)).tables) == sorted(tables)
+
+
+def test_table_pointing_at_a_missing_element_names_both(tmp_path, capsys):
+    import spatialdata
+    from spatialdata.models import TableModel
+
+    from napari_cellmapper import datasets
+
+    example = datasets.spatial_example()
+    name = next(iter(example.tables))
+    table = example.tables[name].copy()
+    region_key, instance_key = (table.uns["spatialdata_attrs"][k] for k in ("region_key", "instance_key"))
+    table.obs[region_key] = pd.Categorical(["ghost"] * table.n_obs)
+    del table.uns["spatialdata_attrs"]
+    table = TableModel.parse(table, region="ghost", region_key=region_key, instance_key=instance_key)
+    store = tmp_path / "ghost.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # spatialdata's own note on the missing 'ghost'
+        spatialdata.SpatialData(images=dict(example.images), tables={"cells": table}).write(store)
+    ref = tmp_path / "ref.h5ad"
+    datasets.pbmc_example()[0].write_h5ad(ref)
+    argv = ["map", "--reference", str(ref), "--query", str(store), "--use-rep", "X_joint", "--obs",
+            "cell_type", "--out", str(tmp_path / "o.zarr"), "-q"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'cells'" in err and "'ghost'" in err and "not an element" in err, err

@@ -324,3 +324,15 @@ def test_table_pointing_at_a_missing_element_names_both(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "'cells'" in err and "'ghost'" in err and "not an element" in err, err
+
+
+def test_full_disk_while_writing_is_one_line_naming_the_flag(files, monkeypatch, capsys):
+    def fail(self, path, **kwargs):
+        raise OSError("Can't write data (file write failed: errno = 28, error message = 'No space left')")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", fail)
+    argv = [a.format(t=files) for a in H5AD]
+    assert main(["map", *argv, "-k", "5", "--out", str(files / "o.h5ad"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error: --out: Cannot write" in err, err
+    assert "No space left on device" in err and "--debug" not in err

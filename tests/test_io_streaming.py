@@ -262,3 +262,11 @@ def test_stream_accepts_numpy_integer_k(pair, tmp_path):
         n_neighbors=np.int64(5), backend="faiss-exact", progress=False,
     )  # fmt: skip
     assert ad.read_zarr(out).n_obs == query.n_obs
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5])
+def test_chunk_size_is_checked_when_called(pair, tmp_path, size):
+    query, _ = pair
+    query.write_h5ad(tmp_path / "q.h5ad")
+    with pytest.raises(CellMapperInputError, match="chunk_size must be a positive integer"):
+        iter_rep_chunks(tmp_path / "q.h5ad", "X_joint", size)

@@ -57,10 +57,16 @@ DEFAULT_STREAM_CHUNK = 200_000
 def iter_rep_chunks(
     path: str | Path, use_rep: str, chunk_size: int = DEFAULT_STREAM_CHUNK
 ) -> Iterator[tuple[pd.Index, np.ndarray]]:
-    """(obs_names, embedding rows) of an on-disk AnnData (.h5ad or .zarr), chunk by chunk."""
+    """(obs_names, embedding rows) of an on-disk AnnData (.h5ad or .zarr), chunk by chunk.
+
+    ``chunk_size`` is checked here, when called, not at the first chunk."""
+    val.check_positive_int("chunk_size", chunk_size)
+    return _iter_rep_chunks(Path(path), use_rep, int(chunk_size))
+
+
+def _iter_rep_chunks(path: Path, use_rep: str, chunk_size: int) -> Iterator[tuple[pd.Index, np.ndarray]]:
     import anndata as ad
 
-    path = Path(path)
     if path.suffix == ".h5ad":
         import h5py
 

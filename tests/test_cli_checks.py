@@ -245,3 +245,94 @@ def test_demo_without_napari_says_what_to_install(monkeypatch, capsys):
 def test_messages_keep_their_quotes():
     assert cli._message(KeyError("'cell type' is not in obs")) == "'cell type' is not in obs"
     assert cli._message(ValueError("'X_umap' has 1 column")) == "'X_umap' has 1 column"
+
+
+@pytest.mark.parametrize("role", ["query", "reference"])
+def test_unreadable_h5ad_is_one_clear_line(files, no_mapping, capsys, role):
+    (files / "broken.h5ad").write_bytes(b"not an hdf5 file")
+    argv = [a.format(t=files) for a in H5AD]
+    argv[argv.index(f"--{role}") + 1] = str(files / "broken.h5ad")
+    assert main(["map", *argv, "--out", str(files / "o.h5ad"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not be read as .h5ad" in err and "broken.h5ad" in err, err
+    assert role.capitalize() in err and "--debug" not in err
+
+
+def test_non_finite_counts_without_use_rep_is_one_clear_line(files, capsys, monkeypatch):
+    query = ad.read_h5ad(files / "query.h5ad")
+    x = query.X.toarray()
+    x[2, 3], x[4, 5] = np.nan, np.inf
+    query.X = x
+    query.write_h5ad(files / "nan_counts.h5ad")
+    searched = []
+    monkeypatch.setattr("napari_cellmapper.core.mapper.build_index", lambda *a, **k: searched.append(a))
+    argv = ["map", "--reference", str(files / "ref.h5ad"), "--query", str(files / "nan_counts.h5ad"),
+            "--obs", "celltype", "--out", str(files / "o.h5ad"), "-q"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-cellmapper: error: The query's X holds 2 NaN or inf"), err
+    assert len(err.splitlines()) == 1 and "--use-rep" in err and not searched
+    assert not (files / "o.h5ad").exists()
+
+
+def test_one_cell_reference_with_k_1(files, capsys):
+    ad.read_h5ad(files / "ref.h5ad")[:1].copy().write_h5ad(files / "one.h5ad")
+    argv = ["map", "--reference", str(files / "one.h5ad"), "--query", str(files / "query.h5ad"),
+            "--use-rep", "X_joint", "--obs", "celltype", "-k", "1", "--out", str(files / "o.h5ad"),
+            "-q"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "mapping quality needs at least 2" in capsys.readouterr().err
+    assert ad.read_h5ad(files / "o.h5ad").obs["celltype_pred"].nunique() == 1
+
+
+def test_in_place_with_layer_can_be_run_again(sample, tmp_path, capsys):
+    from napari_cellmapper import datasets
+    from napari_cellmapper.io import spatial as sio
+
+    ref, _ = sample
+    store = datasets.write_spatial_example(tmp_path / "again.zarr")
+    argv = ["map", "--reference", str(ref), "--query", str(store), "--use-rep", "X_joint", "--obs",
+            "cell_type", "--layer", "X", "--in-place", "-q"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    tables = list(sio.open_spatial(store, selection=("tables",)).tables)
+    assert len(tables) == 2 and any(t.endswith("_imputed") for t in tables)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(sio.open_spatial(store, selection=("tables",)).tables) == sorted(tables)
+
+
+def test_table_pointing_at_a_missing_element_names_both(tmp_path, capsys):
+    import spatialdata
+    from spatialdata.models import TableModel
+
+    from napari_cellmapper import datasets
+
+    example = datasets.spatial_example()
+    name = next(iter(example.tables))
+    table = example.tables[name].copy()
+    region_key, instance_key = (table.uns["spatialdata_attrs"][k] for k in ("region_key", "instance_key"))
+    table.obs[region_key] = pd.Categorical(["ghost"] * table.n_obs)
+    del table.uns["spatialdata_attrs"]
+    table = TableModel.parse(table, region="ghost", region_key=region_key, instance_key=instance_key)
+    store = tmp_path / "ghost.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # spatialdata's own note on the missing 'ghost'
+        spatialdata.SpatialData(images=dict(example.images), tables={"cells": table}).write(store)
+    ref = tmp_path / "ref.h5ad"
+    datasets.pbmc_example()[0].write_h5ad(ref)
+    argv = ["map", "--reference", str(ref), "--query", str(store), "--use-rep", "X_joint", "--obs",
+            "cell_type", "--out", str(tmp_path / "o.zarr"), "-q"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'cells'" in err and "'ghost'" in err and "not an element" in err, err
+
+
+def test_full_disk_while_writing_is_one_line_naming_the_flag(files, monkeypatch, capsys):
+    def fail(self, path, **kwargs):
+        raise OSError("Can't write data (file write failed: errno = 28, error message = 'No space left')")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", fail)
+    argv = [a.format(t=files) for a in H5AD]
+    assert main(["map", *argv, "-k", "5", "--out", str(files / "o.h5ad"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error: --out: Cannot write" in err, err
+    assert "No space left on device" in err and "--debug" not in err

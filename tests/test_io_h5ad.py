@@ -92,3 +92,34 @@ def test_stale_staging_of_a_killed_run_is_removed(adata, tmp_path):
     stale.with_name(stale.name + ".lock").touch()
     h5ad.write_h5ad_atomic(adata, tmp_path / "out.h5ad")
     assert _debris(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", [OSError, RuntimeError])
+def test_hdf5_disk_errors_without_errno_are_one_clear_error(adata, tmp_path, monkeypatch, capsys, kind):
+    """h5py/anndata re-raise a full disk without ``errno`` (it is only in HDF5's text) and print
+    tracebacks of datasets they cannot close: one clear error, nothing else on stderr."""
+
+    def fail(self, path, **kwargs):
+        open(path, "wb").write(b"half")
+        sys.stderr.write("Traceback (most recent call last):\n  File 'h5py/_objects.pyx'\nOSError: ...\n")
+        raise kind(
+            "Can't synchronously write data (file write failed: time = now, errno = 28, "
+            "error message = 'No space left on device')\n\nAbove error raised while writing key 'X'"
+        )
+
+    monkeypatch.setattr(AnnData, "write_h5ad", fail)
+    with pytest.raises(CellMapperInputError, match="No space left on device.*nothing was written"):
+        h5ad.write_h5ad_atomic(adata, tmp_path / "out.h5ad")
+    assert capsys.readouterr().err == "" and _debris(tmp_path) == []
+
+
+def test_a_successful_write_keeps_its_messages(adata, tmp_path, monkeypatch, capsys):
+    original = AnnData.write_h5ad
+
+    def chatty(self, path, **kwargs):
+        sys.stderr.write("a warning\n")
+        return original(self, path, **kwargs)
+
+    monkeypatch.setattr(AnnData, "write_h5ad", chatty)
+    h5ad.write_h5ad_atomic(adata, tmp_path / "out.h5ad")
+    assert capsys.readouterr().err == "a warning\n"

@@ -253,3 +253,20 @@ def test_nan_in_the_reference_expression_is_refused_before_writing(pair, tmp_pat
     with pytest.raises(CellMapperInputError, match="NaN or inf"):
         _stream(pair, tmp_path / "out.zarr", layer_key="X")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_accepts_numpy_integer_k(pair, tmp_path):
+    query, reference = pair
+    out = map_stream(
+        reference, _chunks(query, 40), tmp_path / "out.zarr", use_rep="X_joint", obs_keys="celltype",
+        n_neighbors=np.int64(5), backend="faiss-exact", progress=False,
+    )  # fmt: skip
+    assert ad.read_zarr(out).n_obs == query.n_obs
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5])
+def test_chunk_size_is_checked_when_called(pair, tmp_path, size):
+    query, _ = pair
+    query.write_h5ad(tmp_path / "q.h5ad")
+    with pytest.raises(CellMapperInputError, match="chunk_size must be a positive integer"):
+        iter_rep_chunks(tmp_path / "q.h5ad", "X_joint", size)

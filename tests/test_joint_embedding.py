@@ -307,3 +307,18 @@ def test_joint_options_reach_the_embedding_through_fit():
     assert joint["scaling"] == "gene" and joint["n_genes"] == 20 and joint["n_comps"] == 6
     assert joint["normalize"]["setting"] == "True"
     assert not np.allclose(q1.obsm["X_cellmapper_joint"], q2.obsm["X_cellmapper_joint"])
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("role", ["query", "reference"])
+def test_non_finite_expression_is_named_and_counted(dense, role):
+    query, reference = make_pair(n_query=30, n_ref=40, seed=4, sparse_x=not dense)
+    target = query if role == "query" else reference
+    x = target.X.toarray() if sparse.issparse(target.X) else target.X.copy()
+    x[2, 3], x[2, 4], x[5, 6] = np.nan, np.inf, -np.inf
+    target.layers["counts"] = x if dense else sparse.csr_matrix(x)
+    other = reference if role == "query" else query
+    other.layers["counts"] = other.X.copy()
+    message = rf"The {role}'s layer 'counts' holds 3 NaN or inf .*\(2 cell"
+    with pytest.raises(CellMapperInputError, match=message):
+        J.build_joint_embedding(query, reference, layer="counts")

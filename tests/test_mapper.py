@@ -150,6 +150,28 @@ def test_layer_key_names_a_layer(pair):
     )
 
 
+@pytest.mark.parametrize("use_rep", ["X_joint", None])
+@pytest.mark.parametrize("sparse_x", [True, False])
+def test_backed_reference_imputes_x(tmp_path, sparse_x, use_rep):
+    query, reference = make_pair(sparse_x=sparse_x)
+    reference.write_h5ad(tmp_path / "ref.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "ref.h5ad", backed="r")
+    try:
+        cmap = CellMapper(query, backed).fit(
+            use_rep="X_joint", obs_keys="celltype", layer_key="X", progress=False
+        )
+    finally:
+        backed.file.close()
+    want = cmap.mapping_matrix @ reference.X
+    got = cmap.query_imputed.X
+    np.testing.assert_allclose(
+        got.toarray() if sparse.issparse(got) else got,
+        want.toarray() if sparse.issparse(want) else want,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
 def test_numeric_obs_weighted_mean_and_key_lists(pair):
     query, reference = pair
     reference.obs.loc[reference.obs_names[:3], "score"] = np.nan

@@ -121,3 +121,37 @@ def test_label_and_joint_options_travel_through_params():
     uncertain = query.obs["celltype_conf"].to_numpy() < 1.0
     assert (query.obs["celltype_pred"].astype(str).to_numpy()[uncertain] == "unassigned").all()
     assert info["pipeline"]["normalize"] == "True"
+
+
+@pytest.mark.parametrize("backend", ["faiss-exact", "faiss-ivf"])
+def test_numpy_integer_k_is_accepted(backend):
+    query, reference = make_pair(n_query=40, n_ref=80, seed=5)
+    plain = MappingParams(
+        use_rep="X_joint", obs_keys=("celltype",), n_neighbors=5, backend=backend, presence=True,
+        reference_k=4,
+    )  # fmt: skip
+    want = annotate(query.copy(), reference.copy(), plain, progress=False)
+    params = MappingParams(
+        use_rep="X_joint", obs_keys=("celltype",), n_neighbors=np.int32(5), backend=backend,
+        presence=True, reference_k=np.int64(4),
+    )  # fmt: skip
+    got = annotate(query.copy(), reference.copy(), params, progress=False)
+    np.testing.assert_array_equal(got.neighbors.indices, want.neighbors.indices)
+    assert type(got.params["n_neighbors"]) is int and got.reference_neighbors.k == 4
+
+
+def test_one_cell_reference_with_k_1_maps_and_says_quality_is_skipped():
+    query, reference = make_pair(n_query=20, n_ref=40, seed=6)
+    one = reference[:1].copy()
+    params = MappingParams(use_rep="X_joint", obs_keys=("celltype",), n_neighbors=1, presence=True)
+    with pytest.warns(UserWarning, match="at least 2"):
+        annotate(query, one, params, progress=False)
+    assert (query.obs["celltype_pred"] == one.obs["celltype"].iloc[0]).all()
+    assert "mapping_quality" not in query.obs and "presence_score" in one.obs
+
+
+def test_quality_needs_reference_k_2_before_any_search(monkeypatch):
+    query, reference = make_pair(n_query=20, n_ref=40, seed=6)
+    monkeypatch.setattr("napari_cellmapper.core.mapper.CellMapper.iter_fit", lambda *a, **k: 1 / 0)
+    with pytest.raises(CellMapperInputError, match="reference_k >= 2"):
+        annotate(query, reference, MappingParams(use_rep="X_joint", reference_k=1), progress=False)

@@ -200,3 +200,9 @@ def test_missing_dask_says_how_to_install(monkeypatch, data):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(CellMapperInputError, match=r"pip install 'napari-cellmapper\[dask\]'"):
         search(query[:10], reference, K, backend="dask")
+
+
+def test_numpy_integer_k_is_accepted(client, data):
+    query, reference = data
+    got = search(query[:200], reference, np.int32(K), backend="dask", client=client, chunk_size=CHUNK)
+    assert got.indices.shape == (200, K)

@@ -97,7 +97,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_quality_options(m)
     m.add_argument("--presence", action="store_true", help="presence scores on the reference")
     m.add_argument(
-        "--reference-k", type=_count(1), default=15,
+        "--reference-k", type=_count(2), default=15,
         help="neighbours per cell in the reference's own graph (presence, quality; 15)",
     )  # fmt: skip
     m.add_argument(
@@ -205,7 +205,6 @@ def _cmd_stream(args) -> int:
 
 
 def _cmd_map(args) -> int:
-    import anndata as ad
     import numpy as np
 
     from napari_cellmapper.cli_checks import check_inputs, check_paths, is_zarr
@@ -243,7 +242,9 @@ def _cmd_map(args) -> int:
             cs = args.coordinate_system or sio.default_coordinate_system(sdata, table)
             coords = sio.cell_coordinates(sdata, table, cs)
     else:
-        query = ad.read_h5ad(args.query)
+        from napari_cellmapper.io.reference import read_h5ad_file
+
+        query = read_h5ad_file(args.query, "Query")
         if args.niches and "spatial" in query.obsm:
             coords = np.asarray(query.obsm["spatial"])[:, :2]
     check_inputs(args, reference, query, coords)

@@ -48,4 +48,7 @@ def write_h5ad_atomic(adata: Any, path: Path, overwrite: bool, flag: str = "--ou
         raise CellMapperInputError(
             f"{flag} {path} exists; pass --overwrite to replace it or choose another {flag}."
         )
-    write(adata, path, overwrite=overwrite)
+    try:
+        write(adata, path, overwrite=overwrite)
+    except CellMapperInputError as err:  # full or read-only disk, a path that appeared meanwhile
+        raise CellMapperInputError(f"{flag}: {err}") from err

@@ -72,9 +72,38 @@ def _raw(adata: AnnData, layer: str | None):
     x = adata.X if layer in (None, "X") else adata.layers[layer]
     if x is None:
         raise CellMapperInputError("No expression matrix found; pass layer= naming one.")
+    if not (sparse.issparse(x) or isinstance(x, np.ndarray)) and hasattr(x, "shape"):
+        # a backed AnnData's X is an on-disk dataset: read it (sparse stays sparse)
+        x = x.to_memory() if hasattr(x, "to_memory") else x[()]
     if sparse.issparse(x):
         return x if x.format == "csr" else sparse.csr_matrix(x)
     return np.asarray(x)
+
+
+def _check_finite_expression(x, cols: np.ndarray, role: str, layer: str | None) -> None:
+    """Raise, naming the matrix and the count, if the shared genes hold NaN or inf (they would
+    reach the PCA/CCA solver, whose error names neither)."""
+    if sparse.issparse(x):
+        bad = ~np.isfinite(x.data)
+        if not bad.any():
+            return
+        in_cols = np.isin(x.indices[bad], cols)
+        n_bad = int(in_cols.sum())
+        n_cells = int(np.unique(_row_ids(x)[np.flatnonzero(bad)[in_cols]]).size)
+    else:
+        n_bad = n_cells = 0
+        for start in range(0, x.shape[0], 8192):  # row blocks: no full copy of a dense matrix
+            block = ~np.isfinite(x[start : start + 8192][:, cols])
+            n_bad += int(block.sum())
+            n_cells += int(block.any(axis=1).sum())
+    if n_bad:
+        name = "X" if layer in (None, "X") else f"layer {layer!r}"
+        raise CellMapperInputError(
+            f"The {role}'s {name} holds {n_bad} NaN or inf value(s) in the shared genes "
+            f"({n_cells} cell(s)); no joint representation can be built from them. Replace them "
+            "(e.g. with 0), choose another expression layer (joint_layer, --joint-layer) or pass a "
+            "precomputed joint embedding (use_rep, --use-rep)."
+        )
 
 
 def _raw_stats(x, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -264,6 +293,8 @@ def build_joint_embedding(
     xq, xr = _raw(query, layer), _raw(reference, layer)
     cq = query.var_names.get_indexer(genes)
     cr = reference.var_names.get_indexer(genes)
+    _check_finite_expression(xq, cq, "query", layer)
+    _check_finite_expression(xr, cr, "reference", layer)
     (tq, q_usable, nq), (tr, r_usable, nr) = _raw_stats(xq, cq), _raw_stats(xr, cr)
     for role, usable in (("query", q_usable), ("reference", r_usable)):
         if not usable.any():

@@ -164,6 +164,7 @@ class CellMapper:
         #: (reference rows, their neighbours among the other reference cells), for calibration
         self._loo: tuple[np.ndarray, Neighbors] | None = None
         self._search_options: dict[str, Any] = {}
+        self._expression: tuple[str, Any] | None = None  # (layer_key, matrix) read into memory
         self.params: dict[str, Any] = {}
         #: what ``iter_fit(reference_graph_task=...)`` returned, or None
         self.reference_graph_result: Any = None
@@ -210,6 +211,7 @@ class CellMapper:
         val.check_choice("metric", metric, val.METRICS)
         val.check_choice("joint method", joint, val.JOINT_METHODS)
         val.check_k(n_neighbors, self.reference.n_obs)
+        n_neighbors = int(n_neighbors)  # numpy integers pass the check; faiss takes only int
         if use_rep is None:
             yield Progress("joint representation", 0, 1)
             emb = build_joint_embedding(
@@ -314,7 +316,7 @@ class CellMapper:
     def _reference_k(self, n_neighbors: int | None) -> int:
         if self.neighbors is None or self._reference_rep is None:
             raise val.CellMapperInputError("Call compute_neighbors() (or fit()) first.")
-        return min(n_neighbors or self.neighbors.k, int(self._reference_usable.sum()))
+        return int(min(n_neighbors or self.neighbors.k, int(self._reference_usable.sum())))
 
     def _iter_reference_search(self, k: int) -> Steps[Neighbors]:
         """Search the reference against itself with the index of the query search (no state change)."""
@@ -648,7 +650,13 @@ class CellMapper:
         """The reference expression matrix named by ``layer_key`` ("X" or a layer), or None."""
         if layer_key is None:
             return None
-        return self.reference.X if layer_key == "X" else self.reference.layers[layer_key]
+        x = self.reference.X if layer_key == "X" else self.reference.layers[layer_key]
+        if sparse.issparse(x) or isinstance(x, np.ndarray):
+            return x
+        # a backed reference's X is an on-disk dataset: read it once (before the search), keep it
+        if self._expression is None or self._expression[0] != layer_key:
+            self._expression = (layer_key, x.to_memory() if hasattr(x, "to_memory") else np.asarray(x[()]))
+        return self._expression[1]
 
     def iter_fit(
         self,
@@ -696,8 +704,10 @@ class CellMapper:
         _check_label_options(head, head_weight, min_confidence)
         self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
         val.check_k(n_neighbors, self.reference.n_obs)
+        n_neighbors = int(n_neighbors)  # numpy integers pass the check; faiss takes only int
         if reference_graph:
             val.check_positive_int("reference_k", reference_k)  # capped at the reference's size
+            reference_k = int(reference_k)
         if use_rep is not None:
             q_rep = val.get_rep(self.query, use_rep, "query")
             r_rep = val.get_rep(self.reference, use_rep, "reference")

@@ -5,6 +5,7 @@ The CLI and the napari worker both call :func:`iter_annotate`, so they run the s
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -98,7 +99,16 @@ def _niche_key(params: MappingParams) -> str:
 
 
 def check_params(query: AnnData, params: MappingParams, coords: np.ndarray | None) -> None:
-    """Checks that need no heavy work: niches need coordinates and a label key."""
+    """Checks that need no heavy work: the quality's reference graph needs k >= 2, niches need
+    coordinates and a label key."""
+    if params.quality:
+        val.check_positive_int("reference_k", params.reference_k)
+        if params.reference_k < 2:
+            raise val.CellMapperInputError(
+                f"reference_k={params.reference_k} leaves each reference cell no neighbour but itself, "
+                "so the mapping quality cannot be calibrated: use reference_k >= 2 (--reference-k 2) "
+                "or quality=False."
+            )
     if params.n_niches:
         key = _niche_key(params)
         if key not in params.obs_keys:
@@ -150,7 +160,13 @@ def iter_annotate(
     )
     if needs_graph:
         ref_graph = cmap.reference_neighbors
-        if params.quality:
+        if params.quality and ref_graph.k < 2:
+            warnings.warn(
+                f"The reference has {ref_graph.k} usable cell: the mapping quality needs at least 2 "
+                f"to calibrate, so {QUALITY_KEY!r} is not written.",
+                stacklevel=2,
+            )
+        elif params.quality:
             from napari_cellmapper.core.presence import mapping_quality
 
             yield Progress("mapping quality", 0, 1)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
+import io
 import os
+import re
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,42 @@ from napari_cellmapper.core.validation import CellMapperInputError
 from napari_cellmapper.io import atomic
 
 _MARGIN = 1.2  # h5ad headers, string tables and attributes on top of the raw array bytes
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _disk_errno(err: BaseException) -> int | None:
+    """The full-disk/read-only errno behind ``err``: its own, its causes', or the one HDF5 quotes in
+    its message (h5py and anndata re-raise without it: "file write failed: ..., errno = 28")."""
+    seen: BaseException | None = err
+    while seen is not None:
+        code = getattr(seen, "errno", None)
+        if code in _DISK_ERRORS:
+            return code
+        for match in _HDF5_ERRNO.finditer(str(seen)):
+            if int(match.group(1)) in _DISK_ERRORS:
+                return int(match.group(1))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_failure() -> Iterator[None]:
+    """Keep h5py's tracebacks from objects it cannot close (a failed write's datasets on a full
+    disk; printed straight to stderr, or as unraisable exceptions) off the terminal: the one error
+    raised says it all. What the write printed is passed on when it succeeds."""
+    hook, buffer = sys.unraisablehook, io.StringIO()
+    sys.unraisablehook = lambda _unraisable: None
+    try:
+        with contextlib.redirect_stderr(buffer):
+            try:
+                yield
+            except BaseException:
+                gc.collect()  # close what the failed write left open while still quiet
+                raise
+    finally:
+        sys.unraisablehook = hook
+    sys.stderr.write(buffer.getvalue())  # a successful write's warnings
 
 
 def estimated_size(adata: AnnData) -> int:
@@ -61,14 +103,22 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike[str], *, overwrite
         )
     staging = atomic.staging_path(path)
     try:
-        adata.write_h5ad(staging)
+        with _quiet_failure():
+            try:
+                adata.write_h5ad(staging)
+            except (OSError, RuntimeError) as err:
+                code = _disk_errno(err)
+                if code is None:
+                    raise
+                raise OSError(code, os.strerror(code), str(staging)) from err
         atomic.commit(staging, path, replace=overwrite, replaceable=_refusal)
     except atomic.TargetChangedError as err:
         raise CellMapperInputError(f"{err} Nothing was replaced; choose another path.") from err
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        code = _disk_errno(err)
+        if code is not None:
             raise CellMapperInputError(
-                f"Cannot write {str(path)!r}: {os.strerror(err.errno)}. "
+                f"Cannot write {str(path)!r}: {os.strerror(code)}. "
                 "Free some space or choose a writable folder; nothing was written."
             ) from err
         raise

@@ -51,6 +51,20 @@ def _pick_table(tables: list[str], table: str | None, path: Path) -> str:
     return table
 
 
+def read_h5ad_file(path: str | os.PathLike[str], role: str = "Query") -> AnnData:
+    """Read an ``.h5ad`` file into memory; any reader failure (truncated file, not HDF5, no
+    permission) becomes one :class:`CellMapperInputError` naming ``role`` and the file."""
+    p = Path(path).expanduser()
+    try:
+        return anndata.read_h5ad(p)
+    except Exception as err:  # noqa: BLE001 - any reader failure means an unreadable file
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise CellMapperInputError(
+            f"{role} {str(p)!r} could not be read as .h5ad ({type(err).__name__}: {detail}). "
+            "Check that the file is complete and written by anndata."
+        ) from err
+
+
 def read_reference(path: str | os.PathLike[str], table: str | None = None) -> AnnData:
     """Read a reference AnnData into memory.
 
@@ -83,13 +97,7 @@ def read_reference(path: str | os.PathLike[str], table: str | None = None) -> An
                 f"`table={table!r}` only applies to SpatialData stores; {str(p)!r} is an .h5ad file. "
                 "Drop `table=`."
             )
-        try:
-            return anndata.read_h5ad(p)
-        except Exception as err:  # noqa: BLE001 - any reader failure means an unreadable file
-            raise CellMapperInputError(
-                f"Reference {str(p)!r} could not be read as .h5ad ({type(err).__name__}: {err}). "
-                "Check that the file is complete and written by anndata."
-            ) from err
+        return read_h5ad_file(p, "Reference")
     if is_spatialdata_zarr(p):
         sdata = open_spatial(p, selection=("tables",))
         name = _pick_table(list(sdata.tables), table, p)

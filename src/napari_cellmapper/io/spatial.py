@@ -507,19 +507,39 @@ def query_table(
 # defaults for the command line and the widget
 
 
+def is_imputed_table(table: AnnData) -> bool:
+    """Whether ``table`` is the imputed expression an earlier run wrote beside a mapped table."""
+    meta = table.uns.get("cellmapper")
+    return isinstance(meta, Mapping) and meta.get("imputed_from_table") is not None
+
+
 def resolve_table(sdata: Any, table_name: str | None = None) -> str:
-    """``table_name`` if given (checked), else the only table that annotates cells."""
+    """``table_name`` if given (checked), else the only table that annotates cells.
+
+    Tables holding an earlier run's imputed expression (``<table>_imputed``) are never picked,
+    so a command that wrote one can be run again unchanged.
+    """
     sdata = _as_sdata(sdata)
     if table_name is not None:
         _checked_info(sdata, table_name)
         return table_name
-    usable = [name for name in sdata.tables if table_info(sdata, name).annotates_anything]
+    candidates = [name for name in sdata.tables if not is_imputed_table(sdata.tables[name])]
+    usable = [name for name in candidates if table_info(sdata, name).annotates_anything]
     if len(usable) == 1:
         return usable[0]
     if not usable:
+        reasons = []
+        for name in candidates:
+            try:
+                _checked_info(sdata, name)
+            except CellMapperInputError as err:
+                reasons.append(str(err))
+        if len(reasons) == 1:  # the one table, and why it cannot be used
+            raise CellMapperInputError(reasons[0])
+        why = f" Why: {' '.join(reasons)}" if reasons else ""
         raise CellMapperInputError(
             "This SpatialData has no table that annotates cells (shapes, labels or points); "
-            "add one with spatialdata.models.TableModel."
+            f"add one with spatialdata.models.TableModel.{why}"
         )
     raise CellMapperInputError(
         f"This SpatialData has several tables ({', '.join(map(repr, usable))}); choose one (--table)."

@@ -57,10 +57,16 @@ DEFAULT_STREAM_CHUNK = 200_000
 def iter_rep_chunks(
     path: str | Path, use_rep: str, chunk_size: int = DEFAULT_STREAM_CHUNK
 ) -> Iterator[tuple[pd.Index, np.ndarray]]:
-    """(obs_names, embedding rows) of an on-disk AnnData (.h5ad or .zarr), chunk by chunk."""
+    """(obs_names, embedding rows) of an on-disk AnnData (.h5ad or .zarr), chunk by chunk.
+
+    ``chunk_size`` is checked here, when called, not at the first chunk."""
+    val.check_positive_int("chunk_size", chunk_size)
+    return _iter_rep_chunks(Path(path), use_rep, int(chunk_size))
+
+
+def _iter_rep_chunks(path: Path, use_rep: str, chunk_size: int) -> Iterator[tuple[pd.Index, np.ndarray]]:
     import anndata as ad
 
-    path = Path(path)
     if path.suffix == ".h5ad":
         import h5py
 
@@ -165,6 +171,7 @@ def iter_map_stream(
     ref_rep = val.get_rep(reference, use_rep, "reference")
     val.check_finite(ref_rep, f"reference.obsm[{use_rep!r}]")
     val.check_k(n_neighbors, reference.n_obs)
+    n_neighbors = int(n_neighbors)  # numpy integers pass the check; faiss takes only int
     resolved = resolve_backend(backend, n_query or reference.n_obs, reference.n_obs)
     if resolved == "dask":
         raise val.CellMapperInputError("Streaming builds one in-process index; use a faiss or cupy backend.")

@@ -234,6 +234,7 @@ def iter_dask_search(
     query = np.asarray(query)
     reference = np.asarray(reference)
     _check_inputs(query, reference, k, metric, index_backend)
+    k = int(k)  # numpy integers pass the check; faiss takes only int
     _check_chunk_size(chunk_size)
     n_query, n_reference = query.shape[0], reference.shape[0]
     yield Progress(stage, 0, n_query)

@@ -248,6 +248,7 @@ def iter_search(
     check_choice("metric", metric, METRICS)
     n_query, n_reference = query.shape[0], reference.shape[0]
     check_k(k, n_reference)
+    k = int(k)  # numpy integers pass the check; faiss and cupy take only int
     if query.shape[1] != reference.shape[1]:
         raise CellMapperInputError(
             f"query has {query.shape[1]} dimensions but the reference {reference.shape[1]}."

@@ -755,3 +755,35 @@ def test_head_and_calibration_change_probabilities_not_the_mapping_matrix():
     assert not np.allclose(proba, plain.obsm["celltype_proba"].to_numpy())
     info = query.uns["cellmapper"]["labels"]
     assert info["head"] == "lda" and info["calibrate"] and info["celltype"]["temperature"] > 0
+
+
+def _gene_pair(seed: int = 0) -> tuple[AnnData, AnnData]:
+    """Reference and query whose X are the same 4 gene programs of 12 genes (types by program)."""
+    rng = np.random.default_rng(seed)
+    genes = [f"g{i}" for i in range(12)]
+
+    def make(n: int) -> AnnData:
+        types = rng.integers(0, 4, n)
+        x = rng.normal(0, 0.2, (n, 12)).astype(np.float32)
+        x[np.arange(n)[:, None], types[:, None] * 3 + np.arange(3)] += 3
+        obs = pd.DataFrame({"cell_type": pd.Categorical.from_codes(types, list("abcd"))})
+        obs.index = obs.index.astype(str)
+        return AnnData(X=x, obs=obs, var=pd.DataFrame(index=genes))
+
+    return make(200), make(100)
+
+
+def test_use_rep_x_matches_genes_by_name_not_position():
+    reference, query = _gene_pair()
+    truth = query.obs["cell_type"].to_numpy()
+    shuffled = query[:, query.var_names[np.random.default_rng(1).permutation(12)]].copy()
+    CellMapper(shuffled, reference).fit(use_rep="X", obs_keys="cell_type", n_neighbors=5)
+    assert (shuffled.obs["cell_type_pred"].to_numpy() == truth).mean() == 1.0
+
+
+def test_use_rep_x_with_different_genes_is_refused_before_the_search(search_calls):
+    reference, query = _gene_pair()
+    query.var_names = [*query.var_names[:-1], "other"]
+    with pytest.raises(CellMapperInputError, match=r"use_rep='X' compares genes.*1 of the reference's"):
+        CellMapper(query, reference).fit(use_rep="X", obs_keys="cell_type", n_neighbors=5)
+    assert search_calls == []

@@ -228,9 +228,7 @@ class CellMapper:
             yield Progress("joint representation", 1, 1)
         else:
             emb = None
-            q_rep = val.get_rep(self.query, use_rep, "query")
-            r_rep = val.get_rep(self.reference, use_rep, "reference")
-            val.check_reps(q_rep, r_rep, use_rep)
+            q_rep, r_rep = val.get_rep_pair(self.query, self.reference, use_rep)
             q_ok = np.ones(q_rep.shape[0], bool)
             r_ok = np.ones(r_rep.shape[0], bool)
         val.check_k(n_neighbors, int(r_ok.sum()))
@@ -709,9 +707,7 @@ class CellMapper:
             val.check_positive_int("reference_k", reference_k)  # capped at the reference's size
             reference_k = int(reference_k)
         if use_rep is not None:
-            q_rep = val.get_rep(self.query, use_rep, "query")
-            r_rep = val.get_rep(self.reference, use_rep, "reference")
-            val.check_reps(q_rep, r_rep, use_rep)
+            q_rep, r_rep = val.get_rep_pair(self.query, self.reference, use_rep)
         else:
             val.check_unique_var_names(self.query, "query")
             val.check_unique_var_names(self.reference, "reference")

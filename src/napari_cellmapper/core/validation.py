@@ -116,6 +116,31 @@ def check_finite(rep: np.ndarray, name: str) -> None:
         )
 
 
+def get_rep_pair(query: AnnData, reference: AnnData, use_rep: str) -> tuple[np.ndarray, np.ndarray]:
+    """The query's and the reference's ``use_rep``, checked (:func:`check_reps`).
+
+    ``use_rep="X"`` compares genes, so columns are matched by gene name, not by position: the
+    query's columns are put in the reference's gene order, and different gene sets are refused.
+    """
+    q_rep, r_rep = get_rep(query, use_rep, "query"), get_rep(reference, use_rep, "reference")
+    if use_rep == "X" and not query.var_names.equals(reference.var_names):
+        check_unique_var_names(query, "query")
+        check_unique_var_names(reference, "reference")
+        missing = reference.var_names.difference(query.var_names)
+        extra = query.var_names.difference(reference.var_names)
+        if len(missing) or len(extra):
+            raise CellMapperInputError(
+                f"use_rep='X' compares genes, but the query and the reference have different genes "
+                f"({len(missing)} of the reference's are missing from the query, e.g. "
+                f"{list(missing[:3])}; {len(extra)} are only in the query, e.g. {list(extra[:3])}). "
+                "Use use_rep=None (a joint embedding of the shared genes), or subset both to the "
+                "same genes."
+            )
+        q_rep = q_rep[:, query.var_names.get_indexer(reference.var_names)]
+    check_reps(q_rep, r_rep, use_rep)
+    return q_rep, r_rep
+
+
 def check_reps(query_rep: np.ndarray, ref_rep: np.ndarray, use_rep: str) -> None:
     """Raise if the two embeddings differ in width or hold NaN/inf."""
     if query_rep.shape[1] != ref_rep.shape[1]:

@@ -787,3 +787,14 @@ def test_use_rep_x_with_different_genes_is_refused_before_the_search(search_call
     with pytest.raises(CellMapperInputError, match=r"use_rep='X' compares genes.*1 of the reference's"):
         CellMapper(query, reference).fit(use_rep="X", obs_keys="cell_type", n_neighbors=5)
     assert search_calls == []
+
+
+@pytest.mark.parametrize("as_sparse", [True, False])
+def test_nan_in_the_reference_expression_is_refused_before_the_search(search_calls, as_sparse):
+    reference, query = _gene_pair()
+    x = reference.X.copy()
+    x[3, 2] = np.nan
+    reference.layers["counts"] = sparse.csr_matrix(x) if as_sparse else x
+    with pytest.raises(CellMapperInputError, match=r"'counts' expression holds 1 NaN or inf.*layer_key"):
+        CellMapper(query, reference).fit(use_rep="X", obs_keys="cell_type", n_neighbors=5, layer_key="counts")
+    assert search_calls == [] and "cell_type_pred" not in query.obs

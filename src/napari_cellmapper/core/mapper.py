@@ -716,6 +716,8 @@ class CellMapper:
 
             resolve_backend(backend, self.query.n_obs, self.reference.n_obs)
         expression = self._reference_layer(layer_key)
+        if expression is not None:
+            val.check_expression_finite(expression, layer_key)
         if expression is not None and sparse_product.uses_kernels(self.query.n_obs * n_neighbors, expression):
             sparse_product.warm_up()  # loads the product's kernels while the search runs
         yield from self.iter_compute_neighbors(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
 KERNELS = ("gauss", "gauss_adaptive", "scarches", "inverse_distance", "equal", "hnoca")
 BACKENDS = ("auto", "faiss-exact", "faiss-ivf", "cupy", "cupy-ivf", "dask")
@@ -209,6 +210,18 @@ def check_obsm_keys(reference: AnnData, keys: Sequence[str]) -> None:
             available = ", ".join(map(repr, reference.obsm.keys())) or "none"
             raise CellMapperInputError(f"obsm key {key!r} is not in reference.obsm (available: {available}).")
         check_finite(get_rep(reference, key, "reference"), f"reference.obsm[{key!r}]")
+
+
+def check_expression_finite(expression: Any, layer_key: str) -> None:
+    """Raise if the reference expression to transfer holds NaN or inf (they would reach every
+    imputed value of the query cells mapped onto those cells)."""
+    values = expression.data if sparse.issparse(expression) else np.asarray(expression)
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise CellMapperInputError(
+            f"The reference's {layer_key!r} expression holds {bad} NaN or inf value(s); they would flow "
+            "into the imputed expression. Replace them (e.g. with 0) or pass another layer_key."
+        )
 
 
 def check_layer(reference: AnnData, layer_key: str) -> None:

@@ -180,12 +180,7 @@ def iter_map_stream(
     expression = None
     if layer_key is not None:
         expression = reference.X if layer_key == "X" else reference.layers[layer_key]
-        values = expression.data if sparse.issparse(expression) else np.asarray(expression)
-        if not np.isfinite(values).all():
-            raise val.CellMapperInputError(
-                f"The reference's {layer_key!r} expression holds NaN or inf; it would flow into every "
-                "imputed value. Replace them (e.g. with 0) or pass another layer."
-            )
+        val.check_expression_finite(expression, layer_key)
     yield Progress("build index", 0, 1)
     index = build_index(prepare_rep(ref_rep, metric), resolved, **search_options)
     yield Progress("build index", 1, 1)

@@ -208,3 +208,43 @@ def test_kind_of_element_names_every_element():
     assert "image" in kinds.values() and kinds.get("cells") in ("circles", "labels")
     with pytest.raises(KeyError, match="nope"):
         spatial.kind_of_element(sdata, "nope")
+
+
+def _points_sdata(transform, *, with_z: bool = True):
+    import pandas as pd
+    from anndata import AnnData
+    from spatialdata import SpatialData
+    from spatialdata.models import PointsModel, TableModel
+
+    df = pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [0.0, 1.0, 2.0]})
+    if with_z:
+        df["z"] = [10.0, 20.0, 30.0]
+    points = PointsModel.parse(df, transformations={"global": transform})
+    obs = pd.DataFrame({"region": pd.Categorical(["pts"] * 3), "cell_id": np.arange(3)})
+    obs.index = obs.index.astype(str)
+    table = TableModel.parse(
+        AnnData(np.zeros((3, 1), np.float32), obs=obs),
+        region="pts",
+        region_key="region",
+        instance_key="cell_id",
+    )
+    return SpatialData(points={"pts": points}, tables={"cells": table})
+
+
+def test_a_3d_affine_on_points_keeps_its_z_term():
+    from spatialdata.transformations import Affine
+
+    # x' = x + 0.5 z, y' = 2 y - z + 1
+    matrix = [[1, 0, 0.5, 0], [0, 2, -1, 1], [0, 0, 1, 0], [0, 0, 0, 1]]
+    sdata = _points_sdata(Affine(matrix, input_axes=("x", "y", "z"), output_axes=("x", "y", "z")))
+    xy = spatial.cell_coordinates(sdata, "cells", "global")
+    np.testing.assert_allclose(xy, [[6, -9], [12, -17], [18, -25]])
+
+
+@pytest.mark.parametrize("with_z", [True, False])
+def test_a_non_invertible_transformation_is_refused(with_z):
+    from spatialdata.transformations import Scale
+
+    sdata = _points_sdata(Scale([0.0, 1.0], axes=("x", "y")), with_z=with_z)
+    with pytest.raises(CellMapperInputError, match=r"'global' is not invertible.*set_transformation"):
+        spatial.cell_coordinates(sdata, "cells", "global")

@@ -353,7 +353,15 @@ def element_kind(sdata: Any, table_name: str) -> ElementKind:
 # coordinates
 
 
+def _input_axes(element: Any) -> tuple[str, ...]:
+    """Intrinsic axes whose values reach x, y: z too for 3-D points (a 3-D affine mixes it in)."""
+    columns = getattr(element, "columns", ())
+    return ("x", "y", "z") if "x" in columns and "z" in columns else ("x", "y")
+
+
 def _affine_xy(element: Any, coordinate_system: str, table_name: str) -> np.ndarray:
+    """``(3, n_in + 1)`` affine from the element's intrinsic axes (:func:`_input_axes`) to x, y;
+    refused when it collapses the cells onto a line or a point."""
     from spatialdata.transformations import get_transformation
 
     available = _element_coordinate_systems(element)
@@ -363,12 +371,23 @@ def _affine_xy(element: Any, coordinate_system: str, table_name: str) -> np.ndar
             f"Available: {', '.join(map(repr, available)) or 'none'}."
         )
     transform = get_transformation(element, to_coordinate_system=coordinate_system)
-    return np.asarray(transform.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+    axes = _input_axes(element)
+    full = np.asarray(transform.to_affine_matrix(input_axes=axes, output_axes=axes), dtype=float)
+    m = full[[0, 1, -1]]  # the rows of x, y and the homogeneous one
+    if not np.isfinite(m).all() or np.linalg.matrix_rank(m[:2, : len(axes)]) < 2:
+        raise CellMapperInputError(
+            f"The transformation of the cells of table {table_name!r} to coordinate system "
+            f"{coordinate_system!r} is not invertible: it puts every cell on a line or a point "
+            f"(x, y rows {m[:2].round(6).tolist()}). Fix the element's transformation "
+            "(spatialdata.transformations.set_transformation) or choose another coordinate system."
+        )
+    return m
 
 
 def _points_xy(element: Any) -> pd.DataFrame:
-    df = element[["x", "y"]].compute() if hasattr(element, "compute") else element[["x", "y"]]
-    return pd.DataFrame({"x": np.asarray(df["x"], float), "y": np.asarray(df["y"], float)}, index=df.index)
+    axes = list(_input_axes(element))
+    df = element[axes].compute() if hasattr(element, "compute") else element[axes]
+    return pd.DataFrame({axis: np.asarray(df[axis], float) for axis in axes}, index=df.index)
 
 
 def _shapes_xy(element: Any, kind: str) -> pd.DataFrame:
@@ -457,9 +476,9 @@ def cell_coordinates(sdata: Any, table_name: str, coordinate_system: str = "glob
             continue
         xy = _intrinsic_xy(element, info.element_kinds[region])
         pos = _match_rows(ids_all[rows], xy.index, table_name, region)
-        intrinsic = xy[["x", "y"]].to_numpy(np.float64)[pos]
         m = affines[region]
-        out[rows] = intrinsic @ m[:2, :2].T + m[:2, 2]
+        intrinsic = xy[list(_input_axes(element))].to_numpy(np.float64)[pos]
+        out[rows] = intrinsic @ m[:2, :-1].T + m[:2, -1]
     return out
 
 

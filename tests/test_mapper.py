@@ -798,3 +798,27 @@ def test_nan_in_the_reference_expression_is_refused_before_the_search(search_cal
     with pytest.raises(CellMapperInputError, match=r"'counts' expression holds 1 NaN or inf.*layer_key"):
         CellMapper(query, reference).fit(use_rep="X", obs_keys="cell_type", n_neighbors=5, layer_key="counts")
     assert search_calls == [] and "cell_type_pred" not in query.obs
+
+
+def test_a_type_without_counts_in_the_shared_genes_is_named():
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(12)]
+
+    def make(n: int, silent: bool) -> AnnData:
+        types = rng.integers(0, 4, n)
+        x = rng.poisson(0.2, (n, 12)).astype(np.float32)
+        x[np.arange(n)[:, None], types[:, None] * 3 + np.arange(3)] += rng.poisson(5, (n, 3))
+        if silent:  # type 'd' expresses nothing over these genes in the reference
+            x[types == 3] = 0
+        obs = pd.DataFrame({"cell_type": pd.Categorical.from_codes(types, list("abcd"))})
+        obs.index = obs.index.astype(str)
+        return AnnData(X=x, obs=obs, var=pd.DataFrame(index=genes))
+
+    reference, query = make(300, True), make(100, False)
+    with (
+        warnings.catch_warnings(),
+        pytest.warns(UserWarning, match=r"1 type\(s\) of 'cell_type' cannot be transferred.*'d'"),
+    ):
+        warnings.filterwarnings("ignore", message=".*zero counts over the shared genes; they are left")
+        CellMapper(query, reference).fit(obs_keys="cell_type", n_neighbors=5, n_top_genes=None)
+    assert "d" not in set(query.obs["cell_type_pred"].astype(str))

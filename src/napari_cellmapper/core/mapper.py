@@ -462,6 +462,7 @@ class CellMapper:
                         stacklevel=4,
                     )
                 codes, cats = category_codes(column)
+                self._warn_types_without_usable_cells(key, codes, cats)
                 labels_of = gpu.iter_labels if gpu is not None else partial(iter_transfer_labels, m)
                 res = yield from labels_of(codes, cats, stage=f"transfer {key}", **chunk)
                 res, label_info[key] = self._refine_labels(res, codes, head, head_weight, calibrate)
@@ -540,6 +541,26 @@ class CellMapper:
 
         with threadpool_limits(1, user_api="blas"):
             return self._refine_labels_now(res, codes, head, weight, calibrate)
+
+    def _warn_types_without_usable_cells(self, key: str, codes: np.ndarray, categories: pd.Index) -> None:
+        """Warn about types all of whose reference cells were left out of the search (no counts
+        over the shared genes): their query cells can only get other labels."""
+        usable = self._reference_usable
+        if usable is None or usable.all():
+            return
+        labelled = codes >= 0
+        present = np.bincount(codes[labelled], minlength=len(categories)) > 0
+        placed = np.bincount(codes[labelled & usable], minlength=len(categories)) > 0
+        lost = [str(c) for c, p, q in zip(categories, present, placed, strict=True) if p and not q]
+        if lost:
+            warnings.warn(
+                f"{len(lost)} type(s) of {key!r} cannot be transferred: none of their reference cells has "
+                f"counts over the shared genes ({', '.join(map(repr, lost[:5]))}), so their query cells get "
+                "other labels. Build the joint space from more genes (n_top_genes=0 / --n-top-genes 0, or "
+                "another joint_layer) or pass a joint embedding (use_rep).",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _refine_labels_now(
         self, res: LabelTransfer, codes: np.ndarray, head: str, weight: float, calibrate: bool

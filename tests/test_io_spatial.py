@@ -248,3 +248,19 @@ def test_a_non_invertible_transformation_is_refused(with_z):
     sdata = _points_sdata(Scale([0.0, 1.0], axes=("x", "y")), with_z=with_z)
     with pytest.raises(CellMapperInputError, match=r"'global' is not invertible.*set_transformation"):
         spatial.cell_coordinates(sdata, "cells", "global")
+
+
+def test_table_rows_without_a_cell_are_named_before_mapping():
+    from spatialdata.transformations import Identity
+
+    sdata = _points_sdata(Identity())
+    table = sdata.tables["cells"]
+    table.obs["cell_id"] = [0, 1, 7]
+    with pytest.warns(
+        UserWarning, match=r"1 of 3 rows of table 'cells' have no cell in element 'pts'.*\[7\]"
+    ):
+        adata = spatial.query_table(sdata, "cells")
+    assert adata.n_obs == 3
+    table.obs["cell_id"] = [5, 6, 7]
+    with pytest.raises(CellMapperInputError, match="No shared cells between table 'cells' and element 'pts'"):
+        spatial.query_table(sdata, "cells")

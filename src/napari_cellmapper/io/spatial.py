@@ -403,6 +403,15 @@ def _intrinsic_xy(element: Any, kind: str) -> pd.DataFrame:
     return label_centroids(element)
 
 
+def _positions(ids: np.ndarray, index: pd.Index) -> np.ndarray:
+    """Positions in ``index`` of each id (-1: none); ids read back as strings on one side and
+    integers on the other are compared as strings."""
+    pos = index.get_indexer(pd.Index(ids))
+    if (pos < 0).all() and len(ids) and index.dtype != pd.Index(ids).dtype:
+        pos = index.astype(str).get_indexer(pd.Index(ids).astype(str))
+    return pos
+
+
 def _match_rows(ids: np.ndarray, index: pd.Index, table_name: str, region: str) -> np.ndarray:
     """Positions in ``index`` of each id; raises when ids are missing."""
     if not index.is_unique:
@@ -411,24 +420,68 @@ def _match_rows(ids: np.ndarray, index: pd.Index, table_name: str, region: str) 
             f"so table {table_name!r} cannot be matched to it. "
             "Make the element's index unique."
         )
-    pos = index.get_indexer(pd.Index(ids))
-    if (pos < 0).all() and len(ids) and index.dtype != pd.Index(ids).dtype:
-        # ids read back as strings on one side and integers on the other: compare as strings
-        pos = index.astype(str).get_indexer(pd.Index(ids).astype(str))
+    pos = _positions(ids, index)
     missing = pos < 0
     if missing.all() and len(ids):
-        raise CellMapperInputError(
-            f"No shared cells between table {table_name!r} and element {region!r}: none of the table's "
-            f"instance ids (e.g. {list(ids[:3])}) is an id of the element (e.g. {index[:3].tolist()}). "
-            "Check the table's instance_key column and that it annotates the right element."
-        )
+        raise CellMapperInputError(_no_shared_cells(ids, index, table_name, region))
     if missing.any():
         raise CellMapperInputError(
             f"{int(missing.sum())} of {len(ids)} rows of table {table_name!r} have no cell in element "
-            f"{region!r} (e.g. instance ids {list(ids[missing][:5])}). Subset the table to the cells present "
-            "in the element, or fix its instance_key column."
+            f"{region!r} (e.g. instance ids {ids[missing][:5].tolist()}). Subset the table to the cells "
+            "present in the element, or fix its instance_key column."
         )
     return pos
+
+
+def _no_shared_cells(ids: np.ndarray, index: pd.Index, table_name: str, region: str) -> str:
+    return (
+        f"No shared cells between table {table_name!r} and element {region!r}: none of the table's "
+        f"instance ids (e.g. {ids[:3].tolist()}) is an id of the element (e.g. {index[:3].tolist()}). "
+        "Check the table's instance_key column and that it annotates the right element."
+    )
+
+
+def _row_regions(table: AnnData, info: TableInfo, table_name: str) -> np.ndarray:
+    """The element (region) each table row annotates."""
+    if len(info.regions) == 1 and (info.region_key is None or info.region_key not in table.obs):
+        return np.full(table.n_obs, info.regions[0], dtype=object)
+    row_regions = table.obs[info.region_key].astype(str).to_numpy()
+    unknown = sorted(set(row_regions) - set(info.regions))
+    if unknown:
+        raise CellMapperInputError(
+            f"Rows of table {table_name!r} name regions {unknown} in obs[{info.region_key!r}] that the "
+            f"table does not declare ({list(info.regions)}). Re-parse the table with all its regions."
+        )
+    return row_regions
+
+
+def check_rows_match_cells(sdata: Any, table_name: str) -> None:
+    """Before a mapping: refuse a table none of whose rows is a cell of its element, and warn
+    about rows that are not (they are mapped, but have no place on the tissue). Points and
+    shapes are checked by their index; labels when their centroids are computed."""
+    sdata = _as_sdata(sdata)
+    info = _checked_info(sdata, table_name)
+    table = sdata.tables[table_name]
+    ids_all = table.obs[info.instance_key].to_numpy()
+    row_regions = _row_regions(table, info, table_name)
+    for region, kind in info.element_kinds.items():
+        rows = np.flatnonzero(row_regions == region)
+        if rows.size == 0 or kind == "labels":
+            continue
+        element = _find_element(sdata, region)[1]  # type: ignore[index]
+        index = element.index.compute() if hasattr(element.index, "compute") else element.index
+        ids = ids_all[rows]
+        missing = _positions(ids, pd.Index(index)) < 0
+        if missing.all():
+            raise CellMapperInputError(_no_shared_cells(ids, pd.Index(index), table_name, region))
+        if missing.any():
+            warnings.warn(
+                f"{int(missing.sum())} of {len(ids)} rows of table {table_name!r} have no cell in element "
+                f"{region!r} (e.g. instance ids {ids[missing][:5].tolist()}): they are mapped but cannot be "
+                "drawn or placed. Subset the table to the cells present, or fix its instance_key column.",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 def cell_coordinates(sdata: Any, table_name: str, coordinate_system: str = "global") -> np.ndarray:
@@ -459,16 +512,7 @@ def cell_coordinates(sdata: Any, table_name: str, coordinate_system: str = "glob
     elements = {r: _find_element(sdata, r)[1] for r in info.element_kinds}  # type: ignore[index]
     affines = {r: _affine_xy(e, coordinate_system, table_name) for r, e in elements.items()}
     ids_all = table.obs[info.instance_key].to_numpy()
-    if len(info.regions) == 1 and (info.region_key is None or info.region_key not in table.obs):
-        row_regions = np.full(table.n_obs, info.regions[0], dtype=object)
-    else:
-        row_regions = table.obs[info.region_key].astype(str).to_numpy()
-        unknown = sorted(set(row_regions) - set(info.regions))
-        if unknown:
-            raise CellMapperInputError(
-                f"Rows of table {table_name!r} name regions {unknown} in obs[{info.region_key!r}] that the "
-                f"table does not declare ({list(info.regions)}). Re-parse the table with all its regions."
-            )
+    row_regions = _row_regions(table, info, table_name)
     out = np.full((table.n_obs, 2), np.nan, dtype=np.float64)
     for region, element in elements.items():
         rows = np.flatnonzero(row_regions == region)
@@ -513,7 +557,11 @@ def query_table(
     """
     sdata = _as_sdata(sdata)
     _checked_info(sdata, table_name)
-    coords = cell_coordinates(sdata, table_name, coordinate_system) if coordinate_system else None
+    if coordinate_system:
+        coords = cell_coordinates(sdata, table_name, coordinate_system)  # checks every row
+    else:
+        coords = None
+        check_rows_match_cells(sdata, table_name)
     adata = sdata.tables[table_name].copy()
     if adata.is_view:  # pragma: no cover - copy() never returns a view, kept for safety
         adata = adata.copy()

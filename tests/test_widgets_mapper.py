@@ -461,3 +461,28 @@ def test_reference_without_embedding_is_explained(make_napari_viewer, errors):
     assert widget.status.text() == NO_EMBEDDING and "warning: " + NO_EMBEDDING in errors
     assert not widget.reference_color_combo.isEnabled()
     assert widget.reference_color_combo.toolTip() == NO_EMBEDDING
+
+
+def test_spatial_h5ad_query_opens_maps_and_exports(demo, qtbot, tmp_path, errors):
+    """An .h5ad with positions in obsm["spatial"] (squidpy's convention) is a query like a store."""
+    import spatialdata
+
+    from napari_cellmapper.io.spatial import cell_coordinates
+
+    viewer, widget = demo
+    source = widget.query.sdata
+    table = widget.table.copy()
+    table.obsm["spatial"] = cell_coordinates(source, widget.table_combo.currentText())
+    del table.uns["spatialdata_attrs"]
+    path = tmp_path / "spots.h5ad"
+    table.write_h5ad(path)
+    assert widget.open_query(path)
+    assert widget.query_combo.currentText() == "spots.h5ad (file)"
+    assert widget.element_combo.currentText() == "cells" and widget.table.n_obs == table.n_obs
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert not [e for e in errors if not e.startswith("warning")], errors
+    assert "cell_type_pred" in widget.scene.cells_layer.features
+    out = widget.export(tmp_path / "spots.zarr", confirm=False)
+    written = spatialdata.read_zarr(out)
+    assert "cell_type_pred" in written.tables["table"].obs and "cells" in written.shapes

@@ -210,7 +210,7 @@ def iter_transfer_expression(
     stage: str = "transfer expression",
     row_order: np.ndarray | None = None,
 ) -> Steps[np.ndarray | sparse.csr_matrix]:
-    """``M · X`` for the reference expression: sparse in, sparse (CSR, float32, sorted) out.
+    """``M · X`` for the reference expression: sparse in, sparse (CSR, float32) out.
 
     Sparse input goes through :mod:`.sparse_product` (parallel; ``row_order``, a permutation of
     the query rows that keeps neighbouring cells together, makes it faster); dense input through

@@ -157,9 +157,14 @@ class CellMapperWidget(QWidget):
         self.open_reference_button.setToolTip("Read a reference from an .h5ad file or a .zarr store")
         form.addRow("Reference", _row(self.reference_combo, self.open_reference_button))
         self.query_combo = QComboBox()
-        self.query_combo.setToolTip("Spatial query: a SpatialData open in the viewer or a .zarr store")
+        self.query_combo.setToolTip(
+            "Spatial query: a SpatialData open in the viewer, a .zarr store or a spatial .h5ad"
+        )
         self.open_query_button = QPushButton("Open…")
-        self.open_query_button.setToolTip("Read a SpatialData .zarr store as the spatial query")
+        self.open_query_button.setToolTip(
+            "Read the spatial query: a SpatialData .zarr store, or an .h5ad with positions in "
+            "obsm['spatial'] (squidpy's convention)"
+        )
         form.addRow("Query", _row(self.query_combo, self.open_query_button))
         self.table_combo = QComboBox()
         self.table_combo.setToolTip("Query table whose rows are the cells to annotate")
@@ -293,7 +298,10 @@ class CellMapperWidget(QWidget):
         menu.addAction(".h5ad file…", lambda: self._open_reference_dialog("h5ad"))
         menu.addAction(".zarr store…", lambda: self._open_reference_dialog("zarr"))
         self.open_reference_button.setMenu(menu)
-        self.open_query_button.clicked.connect(self._open_query_dialog)
+        menu = QMenu(self.open_query_button)
+        menu.addAction("SpatialData .zarr store…", lambda: self._open_query_dialog("zarr"))
+        menu.addAction(".h5ad with obsm['spatial']…", lambda: self._open_query_dialog("h5ad"))
+        self.open_query_button.setMenu(menu)
         self.reference_combo.currentIndexChanged.connect(self._on_reference_changed)
         self.query_combo.currentIndexChanged.connect(self._on_query_changed)
         self.table_combo.currentIndexChanged.connect(self._on_table_changed)
@@ -415,7 +423,8 @@ class CellMapperWidget(QWidget):
         return True
 
     def open_query(self, path: str | Path) -> bool:
-        """Read a SpatialData query; a bad file gives an error notification and changes nothing."""
+        """Read a query (SpatialData .zarr, or .h5ad with obsm["spatial"]); a bad file gives an
+        error notification and changes nothing."""
         try:
             source = load_query(path)
             if not table_names(source.sdata):
@@ -438,8 +447,13 @@ class CellMapperWidget(QWidget):
         if path:
             self.open_reference(path)
 
-    def _open_query_dialog(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open SpatialData .zarr")
+    def _open_query_dialog(self, kind: str = "zarr") -> None:
+        if kind == "h5ad":
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Open a spatial AnnData (positions in obsm['spatial'])", "", "AnnData (*.h5ad)"
+            )
+        else:
+            path = QFileDialog.getExistingDirectory(self, "Open SpatialData .zarr")
         if path:
             self.open_query(path)
 

@@ -42,7 +42,13 @@ def load_reference(path: str | Path) -> ReferenceSource:
 
 
 def load_query(path: str | Path) -> QuerySource:
-    """Open a SpatialData .zarr query via ``io.spatial``."""
+    """Open a SpatialData .zarr query via ``io.spatial``, or an ``.h5ad`` with positions in
+    ``obsm["spatial"]`` (squidpy's convention) via ``io.anndata_spatial`` (then held in memory:
+    no path, so an export writes a new store)."""
+    if Path(path).suffix.lower() == ".h5ad":
+        from napari_cellmapper.io.anndata_spatial import read_spatial_h5ad
+
+        return QuerySource(f"{Path(path).name} (file)", read_spatial_h5ad(path), None)
     from napari_cellmapper.io.spatial import open_spatial
 
     sdata = open_spatial(path)

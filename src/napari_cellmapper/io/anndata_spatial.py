@@ -49,9 +49,8 @@ def spatialdata_from_anndata(adata: AnnData, *, key: str = "spatial", source: st
 
     xy = _positions(adata, key, source)
     ids = np.arange(adata.n_obs)
-    circles = ShapesModel.parse(
-        xy, geometry=0, radius=np.full(adata.n_obs, _radius(adata, xy)), index=pd.Index(ids, name=INSTANCE_KEY)
-    )
+    radius = np.full(adata.n_obs, _radius(adata, xy))
+    circles = ShapesModel.parse(xy, geometry=0, radius=radius, index=pd.Index(ids, name=INSTANCE_KEY))
     table = AnnData(
         X=adata.X,
         obs=adata.obs.copy(),

@@ -486,3 +486,44 @@ def test_spatial_h5ad_query_opens_maps_and_exports(demo, qtbot, tmp_path, errors
     out = widget.export(tmp_path / "spots.zarr", confirm=False)
     written = spatialdata.read_zarr(out)
     assert "cell_type_pred" in written.tables["table"].obs and "cells" in written.shapes
+
+
+def test_advanced_options_reach_the_job_and_the_result(demo, qtbot, errors):
+    """Every option the library offers is reachable: its defaults are the library's, its values
+    go into the job, and the min. confidence labels low-confidence cells 'unassigned'."""
+    from napari_cellmapper.core.pipeline import MappingParams
+
+    viewer, widget = demo
+    advanced = widget.advanced
+    assert advanced.body.isHidden()  # folded away: the Run button stays in view
+    defaults = MappingParams()
+    job = widget.build_job()
+    for name, value in advanced.params().items():
+        assert getattr(job.params, name) == getattr(defaults, name) == value, name
+    qtbot.mouseClick(advanced.toggle, qtbot_button())
+    assert not advanced.body.isHidden()
+    widget.rep_combo.setCurrentText("X_joint")
+    assert not advanced.n_comps_spin.isEnabled()  # joint-space options only when building one
+    widget.rep_combo.setCurrentText("build from shared genes")
+    assert advanced.n_comps_spin.isEnabled()
+    advanced.n_comps_spin.setValue(12)
+    advanced.input_combo.setCurrentIndex(2)  # already normalised
+    advanced.top_genes_spin.setValue(0)
+    advanced.metric_combo.setCurrentText("cosine")
+    advanced.head_combo.setCurrentText("none")
+    assert not advanced.head_weight_spin.isEnabled()
+    advanced.calibrate_check.setChecked(False)
+    advanced.min_confidence_spin.setValue(0.9)
+    params = widget.build_job().params
+    assert (params.n_comps, params.normalize, params.n_top_genes) == (12, False, None)
+    assert (params.metric, params.head, params.calibrate) == ("cosine", "none", False)
+    assert params.min_confidence == 0.9
+    widget.run()
+    assert not advanced.isEnabled()  # frozen while the run uses them
+    _wait_done(qtbot, widget)
+    assert advanced.isEnabled() and not advanced.head_weight_spin.isEnabled()
+    assert not [e for e in errors if not e.startswith("warning")], errors
+    table = widget.table
+    low = table.obs["cell_type_conf"].to_numpy() < 0.9
+    assert low.any()
+    assert (table.obs["cell_type_pred"].astype(str).to_numpy()[low] == "unassigned").all()

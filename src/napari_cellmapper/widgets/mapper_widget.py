@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 from napari_cellmapper.core.pipeline import MappingParams
 from napari_cellmapper.viewer.scene import CellMapperScene
 from napari_cellmapper.viewer.selection import cell_info
+from napari_cellmapper.widgets.advanced_options import AdvancedOptions
 from napari_cellmapper.widgets.controller import MappingController, error_message
 from napari_cellmapper.widgets.job import BACKENDS, BUILD_FROM_GENES, KERNELS, MappingJob, MappingResult
 from napari_cellmapper.widgets.legend import ColorKey
@@ -235,6 +236,8 @@ class CellMapperWidget(QWidget):
         self.clear_region_button = QPushButton("Clear region")
         self.clear_region_button.setToolTip("Remove the region: the next run maps all cells")
         form.addRow(_row(self.region_button, self.clear_region_button))
+        self.advanced = AdvancedOptions()
+        form.addRow(self.advanced)
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Map the reference onto the query (runs in the background)")
         self.cancel_button = QPushButton("Cancel")
@@ -317,6 +320,9 @@ class CellMapperWidget(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         self.gene_edit.returnPressed.connect(lambda: self.show_gene(self.gene_edit.text().strip()))
         self.niches_check.toggled.connect(self.niches_spin.setEnabled)
+        self.rep_combo.currentTextChanged.connect(
+            lambda rep: self.advanced.set_building_joint_space(rep == BUILD_FROM_GENES)
+        )
         self.niches_spin.setEnabled(False)
 
     def _fill_backends(self) -> None:
@@ -536,6 +542,7 @@ class CellMapperWidget(QWidget):
         had_reps = self.rep_combo.count() > 1
         keep = current in items and (current != BUILD_FROM_GENES or had_reps)
         self._refill(self.rep_combo, items, items.index(current) if keep else 0)
+        self.advanced.set_building_joint_space(self.rep_combo.currentText() == BUILD_FROM_GENES)
         parts = []
         if reference is not None:
             parts.append(f"reference {reference.n_obs:,} cells × {reference.n_vars:,} genes")
@@ -576,6 +583,7 @@ class CellMapperWidget(QWidget):
                 backend=str(self.backend_combo.currentData()),
                 presence=self.presence_check.isChecked(),
                 n_niches=int(self.niches_spin.value()) if self.niches_check.isChecked() else 0,
+                **self.advanced.params(),
             ),
         )
 
@@ -627,6 +635,7 @@ class CellMapperWidget(QWidget):
             self.niches_check,
             self.region_button,
             self.clear_region_button,
+            self.advanced,
         )
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:

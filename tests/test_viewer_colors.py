@@ -27,3 +27,32 @@ def test_identifier_gets_no_legend():
     assert info.categorical and info.entries == ()
     info = color_info(pd.Series(["a", "b"] * 500).astype("category"), "cell_type")
     assert [label for label, _ in info.entries] == ["a", "b"]
+
+
+def test_scores_on_unit_range_keep_it_unless_autoscaled():
+    import numpy as np
+    import pandas as pd
+
+    from napari_cellmapper.viewer.colors import color_info, explanation, fixed_range
+
+    values = pd.Series(np.array([0.4, 0.6]))
+    for key in ("cell_type_conf", "cell_type_entropy", "P(B cells)", "presence_score", "mapping_quality"):
+        assert fixed_range(key) == (0.0, 1.0) and color_info(values, key).clim == (0.0, 1.0)
+        assert color_info(values, key, autoscale=True).clim == (0.4, 0.6)
+        assert explanation(key)
+    assert fixed_range("Gad1 (measured)") is None and color_info(values, "Gad1 (measured)").clim == (0.4, 0.6)
+
+
+def test_dark_ended_colormaps_get_a_visible_start():
+    import matplotlib
+    import numpy as np
+    from napari.utils.colormaps import ensure_colormap
+
+    from napari_cellmapper.viewer.colors import visible_on_dark
+
+    name = visible_on_dark("magma")
+    assert name == "magma_bright" and visible_on_dark("magma") == name  # registered once
+    first = matplotlib.colormaps[name](0.0)
+    assert max(first[:3]) > 0.2  # magma itself starts at black
+    np.testing.assert_allclose(ensure_colormap(name).map(np.array([0.0]))[0][:3], first[:3], atol=1e-2)
+    assert visible_on_dark("cividis") == "cividis"

@@ -304,10 +304,52 @@ def test_imputed_expression_colours_cells(demo, qtbot, errors):
     _wait_done(qtbot, widget)
     assert widget.result.imputed is not None and widget.gene_edit.isEnabled()
     gene = str(widget.result.imputed.var_names[0])
-    assert widget.show_gene(gene)
+    assert widget.show_gene(f"{gene} (imputed)")
     assert widget.color_combo.currentText() == f"{gene} (imputed)"
     assert widget.color_key.currentWidget() is widget.color_key.colorbar
     assert widget.show_gene("NOT_A_GENE") is False and "NOT_A_GENE" in errors[-1]
+
+
+def test_colour_by_measured_imputed_gene_and_type_probability(demo, qtbot, errors):
+    """Without 'impute expression' a reference gene is imputed on demand (M times that gene's
+    column only); a measured gene comes from the query; P(type) from the transferred probabilities;
+    scores on 0-1 keep that range unless autoscaled, and carry a one-line explanation."""
+    from napari_cellmapper.viewer.cell_values import value_choices
+
+    viewer, widget = demo
+    table, reference = widget.table, widget.reference
+    gene = str(table.var_names.intersection(reference.var_names)[0])
+    assert widget.gene_edit.isEnabled()  # measured genes need no run
+    assert widget.show_gene(gene) and widget.color_combo.currentText() == f"{gene} (measured)"
+    assert widget.show_gene(f"{gene} (imputed)") is False and "Run a mapping" in errors[-1]
+    widget.run()
+    _wait_done(qtbot, widget)
+    result = widget.result
+    assert result.imputed is None and result.mapping is not None
+    choices = value_choices(table, reference, result)
+    assert f"{gene} (imputed)" in choices and f"{gene} (measured)" in choices
+    assert widget.show_gene(f"{gene} (imputed)")
+    cells = widget.scene.cells_layer
+    column = reference[:, gene].X
+    column = np.asarray(column.toarray() if hasattr(column, "toarray") else column).ravel()
+    expected = result.mapping @ column
+    rows = widget.scene.geometry.rows
+    full = np.full(table.n_obs, np.nan)
+    full[result.rows] = expected
+    np.testing.assert_allclose(cells.features[f"{gene} (imputed)"].to_numpy(), full[rows], rtol=1e-5)
+    kind = str(table.obs["cell_type_pred"].cat.categories[0])
+    assert widget.show_gene(kind) and widget.color_combo.currentText() == f"P({kind})"
+    stored = table.obsm["cell_type_proba"].iloc[:, 0].to_numpy()  # the first type's column
+    np.testing.assert_allclose(cells.features[f"P({kind})"].to_numpy(), stored[rows])
+    colorbar = widget.color_key.colorbar
+    assert colorbar.clim == (0.0, 1.0) and "Probability" in colorbar.note.text()
+    widget.autoscale_check.setChecked(True)
+    values = cells.features[f"P({kind})"].to_numpy()
+    assert colorbar.clim == (values.min(), values.max())
+    widget.autoscale_check.setChecked(False)
+    widget.color_combo.setCurrentText("mapping_quality")
+    assert colorbar.clim == (0.0, 1.0) and "reference covers" in colorbar.note.text()
+    assert colorbar.colormap.endswith("_bright")  # no near-black end on the dark canvas
 
 
 def test_labels_query_maps_and_colours_labels(make_napari_viewer, qtbot, errors):

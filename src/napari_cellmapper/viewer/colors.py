@@ -13,7 +13,24 @@ import pandas as pd
 
 from napari_cellmapper.core.palettes import colors_for
 
+#: colormaps whose darkest end vanishes on napari's black canvas, and where to start them instead
+_DARK_START = {"viridis": 0.15, "magma": 0.3, "inferno": 0.3, "plasma": 0.1}
 CONTINUOUS_COLORMAP = "viridis"
+#: scores that live in [0, 1]: drawn over that fixed range unless autoscaled
+_UNIT_KEYS = ("mapping_quality", "presence_score")
+_UNIT_SUFFIXES = ("_conf", "_entropy")
+PROBABILITY_PREFIX = "P("
+#: one line on what a score means, shown with its colour bar
+_EXPLANATIONS = {
+    "mapping_quality": "How well the reference covers the cell: 1 = as close to its reference neighbours "
+    "as a typical reference cell is to its own; near 0 = farther than almost any (a type the "
+    "reference may lack).",
+    "presence_score": "How well each reference cell is represented in the query (0 = absent).",
+}
+_SUFFIX_EXPLANATIONS = {
+    "_conf": "Probability of the predicted label.",
+    "_entropy": "Uncertainty of the label: 0 = one type, 1 = every type equally likely.",
+}
 #: A categorical/string column with more distinct values than this, and mostly one value per cell,
 #: is an identifier (cell_id, barcode): never a default colouring, never a legend.
 IDENTIFIER_MIN_VALUES = 200
@@ -28,6 +45,46 @@ class ColorInfo:
     entries: tuple[tuple[str, str], ...] = ()  # (label, hex) for categorical
     colormap: str = CONTINUOUS_COLORMAP
     clim: tuple[float, float] = (0.0, 1.0)
+    note: str = ""  # what the value means (continuous scores)
+
+
+def fixed_range(key: str) -> tuple[float, float] | None:
+    """(0, 1) for scores defined on that range (confidence, entropy, probabilities, presence,
+    mapping quality), so that colours compare across samples and runs; None for the rest."""
+    if key in _UNIT_KEYS or key.endswith(_UNIT_SUFFIXES) or key.startswith(PROBABILITY_PREFIX):
+        return (0.0, 1.0)
+    return None
+
+
+def explanation(key: str) -> str:
+    """One line on what a score means ("" when there is nothing to add)."""
+    if key in _EXPLANATIONS:
+        return _EXPLANATIONS[key]
+    if key.startswith(PROBABILITY_PREFIX):
+        return "Probability of this type, from the reference neighbours (and the classifier head)."
+    return next((text for suffix, text in _SUFFIX_EXPLANATIONS.items() if key.endswith(suffix)), "")
+
+
+def visible_on_dark(name: str) -> str:
+    """A colormap whose lowest colour still shows on a black canvas: ``name`` itself, or for
+    colormaps that start at (near) black, ``"<name>_bright"``, the same colours from a lighter
+    start, registered with napari and matplotlib on first use."""
+    start = _DARK_START.get(name)
+    if start is None:
+        return name
+    bright = f"{name}_bright"
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
+    if bright not in matplotlib.colormaps:
+        colors = matplotlib.colormaps[name](np.linspace(start, 1.0, 256))
+        matplotlib.colormaps.register(ListedColormap(colors, name=bright))
+        try:
+            from napari.utils.colormaps import Colormap, ensure_colormap
+        except ImportError:  # the library without napari: matplotlib's registry serves
+            return bright
+        ensure_colormap(Colormap(colors, name=bright, display_name=bright))
+    return bright
 
 
 def is_categorical(values: pd.Series) -> bool:
@@ -92,9 +149,14 @@ def rgba_for(
 
 
 def color_info(
-    values: pd.Series, key: str, colors: list[str] | None = None, colormap: str = CONTINUOUS_COLORMAP
+    values: pd.Series,
+    key: str,
+    colors: list[str] | None = None,
+    colormap: str = CONTINUOUS_COLORMAP,
+    autoscale: bool = False,
 ) -> ColorInfo:
-    """Legend entries or colormap limits describing how ``values`` are drawn."""
+    """Legend entries or colormap limits describing how ``values`` are drawn: scores on [0, 1]
+    keep that range unless ``autoscale``; other numbers span their finite min/max."""
     if is_categorical(values):
         if is_identifier(values):
             return ColorInfo(key, True)
@@ -103,5 +165,6 @@ def color_info(
         frame = pd.DataFrame({key: as_categorical(values)})
         entries = legend_entries(frame, key, colors, missing_label="not mapped")
         return ColorInfo(key, True, entries=tuple(entries))
-    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-    return ColorInfo(key, False, colormap=colormap, clim=clim_of(numbers))
+    fixed = None if autoscale else fixed_range(key)
+    clim = fixed or clim_of(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float))
+    return ColorInfo(key, False, colormap=colormap, clim=clim, note=explanation(key))

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_cellmapper.viewer.colors import ColorInfo, color_info, is_identifier, palette_for, rgba_for
+from napari_cellmapper.viewer.colors import (
+    ColorInfo,
+    color_info,
+    is_identifier,
+    palette_for,
+    rgba_for,
+    visible_on_dark,
+)
 from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     CellGeometry,
@@ -362,24 +369,25 @@ class CellMapperScene:
             return None
         return palette_for([str(c) for c in values.cat.categories], adata.uns, key)
 
-    def color_cells(self, key: str, colormap: str = "viridis") -> ColorInfo:
-        """Recolour the cells by one feature column, in place; returns legend/colorbar info."""
+    def color_cells(self, key: str, colormap: str = "viridis", autoscale: bool = False) -> ColorInfo:
+        """Recolour the cells by one feature column, in place; returns legend/colorbar info.
+        Scores on [0, 1] keep that range unless ``autoscale``; the colormap shows on black."""
         layer = self.cells_layer
         values = layer.features[key]
         colors = self.colors_for_key(key, values)
-        info = color_info(values, key, colors, colormap)
+        info = color_info(values, key, colors, visible_on_dark(colormap), autoscale)
         _recolor(layer, key, values, colors, colormap, info, self.geometry)
         self.color = info
         return info
 
-    def color_reference(self, key: str, colormap: str = "magma") -> ColorInfo | None:
+    def color_reference(self, key: str, colormap: str = "magma", autoscale: bool = False) -> ColorInfo | None:
         """Recolour the reference embedding (e.g. by presence score), in place."""
         layer = self.reference_layer
         if layer is None or key not in layer.features:
             return None
         values = layer.features[key]
         colors = self.colors_for_key(key, values, self.reference)
-        info = color_info(values, key, colors, colormap)
+        info = color_info(values, key, colors, visible_on_dark(colormap), autoscale)
         _recolor(layer, key, values, colors, colormap, info, None)
         return info
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
 from napari_cellmapper.core import validation
 from napari_cellmapper.core.pipeline import PRESENCE_KEY, QUALITY_KEY, MappingParams, iter_annotate
@@ -73,13 +74,20 @@ class MappingResult:
     obsm_keys: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     imputed: AnnData | None = None  # imputed expression of the mapped rows (reference genes)
+    mapping: sparse.csr_matrix | None = None  # (len(rows), n_reference) row-normalised weights M
 
-    def imputed_gene(self, gene: str, n_obs: int) -> np.ndarray:
-        """Imputed expression of one gene for every table row (NaN where not mapped)."""
-        if self.imputed is None or gene not in self.imputed.var_names:
-            raise KeyError(f"{gene!r} is not an imputed gene")
-        column = self.imputed[:, gene].X
-        values = np.asarray(column.toarray() if hasattr(column, "toarray") else column, dtype=float).ravel()
+    def imputed_gene(self, gene: str, n_obs: int, reference: AnnData | None = None) -> np.ndarray:
+        """Imputed expression of one gene for every table row (NaN where not mapped): from the
+        imputed matrix when the run made one, else ``M · x`` for that gene's column ``x`` of
+        ``reference.X`` alone (never the whole imputed matrix)."""
+        if self.imputed is not None and gene in self.imputed.var_names:
+            values = _dense_column(self.imputed[:, gene].X)
+        elif self.mapping is not None and reference is not None and gene in reference.var_names:
+            if not reference.obs_names.equals(self.reference_obs.index):
+                raise KeyError("The reference changed since the run: run the mapping again to impute.")
+            values = self.mapping @ _dense_column(reference[:, gene].X)
+        else:
+            raise KeyError(f"{gene!r} is not a reference gene")
         out = np.full(n_obs, np.nan)
         out[self.rows] = values
         return out
@@ -111,6 +119,10 @@ class MappingResult:
         out = table.copy()
         self.apply_to(out)
         return out
+
+
+def _dense_column(column: Any) -> np.ndarray:
+    return np.asarray(column.toarray() if hasattr(column, "toarray") else column, dtype=float).ravel()
 
 
 def detached(adata: AnnData, rows: np.ndarray | None = None, *, keep_graphs: bool = False) -> AnnData:
@@ -244,4 +256,5 @@ def run_mapping(job: MappingJob) -> Generator[Progress, None, MappingResult]:
         obsm_keys=params.obsm_keys,
         warnings=tuple(warnings),
         imputed=getattr(cmap, "query_imputed", None) if params.layer_key is not None else None,
+        mapping=getattr(cmap, "mapping_matrix", None),
     )

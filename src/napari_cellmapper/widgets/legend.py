@@ -73,11 +73,15 @@ class ColorbarWidget(QWidget):
         layout.addWidget(self.title)
         layout.addWidget(self.bar)
         layout.addLayout(row)
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+        self.note.setVisible(False)
+        layout.addWidget(self.note)
         layout.addStretch(1)
         self.colormap = "viridis"
         self.clim = (0.0, 1.0)
 
-    def set_colormap(self, name: str, clim: tuple[float, float], title: str = "") -> None:
+    def set_colormap(self, name: str, clim: tuple[float, float], title: str = "", note: str = "") -> None:
         import matplotlib
 
         self.colormap, self.clim = name, (float(clim[0]), float(clim[1]))
@@ -88,6 +92,8 @@ class ColorbarWidget(QWidget):
         self.low.setText(f"{self.clim[0]:.3g}")
         self.high.setText(f"{self.clim[1]:.3g}")
         self.title.setText(title)
+        self.note.setText(note)
+        self.note.setVisible(bool(note))
 
 
 class ColorKey(QStackedWidget):
@@ -109,5 +115,5 @@ class ColorKey(QStackedWidget):
             self.legend.set_entries(list(info.entries))
             self.setCurrentWidget(self.legend)
         else:
-            self.colorbar.set_colormap(info.colormap, info.clim, info.key)
+            self.colorbar.set_colormap(info.colormap, info.clim, info.key, info.note)
             self.setCurrentWidget(self.colorbar)

@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_cellmapper.core.pipeline import MappingParams
+from napari_cellmapper.viewer.cell_values import cell_values, value_choices
 from napari_cellmapper.viewer.scene import CellMapperScene
 from napari_cellmapper.viewer.selection import cell_info
 from napari_cellmapper.widgets.advanced_options import AdvancedOptions
@@ -255,7 +256,12 @@ class CellMapperWidget(QWidget):
         form = QFormLayout(display)
         self.color_combo = QComboBox()
         self.color_combo.setToolTip("What colours the cells (recolours in place)")
-        form.addRow("Colour cells by", self.color_combo)
+        self.autoscale_check = QCheckBox("autoscale")
+        self.autoscale_check.setToolTip(
+            "Stretch the colours over the values shown; off: scores on 0-1 (confidence, entropy, "
+            "probabilities, presence, mapping quality) keep that range, so colours compare across runs"
+        )
+        form.addRow("Colour cells by", _row(self.color_combo, self.autoscale_check))
         self.size_spin = QDoubleSpinBox()
         self.size_spin.setRange(0.1, 50.0)
         self.size_spin.setSingleStep(0.25)
@@ -267,10 +273,13 @@ class CellMapperWidget(QWidget):
         self.color_key.setMinimumHeight(110)
         form.addRow(self.color_key)
         self.gene_edit = QLineEdit()
-        self.gene_edit.setPlaceholderText("gene name (after a run with imputed expression)")
-        self.gene_edit.setToolTip("Colour the cells by the imputed expression of a gene (press Enter)")
+        self.gene_edit.setPlaceholderText("a gene, or a type's probability")
+        self.gene_edit.setToolTip(
+            "Colour the cells by a gene measured in the query, a reference gene imputed from the "
+            "mapping (one gene at a time), or the probability of a type, P(type); press Enter"
+        )
         self.gene_edit.setEnabled(False)
-        form.addRow("Imputed gene", self.gene_edit)
+        form.addRow("Gene or type", self.gene_edit)
         self.reference_color_combo = QComboBox()
         self.reference_color_combo.setToolTip(REFERENCE_COLOR_TIP)
         form.addRow("Colour reference by", self.reference_color_combo)
@@ -315,6 +324,7 @@ class CellMapperWidget(QWidget):
         self.region_button.clicked.connect(self.add_region)
         self.clear_region_button.clicked.connect(self.clear_region)
         self.color_combo.currentTextChanged.connect(self._on_color_changed)
+        self.autoscale_check.toggled.connect(lambda _: self._on_color_changed(self.color_combo.currentText()))
         self.size_spin.valueChanged.connect(self._on_size_changed)
         self.reference_color_combo.currentTextChanged.connect(self._on_reference_color_changed)
         self.export_button.clicked.connect(self._export_dialog)
@@ -483,6 +493,7 @@ class CellMapperWidget(QWidget):
 
                 show_warning(NO_EMBEDDING)
         self._update_rep_and_sizes()
+        self._update_value_choices()
 
     def _on_query_changed(self, *_: Any) -> None:
         query = self.query
@@ -525,6 +536,16 @@ class CellMapperWidget(QWidget):
         self._update_rep_and_sizes()
         result = self.result
         self._fill_colors(prefer=result.color_keys[0] if result is not None and result.color_keys else None)
+        self._update_value_choices()
+
+    def _update_value_choices(self) -> None:
+        """Offer the genes and type probabilities the cells can be coloured by (completion)."""
+        names = value_choices(self.table, self.reference, self.result)
+        self.gene_edit.setEnabled(bool(names))
+        completer = QCompleter(names, self.gene_edit)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        self.gene_edit.setCompleter(completer)
 
     def _sync(self, action: Any) -> Any:
         """Run a layer-changing action without re-listing sources in between."""
@@ -662,12 +683,7 @@ class CellMapperWidget(QWidget):
             prefer="presence_score" if "presence_score" in result.reference_obs else None
         )
         self.export_button.setEnabled(True)
-        imputed = result.imputed is not None
-        self.gene_edit.setEnabled(imputed)
-        if imputed:
-            completer = QCompleter([str(g) for g in result.imputed.var_names], self.gene_edit)
-            completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-            self.gene_edit.setCompleter(completer)
+        self._update_value_choices()
         n_mapped = len(result.rows)
         self.status.setText(f"Done: {n_mapped:,} cells mapped.")
         for warning in result.warnings:
@@ -691,7 +707,7 @@ class CellMapperWidget(QWidget):
         if not key or self.scene.cells_layer is None or key not in self.scene.cells_layer.features:
             self.color_key.show_info(None)
             return
-        info = self.scene.color_cells(key)
+        info = self.scene.color_cells(key, autoscale=self.autoscale_check.isChecked())
         self.color_key.show_info(_described(info, self.table))
 
     def _on_size_changed(self, factor: float) -> None:
@@ -723,18 +739,20 @@ class CellMapperWidget(QWidget):
         info = self.scene.color_reference(key) if key else None
         self.reference_color_key.show_info(info)
 
-    def show_gene(self, gene: str) -> bool:
-        """Colour the cells by a gene's imputed expression (adds the feature ``"<gene> (imputed)"``)."""
-        result, table = self.result, self.table
-        if result is None or result.imputed is None or table is None:
-            _notify_error("Run a mapping with 'impute expression' first.")
+    def show_gene(self, name: str) -> bool:
+        """Colour the cells by a gene or a type's probability (see ``viewer.cell_values``): adds
+        the feature ``"<gene> (measured)"``, ``"<gene> (imputed)"`` or ``"P(<type>)"``."""
+        table = self.table
+        if table is None or self.scene.cells_layer is None:
+            _notify_error("Open a spatial query first.")
             return False
-        if gene not in result.imputed.var_names:
-            _notify_error(f"{gene!r} is not a reference gene.")
+        try:
+            column, values = cell_values(name, table, self.result, self.reference)
+        except KeyError as error:
+            _notify_error(str(error.args[0]))
             return False
-        name = f"{gene} (imputed)"
-        self._sync(lambda: self.scene.set_cell_values(name, result.imputed_gene(gene, table.n_obs)))
-        self._fill_colors(prefer=name)
+        self._sync(lambda: self.scene.set_cell_values(column, values))
+        self._fill_colors(prefer=column)
         return True
 
     def info_key(self) -> str | None:

@@ -569,3 +569,30 @@ def test_advanced_options_reach_the_job_and_the_result(demo, qtbot, errors):
     low = table.obs["cell_type_conf"].to_numpy() < 0.9
     assert low.any()
     assert (table.obs["cell_type_pred"].astype(str).to_numpy()[low] == "unassigned").all()
+
+
+def test_reopened_export_restores_the_results_without_a_run(demo, qtbot, tmp_path, errors):
+    """An exported store opened again shows its labels, legend, confidence and cell information,
+    and can be exported again, with no new run."""
+    viewer, widget = demo
+    widget.niches_check.setChecked(True)
+    widget.run()
+    _wait_done(qtbot, widget)
+    out = widget.export(tmp_path / "annotated.zarr", confirm=False)
+    predicted = widget.table.obs["cell_type_pred"].astype(str).to_numpy()
+    assert widget.open_query(out)
+    assert widget.query_combo.currentText() == "annotated.zarr (file)"
+    result = widget.result
+    assert result is not None and result.obs_keys == ("cell_type",) and result.job_id == 0
+    assert "restored" in widget.status.text() and widget.export_button.isEnabled()
+    assert widget.color_combo.currentText() == "cell_type_pred"
+    legend = widget.color_key.legend.labels()
+    assert set(np.unique(predicted)) <= set(legend)
+    assert (widget.table.obs["cell_type_pred"].astype(str).to_numpy() == predicted).all()
+    info = widget.show_cell(3)
+    assert f"cell_type: {predicted[widget.scene.geometry.rows[3]]}" in info and "top:" in info
+    assert "niche" in widget.scene.color_keys()
+    kind = str(widget.table.obs["cell_type_pred"].cat.categories[1])
+    assert widget.show_gene(f"P({kind})")
+    again = widget.export(tmp_path / "again.zarr", confirm=False)
+    assert again is not None and again.exists()

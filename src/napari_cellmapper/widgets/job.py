@@ -101,6 +101,40 @@ class MappingResult:
         keys += [c for c in self.obs.columns if c not in keys and c != "cellmapper_unmapped"]
         return keys
 
+    @classmethod
+    def from_table(cls, table: AnnData) -> MappingResult | None:
+        """The result an earlier run (widget or command line) left in ``table``, read back from
+        its columns and ``uns["cellmapper"]["pipeline"]``, so that a re-opened export shows its
+        colours, legends, cell information and QC without a new run. None when there is none.
+        Neighbours and the mapping matrix are not stored: the cells' reference neighbours and
+        on-demand imputation need a new run."""
+        pipeline = (table.uns.get("cellmapper") or {}).get("pipeline")
+        if not isinstance(pipeline, Mapping):
+            return None
+        obs_keys = tuple(str(k) for k in np.atleast_1d(pipeline.get("obs_keys", [])))
+        obsm_keys = tuple(str(k) for k in np.atleast_1d(pipeline.get("obsm_keys", [])))
+        names = _output_names(obs_keys, obsm_keys)
+        obs_columns = [c for c in names["obs"] if c in table.obs.columns]
+        if not obs_columns and not any(k in table.obsm for k in names["obsm"]):
+            return None
+        mapped = np.ones(table.n_obs, dtype=bool)
+        if "cellmapper_unmapped" in table.obs:
+            mapped &= ~table.obs["cellmapper_unmapped"].fillna(True).to_numpy(dtype=bool)
+        for key in obs_keys:
+            if f"{key}_pred" in table.obs:
+                mapped &= table.obs[f"{key}_pred"].notna().to_numpy()
+        return cls(
+            job_id=0,
+            rows=np.flatnonzero(mapped),
+            obs=table.obs[obs_columns].copy(),
+            obsm={k: table.obsm[k] for k in names["obsm"] if k in table.obsm},
+            uns={k: table.uns[k] for k in (*names["uns"], "cellmapper") if k in table.uns},
+            reference_obs=pd.DataFrame(),
+            neighbor_indices=np.empty((int(mapped.sum()), 0), dtype=np.int64),
+            obs_keys=obs_keys,
+            obsm_keys=obsm_keys,
+        )
+
     def apply_to(self, table: AnnData) -> None:
         """Write the additions into ``table`` (main thread only; the table must be the job's query)."""
         for column in self.obs.columns:
@@ -187,20 +221,23 @@ def _full_obs(sub_obs: pd.DataFrame, columns: list[str], rows: np.ndarray, index
 NICHE_OUTPUTS = {"obs": ("niche",), "obsm": ("niche_features",), "uns": ("niche_colors", "niche_composition")}
 
 
+def _output_names(obs_keys: tuple[str, ...], obsm_keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """The obs, obsm and uns keys a run transferring these keys writes into the query."""
+    obs = [f"{key}_{part}" for key in obs_keys for part in ("pred", "conf", "entropy")]
+    obs += [QUALITY_KEY, *NICHE_OUTPUTS["obs"], "cellmapper_unmapped"]
+    obsm = [f"{key}_proba" for key in obs_keys]
+    obsm += [f"{key}_pred" for key in obsm_keys] + list(NICHE_OUTPUTS["obsm"])
+    uns = [f"{key}_pred_colors" for key in obs_keys] + list(NICHE_OUTPUTS["uns"])
+    return {"obs": obs, "obsm": obsm, "uns": uns}
+
+
 def strip_previous_outputs(query: AnnData, job: MappingJob) -> None:
     """Remove what an earlier run wrote (same keys), so this run's additions are recognised as new."""
-    obs = ["cellmapper_unmapped", QUALITY_KEY, *NICHE_OUTPUTS["obs"]]
-    obsm = list(NICHE_OUTPUTS["obsm"])
-    uns = list(NICHE_OUTPUTS["uns"])
-    for key in job.params.obs_keys:
-        obs += [f"{key}_pred", f"{key}_conf", f"{key}_entropy"]
-        obsm += [f"{key}_proba"]
-        uns += [f"{key}_pred_colors"]
-    obsm += [f"{key}_pred" for key in job.params.obsm_keys]
-    query.obs = query.obs.drop(columns=[c for c in obs if c in query.obs.columns])
-    for key in obsm:
+    names = _output_names(job.params.obs_keys, job.params.obsm_keys)
+    query.obs = query.obs.drop(columns=[c for c in names["obs"] if c in query.obs.columns])
+    for key in names["obsm"]:
         query.obsm.pop(key, None)
-    for key in uns:
+    for key in names["uns"]:
         query.uns.pop(key, None)
 
 

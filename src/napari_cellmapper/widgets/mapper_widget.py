@@ -515,6 +515,8 @@ class CellMapperWidget(QWidget):
     def _on_cs_changed(self, *_: Any) -> None:
         self.controller.invalidate()
         self.result = self._result_of(self.table)  # a table keeps its results across switches
+        if self.result is None and self.table is not None:
+            self._restore_result(self.table)
         self.export_button.setEnabled(self.result is not None)
         query = self.query
         if query is not None and self.cs_combo.currentText():
@@ -537,6 +539,19 @@ class CellMapperWidget(QWidget):
         result = self.result
         self._fill_colors(prefer=result.color_keys[0] if result is not None and result.color_keys else None)
         self._update_value_choices()
+
+    def _restore_result(self, table: Any) -> bool:
+        """Take up the results an earlier run left in ``table`` (a re-opened export)."""
+        result = MappingResult.from_table(table)
+        if result is None:
+            return False
+        self.result = result
+        self._results.append((table, result))
+        self.status.setText(
+            f"Results of an earlier run restored ({len(result.rows):,} cells mapped); "
+            "run again to see reference neighbours."
+        )
+        return True
 
     def _update_value_choices(self) -> None:
         """Offer the genes and type probabilities the cells can be coloured by (completion)."""

@@ -349,10 +349,14 @@ class CellMapperScene:
         layer.size = base * float(factor)
         return True
 
-    def set_cell_values(self, name: str, table_values: np.ndarray) -> None:
-        """Add or replace one feature column from per-table-row values (in place)."""
+    def set_cell_values(self, name: str, table_values: np.ndarray | pd.Series) -> None:
+        """Add or replace one feature column from per-table-row values (in place; categorical
+        columns stay categorical, so they keep their colours)."""
         features = self.cells_layer.features.copy()
-        features[name] = np.asarray(table_values)[self.geometry.rows]
+        if isinstance(table_values, pd.Series) and isinstance(table_values.dtype, pd.CategoricalDtype):
+            features[name] = table_values.iloc[self.geometry.rows].array
+        else:
+            features[name] = np.asarray(table_values)[self.geometry.rows]
         self.cells_layer.features = features
 
     def color_keys(self) -> list[str]:

@@ -130,6 +130,8 @@ class CellMapperWidget(QWidget):
         self.queries: list[QuerySource] = []
         self.result: MappingResult | None = None
         self._results: list[tuple[Any, MappingResult]] = []  # (table, its last applied result)
+        self.last_clicked_cell: int | None = None  # index into the cells layer
+        self.curation_panel: Any = None
         self._syncing = False
         self._build()
         self._click = self.scene.click_callback(self.show_cell)
@@ -291,6 +293,9 @@ class CellMapperWidget(QWidget):
         self.cell_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.cell_label.setToolTip("The clicked cell: label, confidence, top-3 probabilities, neighbours")
         form.addRow(self.cell_label)
+        self.curate_button = QPushButton("Curate labels…")
+        self.curate_button.setToolTip("Select cells (lasso or click) and correct their labels, with undo")
+        form.addRow(self.curate_button)
         self.export_button = QPushButton("Export annotated SpatialData…")
         self.export_button.setToolTip("Write the query with the transferred annotations to a .zarr store")
         self.export_button.setEnabled(False)
@@ -328,6 +333,7 @@ class CellMapperWidget(QWidget):
         self.size_spin.valueChanged.connect(self._on_size_changed)
         self.reference_color_combo.currentTextChanged.connect(self._on_reference_color_changed)
         self.export_button.clicked.connect(self._export_dialog)
+        self.curate_button.clicked.connect(self.open_curation)
         self.gene_edit.returnPressed.connect(lambda: self.show_gene(self.gene_edit.text().strip()))
         self.niches_check.toggled.connect(self.niches_spin.setEnabled)
         self.rep_combo.currentTextChanged.connect(
@@ -539,6 +545,8 @@ class CellMapperWidget(QWidget):
         result = self.result
         self._fill_colors(prefer=result.color_keys[0] if result is not None and result.color_keys else None)
         self._update_value_choices()
+        if self.curation_panel is not None:
+            self.curation_panel.refresh()
 
     def _restore_result(self, table: Any) -> bool:
         """Take up the results an earlier run left in ``table`` (a re-opened export)."""
@@ -699,6 +707,8 @@ class CellMapperWidget(QWidget):
         )
         self.export_button.setEnabled(True)
         self._update_value_choices()
+        if self.curation_panel is not None:
+            self.curation_panel.refresh()
         n_mapped = len(result.rows)
         self.status.setText(f"Done: {n_mapped:,} cells mapped.")
         for warning in result.warnings:
@@ -707,6 +717,20 @@ class CellMapperWidget(QWidget):
             show_warning(warning)
 
     # ================================================================ display
+    def refresh_colors(self, prefer: str | None = None) -> None:
+        """Re-list what can colour the cells (after a panel added a column) and colour by ``prefer``."""
+        self._fill_colors(prefer)
+
+    def open_curation(self) -> Any:
+        """Dock the curation panel (once) beside this widget; returns it."""
+        from napari_cellmapper.widgets.curation import CurationWidget
+
+        if self.curation_panel is None:
+            self.curation_panel = CurationWidget(self)
+            self.viewer.window.add_dock_widget(self.curation_panel, name="Curate labels", area="right")
+        self.curation_panel.refresh()
+        return self.curation_panel
+
     def _fill_colors(self, prefer: str | None = None) -> None:
         keys = self.scene.color_keys()
         current = prefer or self.color_combo.currentText()
@@ -785,6 +809,7 @@ class CellMapperWidget(QWidget):
         geometry, table = self.scene.geometry, self.table
         if geometry is None or table is None:
             return ""
+        self.last_clicked_cell = int(index)
         row = int(geometry.rows[index])
         info = cell_info(table, row, self.info_key(), self.result)
         reference_obs = self.reference.obs if self.reference is not None else None

@@ -528,3 +528,101 @@ def test_bad_imputed_expression_changes_nothing(io_source, io_digest):
         )  # fmt: skip
     assert io_digest(io_source) == before
     assert _staging_left(io_source.parent) == []
+
+
+# ------------------------------------------------------------------- categories and their colours
+
+REF_TYPES = ["A", "Ghost", "B"]  # "Ghost" is absent from the query, between the two that are present
+REF_COLORS = ["#aa0000", "#00aa00", "#0000aa"]
+
+
+def _mapped(source: Path) -> AnnData:
+    """The source table mapped by CellMapper onto a reference with a type that no query cell gets."""
+    from napari_cellmapper.core.mapper import CellMapper
+
+    rng = np.random.default_rng(3)
+    centres = {"A": (6.0, 0.0), "Ghost": (0.0, 60.0), "B": (-6.0, 0.0)}
+    query = spatial.query_table(source, TABLE)
+    types = np.where(np.arange(query.n_obs) % 2 == 0, "A", "B")
+    query.obsm["X_joint"] = np.array([centres[t] for t in types]) + rng.normal(size=(query.n_obs, 2))
+    ref_types = np.array(REF_TYPES * 30)
+    reference = AnnData(X=np.zeros((ref_types.size, 3), dtype=np.float32))
+    reference.obs["cell_type"] = pd.Categorical(ref_types, categories=REF_TYPES)
+    reference.uns["cell_type_colors"] = np.array(REF_COLORS, dtype=object)
+    reference.obsm["X_joint"] = np.array([centres[t] for t in ref_types]) + rng.normal(size=(90, 2))
+    CellMapper(query, reference).fit(use_rep="X_joint", obs_keys="cell_type", progress=False)
+    pred = query.obs["cell_type_pred"]
+    assert list(pred.cat.categories) == REF_TYPES and pred.astype(str).tolist() == types.tolist()
+    assert list(query.uns["cell_type_pred_colors"]) == REF_COLORS  # in memory: one colour per category
+    return query
+
+
+def _assert_colours_pair_up(table: AnnData) -> None:
+    for col in table.obs.columns:
+        values = table.obs[col]
+        if isinstance(values.dtype, pd.CategoricalDtype) and f"{col}_colors" in table.uns:
+            assert len(table.uns[f"{col}_colors"]) == len(values.cat.categories), col
+
+
+def test_unused_categories_are_dropped_with_their_colours(io_source):
+    """Only the categories some cell has are written, each with its colour; categories and colours
+    still pair up in the table spatialdata joins to the cells (what napari-spatialdata colours)
+    and in a subset of the cells."""
+    from spatialdata import join_spatialelement_table
+
+    annotated = _mapped(io_source)
+    annotated.obs["niche"] = pd.Categorical(["n1", "n3"] * 30, categories=["n0", "n1", "n2", "n3"])
+    annotated.uns["niche_colors"] = ["#000000", "#111111", "#222222", "#333333"]
+    annotated.obs["curated"] = pd.Categorical(["x"] * 60, categories=["x", "y"])
+    annotated.uns["curated_colors"] = ["#444444"] * 3  # not one per category: left as it is
+    before = annotated.copy()
+    out = export.export_annotated(io_source, TABLE, annotated, io_source.parent / "out.zarr")
+
+    sdata = _read(out)
+    table = sdata.tables[TABLE]
+    assert list(table.obs["cell_type_pred"].cat.categories) == ["A", "B"]
+    assert list(table.uns["cell_type_pred_colors"]) == ["#aa0000", "#0000aa"]  # each type its own colour
+    assert (table.obs["cell_type_pred"].to_numpy() == annotated.obs["cell_type_pred"].to_numpy()).all()
+    assert list(table.obs["niche"].cat.categories) == ["n1", "n3"]
+    assert list(table.uns["niche_colors"]) == ["#111111", "#333333"]
+    assert list(table.obs["curated"].cat.categories) == ["x"] and len(table.uns["curated_colors"]) == 3
+    assert list(table.obs["batch"].cat.categories) == ["x", "y"] and len(table.uns["batch_colors"]) == 2
+    assert list(table.obsm["cell_type_proba"].columns) == REF_TYPES  # probabilities keep every type
+    for col in ("cell_type_pred", "niche", "curated"):  # the caller's table is not changed
+        assert list(annotated.obs[col].cat.categories) == list(before.obs[col].cat.categories)
+        assert list(annotated.uns[f"{col}_colors"]) == list(before.uns[f"{col}_colors"])
+
+    table.uns.pop("curated_colors")  # mismatched as given
+    _, joined = join_spatialelement_table(
+        sdata=sdata, spatial_element_names="cells", table_name=TABLE, how="left", match_rows="left"
+    )
+    _assert_colours_pair_up(joined)
+    assert list(joined.uns["cell_type_pred_colors"]) == ["#aa0000", "#0000aa"]
+    _assert_colours_pair_up(table[table.obs["cell_type_pred"] == "B"])
+    assert list(table[:1].uns["cell_type_pred_colors"]) == ["#aa0000"]
+
+
+@pytest.mark.gui
+def test_export_is_coloured_in_napari_spatialdata(io_source, make_napari_viewer):
+    """napari-spatialdata colours the cells of the exported store by the predicted type, with the
+    reference's colours (a reference type that no cell has broke its colouring)."""
+    pytest.importorskip("napari_spatialdata")
+    from matplotlib.colors import to_rgba_array
+    from napari.utils.events import EventedList
+    from napari_spatialdata._sdata_widgets import SdataWidget
+    from napari_spatialdata._view import QtAdataViewWidget
+
+    out = export.export_annotated(io_source, TABLE, _mapped(io_source), io_source.parent / "out.zarr")
+    sdata = _read(out)
+    viewer = make_napari_viewer()
+    sdata_widget = SdataWidget(viewer, EventedList([sdata]))
+    viewer.window.add_dock_widget(sdata_widget, name="SpatialData")
+    sdata_widget.viewer_model.add_sdata_circles(sdata, "cells", "global", False)
+    view = QtAdataViewWidget(viewer)
+    view.obs_widget._onAction(["cell_type_pred"])
+
+    layer = viewer.layers["cells"]
+    obs = sdata.tables[TABLE].obs.set_index("cell_id")
+    colour = dict(zip(["A", "B"], ["#aa0000", "#0000aa"], strict=True))
+    want = [colour[obs.loc[i, "cell_type_pred"]] for i in layer.metadata["indices"]]
+    np.testing.assert_allclose(layer.face_color, to_rgba_array(want))

@@ -71,6 +71,26 @@ def test_reader_reads_spatialdata_and_h5ad(example_paths):
     assert layers[0][2] == "points" and layers[0][1]["metadata"]["adata"].n_obs == 491
 
 
+def test_export_without_source_store_drops_unused_categories(tmp_path):
+    """The full write (no source store) leaves out categories no cell has, with their colours."""
+    import pandas as pd
+    import spatialdata
+
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.widgets._npe2 import export_query
+
+    sdata = spatial_example()
+    table = sdata.tables["table"]
+    types = np.resize(["A", "B"], table.n_obs)
+    table.obs["cell_type_pred"] = pd.Categorical(types, categories=["A", "Ghost", "B"])
+    table.uns["cell_type_pred_colors"] = ["#aa0000", "#00aa00", "#0000aa"]
+    written = spatialdata.read_zarr(export_query(sdata, "table", tmp_path / "out.zarr")).tables["table"]
+    assert list(written.obs["cell_type_pred"].cat.categories) == ["A", "B"]
+    assert list(written.uns["cell_type_pred_colors"]) == ["#aa0000", "#0000aa"]
+    assert list(table.obs["cell_type_pred"].cat.categories) == ["A", "Ghost", "B"]  # in memory: unchanged
+    assert len(table.uns["cell_type_pred_colors"]) == 3
+
+
 @pytest.mark.gui
 def test_writer_and_demo_run(make_napari_viewer, qtbot, example_paths, tmp_path, monkeypatch):
     import napari.utils.notifications as notifications

@@ -3,6 +3,8 @@
 :func:`export_annotated` writes the source table with the mapping results added (obs columns
 such as ``cell_type_pred``/``_conf``/``_entropy``, ``mapping_quality``, ``niche``; obsm entries;
 ``uns`` colours and ``uns["cellmapper"]`` provenance) either to a new store or in place.
+Categories that no cell has are left out of the written table, with their colours (see
+:func:`without_unused_categories`).
 
 What is atomic
 --------------
@@ -47,6 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 
@@ -117,6 +120,53 @@ def _aligned(source: AnnData, annotated: AnnData, table_name: str) -> AnnData:
     return annotated[source.obs_names]
 
 
+def _category_use(table: AnnData) -> dict[str, np.ndarray]:
+    """{column: which of its categories some cell has}, for the categorical obs columns that have
+    categories no cell has (the region and instance columns are left out)."""
+    attrs = table.uns.get(ATTRS_KEY) or {}
+    protected = {attrs.get("region_key"), attrs.get("instance_key")} - {None}
+    out = {}
+    for col in table.obs.columns:
+        values = table.obs[col]
+        if col in protected or not isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        codes = values.cat.codes.to_numpy()
+        used = np.bincount(codes[codes >= 0], minlength=len(values.cat.categories)) > 0
+        if not used.all():
+            out[col] = used
+    return out
+
+
+def _drop_unused_categories(table: AnnData, use: Mapping[str, np.ndarray]) -> None:
+    """Drop, in place, the unused categories found by :func:`_category_use`, with their colours.
+
+    A colour list with one entry per category keeps the entries of the kept categories, so every
+    category keeps its colour; other colour lists are left alone.
+    """
+    for col, used in use.items():
+        table.obs[col] = table.obs[col].cat.remove_unused_categories()
+        colors = table.uns.get(f"{col}_colors")
+        if colors is not None and np.ndim(colors) == 1 and len(colors) == len(used):
+            table.uns[f"{col}_colors"] = np.asarray(colors)[used]
+
+
+def without_unused_categories(table: AnnData) -> AnnData:
+    """``table``, or a copy of it without the categories that no cell has (and their colours).
+
+    Written tables must not keep such categories: anndata's views drop them together with their
+    ``uns[f"{key}_colors"]`` entries, and spatialdata's table joins (what napari-spatialdata shows)
+    then restore the categories but not the colours, so categories and colours no longer pair up
+    (napari-spatialdata: ``zip() argument 2 is shorter than argument 1``). Dropping them loses no
+    cell's value. ``table`` itself is never changed.
+    """
+    use = _category_use(table)
+    if not use:
+        return table
+    out = table.copy()
+    _drop_unused_categories(out, use)
+    return out
+
+
 def merge_annotations(
     source: AnnData,
     annotated: AnnData,
@@ -129,7 +179,8 @@ def merge_annotations(
     obs columns, obsm, obsp and uns entries of ``annotated`` are added to (or replace those of)
     a copy of ``source``; layers too when the genes match. ``X``, ``var``, the table's
     ``spatialdata_attrs`` and its region/instance columns are kept from ``source``, so nothing
-    of the source table is lost. ``uns["cellmapper"]["export"]`` records the export.
+    of the source table is lost. Categories that no cell has are dropped with their colours (see
+    :func:`without_unused_categories`). ``uns["cellmapper"]["export"]`` records the export.
     """
     ann = _aligned(source, annotated, table_name)
     out = source.copy()
@@ -153,6 +204,7 @@ def merge_annotations(
         cm.update(_plain(copy.deepcopy(dict(provenance))))
     cm.setdefault("versions", _versions())
     out.uns["cellmapper"] = cm
+    _drop_unused_categories(out, _category_use(out))
     return out
 
 

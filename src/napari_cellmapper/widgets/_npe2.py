@@ -138,10 +138,10 @@ def export_query(
         raise CellMapperInputError(f"{str(path)!r} exists; pass overwrite=True or choose another path.")
     from spatialdata import SpatialData
 
-    tables = {**dict(sdata.tables), table_name: table}
-    if imputed is not None:
-        from napari_cellmapper.io.export import imputed_table, imputed_table_name
+    from napari_cellmapper.io.export import imputed_table, imputed_table_name, without_unused_categories
 
+    tables = {**dict(sdata.tables), table_name: without_unused_categories(table)}
+    if imputed is not None:
         tables[imputed_table_name(table_name)] = imputed_table(table, imputed, table_name)
     shallow = SpatialData(
         images=dict(sdata.images),

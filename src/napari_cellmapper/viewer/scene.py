@@ -36,6 +36,7 @@ CELLS = "cellmapper cells"
 REFERENCE = "cellmapper reference"
 NEIGHBOURS = "cellmapper reference neighbours"
 SELECTED = "cellmapper selected cell"
+LINKED = "cellmapper linked cells"
 REGION = "cellmapper region"
 
 
@@ -444,6 +445,22 @@ class CellMapperScene:
         yx = np.asarray(self.reference_layer.data)[rows]
         size = float(np.nanmax(self.reference_layer.size)) * 2.2 if len(self.reference_layer.data) else 1.0
         return self._upsert_points(NEIGHBOURS, yx, size=size, role="neighbours", scale=self.reference_layer)
+
+    def highlight_cells(self, table_rows: np.ndarray | None) -> Any:
+        """Ring the cells of these table rows on the tissue (a linked selection; None removes)."""
+        if table_rows is None or self.geometry is None:
+            self._remove(LINKED)
+            return None
+        where = np.flatnonzero(np.isin(self.geometry.rows, np.asarray(table_rows)))
+        sizes = self.geometry.sizes
+        size = (
+            float(np.nanmedian(sizes)) * 1.4
+            if sizes is not None and len(sizes)
+            else _cell_spacing(self.geometry.coords_yx)
+        )
+        return self._upsert_points(
+            LINKED, self.geometry.coords_yx[where], size=size, role="linked", scale=None
+        )
 
     def _upsert_points(self, name: str, yx: np.ndarray, *, size: float, role: str, scale: Any) -> Any:
         layer = self._layer(name)

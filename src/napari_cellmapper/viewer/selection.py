@@ -1,4 +1,5 @@
-"""Regions and clicked cells: point-in-polygon masks and the facts shown for one cell."""
+"""Regions, selections and clicked cells: point-in-polygon masks, the shapes layer a person draws
+selections in, and the facts shown for one cell."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+#: the shapes layer cells are selected with (lasso) for curation and the linked views
+SELECTION = "cellmapper selection"
 
 
 def _shape_path(vertices: np.ndarray, shape_type: str) -> Any:
@@ -118,3 +122,24 @@ def cell_name(table: Any, row: int) -> str:
         if instance != name:
             return f"{name} ({instance_key} {instance})"
     return name
+
+
+def selection_layer(viewer: Any, create: bool = True) -> Any:
+    """The "cellmapper selection" shapes layer (created on demand; None when absent and not created)."""
+    if SELECTION in viewer.layers:
+        return viewer.layers[SELECTION]
+    if not create:
+        return None
+    return viewer.add_shapes(
+        name=SELECTION, face_color="#00ffff22", edge_color="#00ffff", edge_width=2,
+        metadata={"cellmapper_role": "selection"},
+    )  # fmt: skip
+
+
+def cells_in_selection(viewer: Any, coords_yx: np.ndarray) -> np.ndarray:
+    """Mask over the cells (world (y, x) positions) inside the selection layer's shapes."""
+    layer = selection_layer(viewer, create=False)
+    if layer is None or not len(layer.data):
+        return np.zeros(len(coords_yx), dtype=bool)
+    world = [np.array([layer.data_to_world(v)[-2:] for v in np.asarray(shape)]) for shape in layer.data]
+    return inside_shapes(coords_yx, world, list(layer.shape_type))

@@ -132,6 +132,7 @@ class CellMapperWidget(QWidget):
         self._results: list[tuple[Any, MappingResult]] = []  # (table, its last applied result)
         self.last_clicked_cell: int | None = None  # index into the cells layer
         self.curation_panel: Any = None
+        self.embedding_view: Any = None
         self._syncing = False
         self._build()
         self._click = self.scene.click_callback(self.show_cell)
@@ -293,6 +294,11 @@ class CellMapperWidget(QWidget):
         self.cell_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.cell_label.setToolTip("The clicked cell: label, confidence, top-3 probabilities, neighbours")
         form.addRow(self.cell_label)
+        self.embedding_button = QPushButton("Reference view…")
+        self.embedding_button.setToolTip(
+            "The reference embedding in its own canvas, linked to the tissue: lasso either side"
+        )
+        form.addRow(self.embedding_button)
         self.curate_button = QPushButton("Curate labels…")
         self.curate_button.setToolTip("Select cells (lasso or click) and correct their labels, with undo")
         form.addRow(self.curate_button)
@@ -334,6 +340,7 @@ class CellMapperWidget(QWidget):
         self.reference_color_combo.currentTextChanged.connect(self._on_reference_color_changed)
         self.export_button.clicked.connect(self._export_dialog)
         self.curate_button.clicked.connect(self.open_curation)
+        self.embedding_button.clicked.connect(self.open_embedding)
         self.gene_edit.returnPressed.connect(lambda: self.show_gene(self.gene_edit.text().strip()))
         self.niches_check.toggled.connect(self.niches_spin.setEnabled)
         self.rep_combo.currentTextChanged.connect(
@@ -721,6 +728,22 @@ class CellMapperWidget(QWidget):
         """Re-list what can colour the cells (after a panel added a column) and colour by ``prefer``."""
         self._fill_colors(prefer)
 
+    def open_embedding(self) -> Any:
+        """Dock the reference embedding in its own canvas, linked to the tissue (the reference
+        is then no longer drawn beside the tissue); returns the view."""
+        from napari_cellmapper.widgets.embedding import EmbeddingView
+
+        if self.embedding_view is None:
+            self.embedding_view = EmbeddingView(self)
+            self.viewer.window.add_dock_widget(self.embedding_view, name="Reference embedding", area="bottom")
+        if self.scene.reference_layer is not None and self.scene.reference_layer.visible:
+            self.scene.reference_layer.visible = False
+            self.scene.highlight_neighbors(None)
+            self.viewer.reset_view()
+        self.embedding_view.follow_tissue_selection()
+        self.embedding_view.refresh()
+        return self.embedding_view
+
     def open_curation(self) -> Any:
         """Dock the curation panel (once) beside this widget; returns it."""
         from napari_cellmapper.widgets.curation import CurationWidget
@@ -777,6 +800,8 @@ class CellMapperWidget(QWidget):
     def _on_reference_color_changed(self, key: str) -> None:
         info = self.scene.color_reference(key) if key else None
         self.reference_color_key.show_info(info)
+        if self.embedding_view is not None:
+            self.embedding_view.refresh()
 
     def show_gene(self, name: str) -> bool:
         """Colour the cells by a gene or a type's probability (see ``viewer.cell_values``): adds
@@ -815,12 +840,11 @@ class CellMapperWidget(QWidget):
         reference_obs = self.reference.obs if self.reference is not None else None
         text = info.as_text(reference_obs)
         self.cell_label.setText(text)
-        self._sync(
-            lambda: (
-                self.scene.highlight_cell(index),
-                self.scene.highlight_neighbors(info.neighbors if len(info.neighbors) else None),
-            )
-        )
+        linked = self.embedding_view is not None
+        neighbours = info.neighbors if len(info.neighbors) and not linked else None
+        self._sync(lambda: (self.scene.highlight_cell(index), self.scene.highlight_neighbors(neighbours)))
+        if linked:
+            self.embedding_view.show_reference_cells(info.neighbors)
         return text
 
     # ================================================================ region

@@ -21,11 +21,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_cellmapper.core.curation import LabelCuration
+from napari_cellmapper.viewer.selection import SELECTION, cells_in_selection, selection_layer
 
 if TYPE_CHECKING:
     from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
-
-SELECTION = "cellmapper selection"
 
 
 class CurationWidget(QWidget):
@@ -36,6 +35,7 @@ class CurationWidget(QWidget):
         self.main, self.viewer = main, main.viewer
         self._curations: dict[tuple[int, str], LabelCuration] = {}
         self._clicked: set[int] = set()
+        self._watched: Any = None  # the selection layer whose edits update the count
         layout = QVBoxLayout(self)
         form = QFormLayout()
         layout.addLayout(form)
@@ -113,15 +113,10 @@ class CurationWidget(QWidget):
 
     # ------------------------------------------------------------------ selection
     def selection_layer(self, create: bool = True) -> Any:
-        if SELECTION in self.viewer.layers:
-            return self.viewer.layers[SELECTION]
-        if not create:
-            return None
-        layer = self.viewer.add_shapes(
-            name=SELECTION, face_color="#00ffff22", edge_color="#00ffff", edge_width=2,
-            metadata={"cellmapper_role": "selection"},
-        )  # fmt: skip
-        layer.events.data.connect(lambda _: self._show_count())
+        layer = selection_layer(self.viewer, create=create)
+        if layer is not None and layer is not self._watched:
+            layer.events.data.connect(lambda _: self._show_count())
+            self._watched = layer
         return layer
 
     def start_lasso(self) -> Any:
@@ -152,13 +147,7 @@ class CurationWidget(QWidget):
         scene = self.main.scene
         if scene.geometry is None:
             return np.empty(0, dtype=np.int64)
-        inside = np.zeros(len(scene.geometry.rows), dtype=bool)
-        layer = self.selection_layer(create=False)
-        if layer is not None and len(layer.data):
-            from napari_cellmapper.viewer.selection import inside_shapes
-
-            world = [np.array([layer.data_to_world(v)[-2:] for v in np.asarray(s)]) for s in layer.data]
-            inside |= inside_shapes(scene.geometry.coords_yx, world, list(layer.shape_type))
+        inside = cells_in_selection(self.viewer, scene.geometry.coords_yx)
         clicked = [i for i in self._clicked if i < len(inside)]
         inside[clicked] = True
         return np.asarray(scene.geometry.rows, dtype=np.int64)[inside]

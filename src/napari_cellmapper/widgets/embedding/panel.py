@@ -1,0 +1,243 @@
+"""The reference embedding (UMAP) in its own canvas, linked both ways to the tissue.
+
+- Tissue to reference: clicking a cell, or drawing shapes in the "cellmapper selection" layer,
+  lights up the selected cells' reference neighbours here.
+- Reference to tissue: a lasso here (or a click on a legend entry of the reference colouring)
+  selects reference cells; the query cells mapped there (most of their neighbours inside) are
+  ringed on the tissue.
+- Hover shows the reference cell's name and the value it is coloured by.
+
+The canvas is a vispy SceneCanvas (napari's renderer), so a million points stay interactive;
+the embedding is no longer drawn beside the tissue in the same world coordinates.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from napari_cellmapper.viewer.linked import mapped_into, neighbours_of
+from napari_cellmapper.viewer.selection import cells_in_selection, selection_layer
+
+if TYPE_CHECKING:
+    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+
+_GREY = (0.55, 0.55, 0.55, 1.0)
+
+
+class EmbeddingView(QWidget):
+    """The reference embedding of ``main``'s reference, with lasso and hover."""
+
+    def __init__(self, main: CellMapperWidget, parent: QWidget | None = None) -> None:
+        from vispy import scene as vscene
+
+        super().__init__(parent)
+        self.main, self.viewer = main, main.viewer
+        self.xy = np.empty((0, 2), dtype=np.float32)
+        self.selected = np.zeros(0, dtype=bool)  # reference cells selected here
+        self._lasso: list[np.ndarray] | None = None
+        self._tree: Any = None
+        self._watched: Any = None  # the tissue selection layer followed
+
+        self.canvas = vscene.SceneCanvas(keys=None, bgcolor="black", size=(360, 360))
+        self.view = self.canvas.central_widget.add_view()
+        self.view.camera = vscene.PanZoomCamera(aspect=1)
+        self.points = vscene.visuals.Markers(parent=self.view.scene)
+        self.marked = vscene.visuals.Markers(parent=self.view.scene)
+        self.marked.order = 1
+        self.outline = vscene.visuals.Line(parent=self.view.scene, color="yellow", width=2)
+        for markers in (self.points, self.marked):  # vispy's bounds need data on every visual
+            markers.set_data(np.zeros((1, 2), np.float32), size=0, edge_width=0, face_color=(0, 0, 0, 0))
+
+        self.lasso_button = QPushButton("Lasso")
+        self.lasso_button.setCheckable(True)
+        self.lasso_button.setToolTip("Drag around reference cells: the query cells mapped there light up")
+        self.clear_button = QPushButton("Clear")
+        self.clear_button.setToolTip("Clear the linked selection in both views")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.hover = QLabel("")
+        self.hover.setWordWrap(True)
+        bar = QHBoxLayout()
+        bar.addWidget(self.lasso_button)
+        bar.addWidget(self.clear_button)
+        bar.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(bar)
+        self.canvas.native.setMinimumHeight(260)
+        layout.addWidget(self.canvas.native, 1)
+        layout.addWidget(self.hover)
+        layout.addWidget(self.status)
+
+        self.lasso_button.toggled.connect(self._on_lasso_toggled)
+        self.clear_button.clicked.connect(self.clear)
+        self.canvas.events.mouse_press.connect(self._on_press)
+        self.canvas.events.mouse_move.connect(self._on_move)
+        self.canvas.events.mouse_release.connect(self._on_release)
+        self.refresh()
+
+    # ------------------------------------------------------------------ drawing
+    def refresh(self) -> None:
+        """Redraw from the main widget's reference (positions) and its current colouring."""
+        from napari_cellmapper.viewer.scene import reference_embedding
+
+        reference = self.main.reference
+        found = reference_embedding(reference) if reference is not None else None
+        if found is None:
+            self.xy = np.empty((0, 2), dtype=np.float32)
+            self.status.setText("The reference has no 2-D embedding (obsm such as X_umap).")
+        else:
+            yx = found[1]
+            self.xy = np.column_stack([yx[:, 1], -yx[:, 0]]).astype(np.float32)  # back to x, y up
+        if len(self.selected) != len(self.xy):
+            self.selected = np.zeros(len(self.xy), dtype=bool)
+        self._tree = None
+        self._draw_marked()
+        if len(self.xy):
+            (x0, y0), (x1, y1) = self.xy.min(0), self.xy.max(0)
+            pad = 0.05 * max(x1 - x0, y1 - y0, 1e-9)
+            self.view.camera.set_range(x=(x0 - pad, x1 + pad), y=(y0 - pad, y1 + pad))
+
+    def colors(self) -> np.ndarray:
+        """The reference's colours as the main widget draws them (grey when not drawn there)."""
+        layer = self.main.scene.reference_layer
+        colors = np.asarray(layer.face_color) if layer is not None else np.empty((0, 4))
+        if colors.shape != (len(self.xy), 4):
+            return np.tile(np.asarray(_GREY, dtype=np.float32), (len(self.xy), 1))
+        return colors.astype(np.float32)
+
+    def _draw_marked(self, size: float | None = None) -> None:
+        """Ring the selected reference cells and dim the others (all at full colour without one)."""
+        size = size or _point_size(len(self.xy))
+        selected = self.selected if len(self.selected) == len(self.xy) else np.zeros(len(self.xy), bool)
+        if len(self.xy):
+            colors = self.colors()
+            if selected.any():
+                colors[~selected, 3] *= 0.25
+            self.points.set_data(self.xy, face_color=colors, edge_width=0, size=size)
+        marked = self.xy[selected]
+        if len(marked):
+            self.marked.set_data(
+                marked, face_color=(1, 1, 1, 0), edge_color="#ff00ff", edge_width=2, size=size * 2
+            )
+        else:
+            self.marked.set_data(np.zeros((1, 2), np.float32), size=0, edge_width=0, face_color=(0, 0, 0, 0))
+        self.canvas.update()
+
+    # ------------------------------------------------------------------ linking
+    def show_reference_cells(self, reference_rows: np.ndarray) -> None:
+        """Light up these reference cells (from the tissue side)."""
+        self.selected = np.zeros(len(self.xy), dtype=bool)
+        rows = np.asarray(reference_rows, dtype=np.int64)
+        self.selected[rows[(rows >= 0) & (rows < len(self.xy))]] = True
+        self.status.setText(f"{int(self.selected.sum()):,} reference neighbours of the tissue selection.")
+        self._draw_marked()
+
+    def show_neighbours_of(self, table_rows: np.ndarray) -> np.ndarray:
+        """Light up the reference neighbours of these query table rows; returns them."""
+        result = self.main.result
+        if result is None or not result.neighbor_indices.shape[1]:
+            self.status.setText("Run a mapping to link the tissue to the reference.")
+            return np.empty(0, dtype=np.int64)
+        rows = neighbours_of(result.neighbor_indices, result.rows, table_rows)
+        self.show_reference_cells(rows)
+        return rows
+
+    def select_reference(self, mask: np.ndarray) -> np.ndarray:
+        """Select reference cells here; ring the query cells mapped there on the tissue (returns
+        their table rows)."""
+        self.selected = np.asarray(mask, dtype=bool)
+        self._draw_marked()
+        result = self.main.result
+        if result is None or not result.neighbor_indices.shape[1]:
+            self.status.setText("Run a mapping to link the reference to the tissue.")
+            return np.empty(0, dtype=np.int64)
+        rows = mapped_into(result.neighbor_indices, result.rows, self.selected)
+        self.main.scene.highlight_cells(rows)
+        self.status.setText(
+            f"{int(self.selected.sum()):,} reference cells selected; {len(rows):,} query cells mapped there."
+        )
+        return rows
+
+    def select_category(self, column: str, category: str) -> np.ndarray:
+        """Select the reference cells of one category (a legend entry)."""
+        values = self.main.reference.obs[column].astype(str).to_numpy()
+        return self.select_reference(values == str(category))
+
+    def select_tissue_shapes(self) -> np.ndarray:
+        """The cells inside the "cellmapper selection" shapes: light up their neighbours here."""
+        geometry = self.main.scene.geometry
+        if geometry is None:
+            return np.empty(0, dtype=np.int64)
+        inside = cells_in_selection(self.viewer, geometry.coords_yx)
+        return self.show_neighbours_of(np.asarray(geometry.rows)[inside])
+
+    def follow_tissue_selection(self) -> Any:
+        """Link the tissue's selection layer to this view (created if needed); returns the layer."""
+        layer = selection_layer(self.viewer)
+        if layer is not self._watched:
+            layer.events.data.connect(lambda _: self.select_tissue_shapes())
+            self._watched = layer
+        return layer
+
+    def clear(self) -> None:
+        self.selected = np.zeros(len(self.xy), dtype=bool)
+        self.main.scene.highlight_cells(None)
+        self.status.setText("")
+        self._draw_marked()
+
+    # ------------------------------------------------------------------ mouse
+    def _on_lasso_toggled(self, on: bool) -> None:
+        self.view.camera.interactive = not on
+
+    def _scene_xy(self, pos: Any) -> np.ndarray:
+        return np.asarray(self.view.scene.transform.imap(np.asarray(pos, dtype=float)))[:2]
+
+    def _on_press(self, event: Any) -> None:
+        if self.lasso_button.isChecked() and event.button == 1:
+            self._lasso = [self._scene_xy(event.pos)]
+
+    def _on_move(self, event: Any) -> None:
+        if self._lasso is not None:
+            self._lasso.append(self._scene_xy(event.pos))
+            if len(self._lasso) > 1:
+                self.outline.set_data(np.asarray(self._lasso + self._lasso[:1], dtype=np.float32))
+            return
+        self._show_hover(self._scene_xy(event.pos))
+
+    def _on_release(self, event: Any) -> None:
+        if self._lasso is None:
+            return
+        path, self._lasso = np.asarray(self._lasso), None
+        self.outline.set_data(np.zeros((2, 2), np.float32), color=(0, 0, 0, 0))
+        self.outline.set_data(color="yellow")
+        if len(path) >= 3 and len(self.xy):
+            from matplotlib.path import Path as MplPath
+
+            self.select_reference(MplPath(path).contains_points(self.xy))
+
+    def _show_hover(self, xy: np.ndarray) -> None:
+        if not len(self.xy):
+            return
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.xy)
+        distance, row = self._tree.query(xy)
+        reach = 3 * float(np.ptp(self.xy[:, 0]) or 1.0) / max(self.canvas.size[0], 1)
+        if distance > reach * 3:
+            self.hover.setText("")
+            return
+        reference = self.main.reference
+        key = self.main.reference_color_combo.currentText()
+        value = reference.obs[key].iloc[row] if key and key in reference.obs else None
+        text = f"{reference.obs_names[row]}" + (f" · {key}: {value}" if value is not None else "")
+        self.hover.setText(text)
+
+
+def _point_size(n: int) -> float:
+    """Screen pixels per reference cell: large for a few hundred cells, 2 px from about 1M."""
+    return float(np.clip(2000.0 / np.sqrt(max(n, 1)), 2.0, 8.0))

@@ -38,11 +38,11 @@ def mapped_into(
     indices = np.asarray(neighbor_indices)
     if indices.size == 0:
         return np.empty(0, dtype=np.int64)
-    valid = indices >= 0
-    hits = np.zeros(indices.shape, dtype=bool)
-    hits[valid] = np.asarray(reference_selected, dtype=bool)[indices[valid]]
-    n_valid = valid.sum(axis=1)
-    inside = (hits.sum(axis=1) >= min_fraction * n_valid) & (n_valid > 0)
+    # one gather: a missing neighbour (-1) reads the extra False at the end
+    selected = np.append(np.asarray(reference_selected, dtype=bool), False)
+    hits = np.count_nonzero(selected[indices], axis=1)
+    n_valid = np.count_nonzero(indices >= 0, axis=1) if indices.min() < 0 else indices.shape[1]
+    inside = (hits >= min_fraction * n_valid) & (hits > 0)
     return np.sort(np.asarray(mapped_rows, dtype=np.int64)[inside])
 
 

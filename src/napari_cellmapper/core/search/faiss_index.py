@@ -165,8 +165,15 @@ class IVFIndex(ProbedIndex):
                 quantizer.add(self._centroids)
                 index = faiss.IndexIVFFlat(quantizer, dim, self.nlist)
                 index.is_trained = True
-                index.add_with_ids(self._vectors, self._ids)
-                self._faiss_index = (index, quantizer)  # the index does not own its quantizer
+                # the rows are already sorted by list: hand each list its block (no re-assignment)
+                ids, codes = np.ascontiguousarray(self._ids, dtype=np.int64), self._vectors.view(np.uint8)
+                for cell in np.flatnonzero(np.diff(self._offsets)):
+                    lo, hi = int(self._offsets[cell]), int(self._offsets[cell + 1])
+                    index.invlists.add_entries(
+                        int(cell), hi - lo, faiss.swig_ptr(ids[lo:hi]), faiss.swig_ptr(codes[lo:hi])
+                    )
+                index.ntotal = len(ids)
+                self._faiss_index = (index, quantizer)  # the index does not own its quantizer (lists: copied)
         index = self._faiss_index[0]
         distances, ids = index.search(query, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
         distances[ids < 0] = np.inf

@@ -342,10 +342,15 @@ class CellMapperScene:
         layer.size = base * float(factor)
         return True
 
-    def set_cell_values(self, name: str, table_values: np.ndarray) -> None:
-        """Add or replace one feature column from per-table-row values (in place)."""
+    def set_cell_values(self, name: str, table_values: Any) -> None:
+        """Add or replace one feature column from per-table-row values (in place); a categorical
+        column stays categorical (its categories, hence its colours, kept)."""
         features = self.cells_layer.features.copy()
-        features[name] = np.asarray(table_values)[self.geometry.rows]
+        rows = self.geometry.rows
+        if isinstance(getattr(table_values, "dtype", None), pd.CategoricalDtype):
+            features[name] = pd.Series(table_values).iloc[rows].array
+        else:
+            features[name] = np.asarray(table_values)[rows]
         self.cells_layer.features = features
 
     def color_keys(self) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -111,6 +111,9 @@ class CheckList(QListWidget):
 
 class CellMapperWidget(QWidget):
     """Dock widget mapping a single-cell reference onto a SpatialData sample."""
+
+    #: the result shown changed (a run applied, or another table chosen): MappingResult or None
+    resultChanged = Signal(object)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -278,6 +281,9 @@ class CellMapperWidget(QWidget):
         self.export_button.setToolTip("Write the query with the transferred annotations to a .zarr store")
         self.export_button.setEnabled(False)
         form.addRow(self.export_button)
+        self.qc_button = QPushButton("Label QC…")
+        self.qc_button.setToolTip("Question the labels: confidence threshold, agreement, composition plots")
+        form.addRow(self.qc_button)
         layout.addWidget(display)
         layout.addStretch(1)
         for combo in body.findChildren(QComboBox):
@@ -307,6 +313,7 @@ class CellMapperWidget(QWidget):
         self.size_spin.valueChanged.connect(self._on_size_changed)
         self.reference_color_combo.currentTextChanged.connect(self._on_reference_color_changed)
         self.export_button.clicked.connect(self._export_dialog)
+        self.qc_button.clicked.connect(self.open_qc)
         self.gene_edit.returnPressed.connect(lambda: self.show_gene(self.gene_edit.text().strip()))
         self.niches_check.toggled.connect(self.niches_spin.setEnabled)
         self.niches_spin.setEnabled(False)
@@ -505,6 +512,7 @@ class CellMapperWidget(QWidget):
         self._update_rep_and_sizes()
         result = self.result
         self._fill_colors(prefer=result.color_keys[0] if result is not None and result.color_keys else None)
+        self.resultChanged.emit(result)
 
     def _sync(self, action: Any) -> Any:
         """Run a layer-changing action without re-listing sources in between."""
@@ -651,8 +659,19 @@ class CellMapperWidget(QWidget):
             from napari.utils.notifications import show_warning
 
             show_warning(warning)
+        self.resultChanged.emit(result)
+
+    def open_qc(self) -> Any:
+        """Dock the Label QC panel (at the bottom; raised if already docked) and return it."""
+        from napari_cellmapper.widgets.qc.panel import dock_qc
+
+        return dock_qc(self)
 
     # ================================================================ display
+    def color_by(self, key: str) -> None:
+        """Colour the cells by a feature column (listed in 'Colour cells by', legend updated)."""
+        self._fill_colors(prefer=key)
+
     def _fill_colors(self, prefer: str | None = None) -> None:
         keys = self.scene.color_keys()
         current = prefer or self.color_combo.currentText()

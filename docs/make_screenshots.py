@@ -2,9 +2,10 @@
 
 Run (needs a display; Xvfb works)::
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" env PYTHONPATH=src python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" env PYTHONPATH=src python docs/make_screenshots.py [NAME ...]
 
-Writes ``docs/images/*.png`` (each kept under 500 KB). Re-run whenever the interface changes.
+Writes ``docs/images/*.png`` (each kept under 500 KB), or only the named ones (e.g. ``qc_panel``).
+Re-run whenever the interface changes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 OUT = Path(__file__).resolve().parent / "images"
 MAX_BYTES = 500_000
 WINDOW = (1600, 1000)
+ONLY = set(sys.argv[1:])  # names to write; empty: all
 
 
 def _settle(app, seconds: float = 0.6) -> None:
@@ -30,6 +32,9 @@ def _settle(app, seconds: float = 0.6) -> None:
 def _save(viewer, name: str) -> Path:
     """Grab the whole main window (canvas + dock) and save it as an optimised PNG < 500 KB."""
     from PIL import Image
+
+    if ONLY and name not in ONLY:
+        return OUT / f"{name}.png"
 
     image = Image.fromarray(np.asarray(viewer.screenshot(canvas_only=False, flash=False))).convert("RGB")
     path = OUT / f"{name}.png"
@@ -73,6 +78,16 @@ def main() -> int:
     widget.color_combo.setCurrentText("niche")
     _settle(app)
     _save(viewer, "niches")
+
+    panel = widget.open_qc()  # the Label QC panel, docked at the bottom
+    conf = widget.table.obs["cell_type_conf"].to_numpy(dtype=float)
+    panel.set_threshold(round(float(np.nanquantile(conf, 0.2)), 2))
+    panel.apply_threshold()
+    panel.annotation_combo.setCurrentText("cell_type_true")
+    viewer.reset_view()
+    _settle(app, 1.0)
+    _save(viewer, "qc_panel")
+    viewer.window.remove_dock_widget(panel)
 
     widget.color_combo.setCurrentText("cell_type_pred")
     geometry = widget.scene.geometry

@@ -159,3 +159,23 @@ def test_reference_placed_beside_the_image_not_over_it(make_napari_viewer):
     assert image[1][1] > 1.5 * float(np.nanmax(scene.geometry.coords_yx[:, 1]))
     layer = scene.show_reference(pbmc_example()[0])
     assert layer.extent.world[0][1] > image[1][1]  # the whole embedding right of the image
+
+
+def test_set_cell_values_keeps_categories(make_napari_viewer, io_toy):
+    """A categorical column added from table values stays categorical (its colours follow uns)."""
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    layer = scene.show_query(io_toy, "t_points", "points", "global")
+    values = pd.Series(pd.Categorical(["b", "a", "b"], categories=["b", "a", "unused"]))
+    scene.set_cell_values("labels", values)
+    column = layer.features["labels"]
+    assert isinstance(column.dtype, pd.CategoricalDtype) and list(column.cat.categories) == [
+        "b",
+        "a",
+        "unused",
+    ]
+    assert list(column.astype(str)) == list(values.astype(str).to_numpy()[scene.geometry.rows])
+    scene.set_cell_values("numbers", np.arange(3.0))
+    np.testing.assert_allclose(layer.features["numbers"], np.arange(3.0)[scene.geometry.rows])

@@ -350,14 +350,15 @@ class CellMapperScene:
         layer.size = base * float(factor)
         return True
 
-    def set_cell_values(self, name: str, table_values: np.ndarray | pd.Series) -> None:
-        """Add or replace one feature column from per-table-row values (in place; categorical
-        columns stay categorical, so they keep their colours)."""
+    def set_cell_values(self, name: str, table_values: Any) -> None:
+        """Add or replace one feature column from per-table-row values (in place); a categorical
+        column stays categorical (its categories, hence its colours, kept)."""
         features = self.cells_layer.features.copy()
-        if isinstance(table_values, pd.Series) and isinstance(table_values.dtype, pd.CategoricalDtype):
-            features[name] = table_values.iloc[self.geometry.rows].array
+        rows = self.geometry.rows
+        if isinstance(getattr(table_values, "dtype", None), pd.CategoricalDtype):
+            features[name] = pd.Series(table_values).iloc[rows].array
         else:
-            features[name] = np.asarray(table_values)[self.geometry.rows]
+            features[name] = np.asarray(table_values)[rows]
         self.cells_layer.features = features
 
     def color_keys(self) -> list[str]:

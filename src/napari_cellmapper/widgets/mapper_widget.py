@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -113,6 +113,9 @@ class CheckList(QListWidget):
 
 class CellMapperWidget(QWidget):
     """Dock widget mapping a single-cell reference onto a SpatialData sample."""
+
+    #: the result shown changed (a run applied, or another table chosen): MappingResult or None
+    resultChanged = Signal(object)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -306,6 +309,9 @@ class CellMapperWidget(QWidget):
         self.export_button.setToolTip("Write the query with the transferred annotations to a .zarr store")
         self.export_button.setEnabled(False)
         form.addRow(self.export_button)
+        self.qc_button = QPushButton("Label QC…")
+        self.qc_button.setToolTip("Question the labels: confidence threshold, agreement, composition plots")
+        form.addRow(self.qc_button)
         layout.addWidget(display)
         layout.addStretch(1)
         for combo in body.findChildren(QComboBox):
@@ -341,6 +347,7 @@ class CellMapperWidget(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         self.curate_button.clicked.connect(self.open_curation)
         self.embedding_button.clicked.connect(self.open_embedding)
+        self.qc_button.clicked.connect(self.open_qc)
         self.gene_edit.returnPressed.connect(lambda: self.show_gene(self.gene_edit.text().strip()))
         self.niches_check.toggled.connect(self.niches_spin.setEnabled)
         self.rep_combo.currentTextChanged.connect(
@@ -554,6 +561,7 @@ class CellMapperWidget(QWidget):
         self._update_value_choices()
         if self.curation_panel is not None:
             self.curation_panel.refresh()
+        self.resultChanged.emit(result)
 
     def _restore_result(self, table: Any) -> bool:
         """Take up the results an earlier run left in ``table`` (a re-opened export)."""
@@ -722,11 +730,18 @@ class CellMapperWidget(QWidget):
             from napari.utils.notifications import show_warning
 
             show_warning(warning)
+        self.resultChanged.emit(result)
+
+    def open_qc(self) -> Any:
+        """Dock the Label QC panel (at the bottom; raised if already docked) and return it."""
+        from napari_cellmapper.widgets.qc.panel import dock_qc
+
+        return dock_qc(self)
 
     # ================================================================ display
-    def refresh_colors(self, prefer: str | None = None) -> None:
-        """Re-list what can colour the cells (after a panel added a column) and colour by ``prefer``."""
-        self._fill_colors(prefer)
+    def color_by(self, key: str) -> None:
+        """Colour the cells by a feature column (listed in 'Colour cells by', legend updated)."""
+        self._fill_colors(prefer=key)
 
     def open_embedding(self) -> Any:
         """Dock the reference embedding in its own canvas, linked to the tissue (the reference

@@ -191,7 +191,7 @@ class CurationWidget(QWidget):
         table = self.main.table
         self.main.scene.set_cell_values(curation.column, table.obs[curation.column])
         self.main.scene.set_cell_values(curation.edit_column, table.obs[curation.edit_column])
-        self.main.refresh_colors(prefer=curation.column)
+        self.main.color_by(curation.column)
         self.refresh()
 
 

@@ -1,0 +1,1 @@
+"""The Label QC dock panel: ``panel.QCWidget`` (Qt) and ``plots`` (matplotlib figures, PNG export)."""

@@ -596,3 +596,9 @@ def test_reopened_export_restores_the_results_without_a_run(demo, qtbot, tmp_pat
     assert widget.show_gene(f"P({kind})")
     again = widget.export(tmp_path / "again.zarr", confirm=False)
     assert again is not None and again.exists()
+    panel = widget.open_qc()  # the QC panel works on the restored result too
+    assert panel.key_combo.currentText() == "cell_type" and panel.table is widget.table
+    panel.set_threshold(0.9)
+    panel.apply_threshold()
+    below = widget.table.obs["cell_type_conf"].to_numpy() < 0.9
+    assert f"{below.sum():,} of" in panel.threshold_info.text()

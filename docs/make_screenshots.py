@@ -114,6 +114,86 @@ def main() -> int:
         time.sleep(0.02)
     _settle(app)
     _save(viewer, "region")
+
+    widget.clear_region()
+    _run(widget, app)
+    view = widget.open_embedding()  # the reference in its own canvas, linked to the tissue
+    predicted = widget.table.obs["cell_type_pred"].astype(str)
+    view.select_category("cell_type", str(predicted.value_counts().index[0]))
+    viewer.reset_view()
+    _settle(app, 1.0)
+    _save(viewer, "linked_view")
+
+    view.clear()
+    curation = widget.open_curation()
+    lasso = curation.start_lasso()
+    yx = widget.scene.geometry.coords_yx
+    (y0, x0), (y1, x1) = yx.min(0), yx.max(0)
+    lasso.add_polygons([np.array([[y0, x0], [y0, x0 + (x1 - x0) / 3], [(y0 + y1) / 2, x0]])])
+    lasso.mode = "pan_zoom"
+    curation.label_combo.setCurrentText("Doublets")
+    curation.assign("Doublets")
+    _settle(app, 1.0)
+    _save(viewer, "curation")
+    viewer.close()
+    return merfish()
+
+
+def _run(widget, app) -> None:
+    widget.run()
+    start = time.time()
+    while widget.controller.is_running and time.time() - start < 300:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def merfish() -> int:
+    """The same loop on real data, MERFISH hypothalamus from ``../shared/data`` (when present): the
+    query opened as a spatial AnnData, the joint space built from the shared genes."""
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (data / "merfish_hypothalamus").is_dir():
+        print(f"{data} not found: no real-data screenshots")
+        return 0
+    import napari
+    import scanpy as sc
+    from qtpy.QtWidgets import QApplication
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _shared_data import merfish_hypothalamus
+
+    from napari_cellmapper.io.anndata_spatial import spatialdata_from_anndata
+    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
+
+    reference, query = merfish_hypothalamus(data)
+    umap = reference.copy()  # a UMAP of the reference for its view (scanpy's standard recipe)
+    sc.pp.normalize_total(umap)
+    sc.pp.log1p(umap)
+    sc.pp.pca(umap, n_comps=30)
+    sc.pp.neighbors(umap)
+    sc.tl.umap(umap, random_state=0)
+    reference.obsm["X_umap"] = umap.obsm["X_umap"]
+    app = QApplication.instance()
+    viewer = napari.Viewer(title="napari-cellmapper: MERFISH hypothalamus")
+    viewer.window._qt_window.resize(*WINDOW)
+    widget = CellMapperWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="CellMapper", area="right")
+    widget.add_reference(ReferenceSource("MERFISH reference (scRNA-seq)", reference))
+    widget.add_query(QuerySource("MERFISH query", spatialdata_from_anndata(query, source="MERFISH")))
+    widget.niches_check.setChecked(True)
+    _run(widget, app)
+    if widget.result is None:
+        print("the MERFISH mapping did not finish:", widget.status.text(), file=sys.stderr)
+        return 1
+    view = widget.open_embedding()
+    view.select_category("cell_type", "Astrocytes")
+    _settle(app, 1.0)
+    _save(viewer, "merfish_linked")
+    view.clear()
+    panel = widget.open_qc()
+    panel.annotation_combo.setCurrentText("cell_type_true")
+    _settle(app, 1.0)
+    _save(viewer, "merfish_qc")
     viewer.close()
     return 0
 

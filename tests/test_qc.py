@@ -114,7 +114,9 @@ def test_agreement_table_equals_crosstab():
     assert result.counts.to_numpy().sum() == 295 and "never" not in result.counts.columns
     np.testing.assert_allclose(result.fractions.sum(axis=1), 1.0)
     for row in result.counts.index:
-        assert result.agreement[row] == pytest.approx(result.counts.at[row, row] / result.counts.loc[row].sum())
+        assert result.agreement[row] == pytest.approx(
+            result.counts.at[row, row] / result.counts.loc[row].sum()
+        )
         assert result.best[row] == result.counts.loc[row].idxmax()
     kept = pred.notna()
     assert result.overall == pytest.approx((truth[kept].astype(str) == pred[kept].astype(str)).mean())
@@ -127,7 +129,9 @@ def test_agreement_without_shared_names_is_nan():
 
 
 def test_composition_rows_sum_to_one_in_category_order():
-    groups = pd.Series(pd.Categorical(["n1", "n0", "n0", None, "n1"], categories=["n0", "n1", "n2"]), name="niche")
+    groups = pd.Series(
+        pd.Categorical(["n1", "n0", "n0", None, "n1"], categories=["n0", "n1", "n2"]), name="niche"
+    )
     labels = _labels(["a", "b", "a", "a", None], ["b", "a"])
     table = qc.composition(groups, labels)
     assert list(table.index) == ["n0", "n1"] and list(table.columns) == ["b", "a"]

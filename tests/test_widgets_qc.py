@@ -19,7 +19,9 @@ def errors(monkeypatch):
 
     shown: list[str] = []
     monkeypatch.setattr(notifications, "show_error", lambda message: shown.append(str(message)))
-    monkeypatch.setattr(notifications, "show_warning", lambda message: shown.append("warning: " + str(message)))
+    monkeypatch.setattr(
+        notifications, "show_warning", lambda message: shown.append("warning: " + str(message))
+    )
     monkeypatch.setattr(notifications, "show_info", lambda message: shown.append("info: " + str(message)))
     return shown
 
@@ -67,7 +69,8 @@ def _move_slider(qtbot, panel, threshold: float) -> None:
     table = panel.table
     panel.threshold_slider.setValue(int(round(threshold * 100)))
     qtbot.waitUntil(
-        lambda: table.uns.get("cell_type_pred_thresholded_threshold") == pytest.approx(threshold), timeout=5000
+        lambda: table.uns.get("cell_type_pred_thresholded_threshold") == pytest.approx(threshold),
+        timeout=5000,
     )
 
 
@@ -100,7 +103,9 @@ def test_threshold_greys_out_cells_below(demo, qtbot, errors):
     colors = table.uns[f"{name}_colors"]
     assert len(colors) == len(column.cat.categories)
     assert table.uns[f"{name}_threshold"] == threshold
-    assert list(table.obs["cell_type_pred"].cat.categories) == list(widget.result.obs["cell_type_pred"].cat.categories)
+    assert list(table.obs["cell_type_pred"].cat.categories) == list(
+        widget.result.obs["cell_type_pred"].cat.categories
+    )
 
     # on the tissue: the cells layer carries the column and draws the cells below in grey
     features = cells.features
@@ -111,11 +116,18 @@ def test_threshold_greys_out_cells_below(demo, qtbot, errors):
     assert grey[0] == grey[1] == grey[2]  # a grey (not the reference's own grey: CD34+ is #7f7f7f)
     assert palette["unassigned"] not in [c for label, c in palette.items() if label != "unassigned"]
     below_cells = below[rows]
-    np.testing.assert_allclose(cells.face_color[below_cells], np.tile(grey, (below_cells.sum(), 1)), atol=1e-3)
+    np.testing.assert_allclose(
+        cells.face_color[below_cells], np.tile(grey, (below_cells.sum(), 1)), atol=1e-3
+    )
     first = int(np.flatnonzero(~below_cells)[0])
-    np.testing.assert_allclose(cells.face_color[first], _hex_rgba(palette[features[name].iloc[first]]), atol=1e-3)
+    np.testing.assert_allclose(
+        cells.face_color[first], _hex_rgba(palette[features[name].iloc[first]]), atol=1e-3
+    )
     assert "unassigned" in widget.color_key.legend.labels()
     assert f"{below.sum():,} of {mapped.sum():,}" in panel.threshold_info.text()
+    for patch in panel.histogram_canvas.figure.axes[0].patches:  # bins below the line: the same grey
+        if patch.get_x() + patch.get_width() <= threshold:
+            np.testing.assert_allclose(patch.get_facecolor(), grey, atol=1e-3)
 
     # a higher threshold greys out more; zero gives the predictions back
     _move_slider(qtbot, panel, 0.99)
@@ -185,7 +197,9 @@ def test_agreement_table_and_composition_and_png(demo, qtbot, tmp_path, monkeypa
 
     # Save plots as PNG: three valid, non-trivial PNGs, no temporary file left
     monkeypatch.setattr(
-        QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "qc.png"), "PNG (*.png)"))
+        QFileDialog,
+        "getSaveFileName",
+        staticmethod(lambda *a, **k: (str(tmp_path / "qc.png"), "PNG (*.png)")),
     )
     qtbot.mouseClick(panel.save_button, _left_click())
     files = sorted(tmp_path.iterdir())
@@ -217,3 +231,11 @@ def test_panel_from_the_plugins_menu_finds_the_widget(demo, qtbot, errors):
     # the main widget's button docks a panel once, then raises it
     first = widget.open_qc()
     assert widget.open_qc() is first and viewer.window.dock_widgets["Label QC"] is first
+    # a closed panel is no longer fed: the next run goes through without errors
+    viewer.window.remove_dock_widget(first)
+    panel.close()
+    panel.deleteLater()
+    qtbot.wait(50)
+    _run(qtbot, widget, niches=False)
+    assert "Label QC" not in viewer.window.dock_widgets
+    assert not [e for e in errors if not e.startswith(("warning", "info"))], errors

@@ -121,7 +121,9 @@ def threshold_labels(
         raise CellMapperInputError(f"{len(cat)} labels but {conf.size} confidence values.")
     categories = [str(c) for c in cat.categories]
     given = None if colors is None else [str(c) for c in colors]
-    palette = colors_for(categories, given[: len(categories)] if given and len(given) >= len(categories) else None)
+    palette = colors_for(
+        categories, given[: len(categories)] if given and len(given) >= len(categories) else None
+    )
     others = [c for c, name in zip(palette, categories, strict=True) if name not in (UNASSIGNED, UNMAPPED)]
     grey = unassigned_color(others)
     if UNASSIGNED in categories:
@@ -244,7 +246,9 @@ def annotation_columns(obs: pd.DataFrame, exclude: Iterable[str] = ()) -> list[s
         values = obs[column]
         if name in skip or values.dtype.kind in "fiucmM":
             continue
-        if not (isinstance(values.dtype, pd.CategoricalDtype) or values.dtype.kind in "bOSU" or _is_string(values)):
+        if not (
+            isinstance(values.dtype, pd.CategoricalDtype) or values.dtype.kind in "bOSU" or _is_string(values)
+        ):
             continue
         n = int(values.nunique(dropna=True))
         if 2 <= n <= MAX_ANNOTATION_VALUES and (n <= 20 or n <= len(values) // 2):

@@ -257,7 +257,9 @@ class QCWidget(QWidget):
         return self.body.minimumSizeHint().height() + self.key_combo.sizeHint().height() + 24
 
     def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
-        direction = QBoxLayout.Direction.LeftToRight if self.width() >= WIDE else QBoxLayout.Direction.TopToBottom
+        direction = (
+            QBoxLayout.Direction.LeftToRight if self.width() >= WIDE else QBoxLayout.Direction.TopToBottom
+        )
         if self.plots_layout.direction() != direction:
             self.plots_layout.setDirection(direction)
         super().resizeEvent(event)
@@ -391,7 +393,9 @@ class QCWidget(QWidget):
         table, key = self.table, self.key
         if table is None or not key:
             return
-        counts, edges = confidence_histogram(table.obs[f"{key}_conf"].to_numpy(dtype=np.float64, na_value=np.nan))
+        counts, edges = confidence_histogram(
+            table.obs[f"{key}_conf"].to_numpy(dtype=np.float64, na_value=np.nan)
+        )
         draw_histogram(
             self.histogram_canvas.figure,
             counts,
@@ -425,7 +429,9 @@ class QCWidget(QWidget):
         table, group, figure = self.table, self.group_combo.currentText(), self.composition_canvas.figure
         self.composition = None
         if table is None or self._labels is None or not group:
-            draw_message(figure, "Compute niches (or open a query with regions) to see compositions.", self.theme)
+            draw_message(
+                figure, "Compute niches (or open a query with regions) to see compositions.", self.theme
+            )
         else:
             groups = table.obs[group]
             self.composition = composition(pd.Series(groups.to_numpy(), name=group), self._labels)
@@ -444,8 +450,9 @@ class QCWidget(QWidget):
         path = Path(path)
         stem = path.name[: -len(".png")] if path.name.lower().endswith(".png") else path.name
         written = []
+        empty = {"agreement": self.agreement is None, "composition": self.composition is None}
         for name, figure in self.figures().items():
-            if name == "agreement" and self.agreement is None or name == "composition" and self.composition is None:
+            if empty.get(name, False):
                 continue
             written.append(save_png(figure, path.with_name(f"{stem}_{name}.png")))
         return written

@@ -145,7 +145,11 @@ def draw_composition(
     ax.set_ylabel(str(fractions.index.name or "group"), fontsize=8)
     ax.set_title(title, fontsize=9)
     legend = ax.legend(
-        fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=1 + len(fractions.columns) // 14
+        fontsize=6,
+        frameon=False,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        ncols=1 + len(fractions.columns) // 14,
     )
     for text in legend.get_texts():
         text.set_color(theme.text)

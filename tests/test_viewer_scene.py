@@ -171,11 +171,8 @@ def test_set_cell_values_keeps_categories(make_napari_viewer, io_toy):
     values = pd.Series(pd.Categorical(["b", "a", "b"], categories=["b", "a", "unused"]))
     scene.set_cell_values("labels", values)
     column = layer.features["labels"]
-    assert isinstance(column.dtype, pd.CategoricalDtype) and list(column.cat.categories) == [
-        "b",
-        "a",
-        "unused",
-    ]
+    assert isinstance(column.dtype, pd.CategoricalDtype)
+    assert list(column.cat.categories) == ["b", "a", "unused"]
     assert list(column.astype(str)) == list(values.astype(str).to_numpy()[scene.geometry.rows])
     scene.set_cell_values("numbers", np.arange(3.0))
     np.testing.assert_allclose(layer.features["numbers"], np.arange(3.0)[scene.geometry.rows])

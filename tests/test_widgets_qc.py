@@ -125,6 +125,9 @@ def test_threshold_greys_out_cells_below(demo, qtbot, errors):
     )
     assert "unassigned" in widget.color_key.legend.labels()
     assert f"{below.sum():,} of {mapped.sum():,}" in panel.threshold_info.text()
+    for patch in panel.histogram_canvas.figure.axes[0].patches:  # bins below the line: the same grey
+        if patch.get_x() + patch.get_width() <= threshold:
+            np.testing.assert_allclose(patch.get_facecolor(), grey, atol=1e-3)
 
     # a higher threshold greys out more; zero gives the predictions back
     _move_slider(qtbot, panel, 0.99)
@@ -228,3 +231,11 @@ def test_panel_from_the_plugins_menu_finds_the_widget(demo, qtbot, errors):
     # the main widget's button docks a panel once, then raises it
     first = widget.open_qc()
     assert widget.open_qc() is first and viewer.window.dock_widgets["Label QC"] is first
+    # a closed panel is no longer fed: the next run goes through without errors
+    viewer.window.remove_dock_widget(first)
+    panel.close()
+    panel.deleteLater()
+    qtbot.wait(50)
+    _run(qtbot, widget, niches=False)
+    assert "Label QC" not in viewer.window.dock_widgets
+    assert not [e for e in errors if not e.startswith(("warning", "info"))], errors

@@ -450,13 +450,9 @@ class QCWidget(QWidget):
         path = Path(path)
         stem = path.name[: -len(".png")] if path.name.lower().endswith(".png") else path.name
         written = []
+        empty = {"agreement": self.agreement is None, "composition": self.composition is None}
         for name, figure in self.figures().items():
-            if (
-                name == "agreement"
-                and self.agreement is None
-                or name == "composition"
-                and self.composition is None
-            ):
+            if empty.get(name, False):
                 continue
             written.append(save_png(figure, path.with_name(f"{stem}_{name}.png")))
         return written

@@ -189,7 +189,7 @@ def merfish() -> int:
     view.select_category("cell_type", "Astrocytes")
     _settle(app, 1.0)
     _save(viewer, "merfish_linked")
-    view.clear()
+    viewer.window.remove_dock_widget(view)
     panel = widget.open_qc()
     panel.annotation_combo.setCurrentText("cell_type_true")
     _settle(app, 1.0)

@@ -86,3 +86,15 @@ def test_click_and_lasso_on_the_tissue_light_up_reference_neighbours(demo, qtbot
     # hover names the reference cell under the mouse
     view._show_hover(view.xy[7])
     assert str(widget.reference.obs_names[7]) in view.hover.text()
+
+
+def test_closing_the_view_draws_the_reference_beside_the_tissue_again(demo, qtbot, errors):  # noqa: F811
+    viewer, widget = _mapped(demo, qtbot)
+    view = widget.open_embedding()
+    assert not widget.scene.reference_layer.visible
+    viewer.window.remove_dock_widget(view)
+    view.deleteLater()
+    qtbot.waitUntil(lambda: widget.embedding_view is None, timeout=5000)
+    assert widget.scene.reference_layer.visible
+    widget.show_cell(2)  # the click goes back to the reference layer's rings
+    assert "cellmapper reference neighbours" in viewer.layers

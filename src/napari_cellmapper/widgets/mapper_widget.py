@@ -750,6 +750,7 @@ class CellMapperWidget(QWidget):
 
         if self.embedding_view is None:
             self.embedding_view = EmbeddingView(self)
+            self.embedding_view.destroyed.connect(self._on_embedding_closed)
             self.viewer.window.add_dock_widget(self.embedding_view, name="Reference embedding", area="bottom")
         if self.scene.reference_layer is not None and self.scene.reference_layer.visible:
             self.scene.reference_layer.visible = False
@@ -759,12 +760,20 @@ class CellMapperWidget(QWidget):
         self.embedding_view.refresh()
         return self.embedding_view
 
+    def _on_embedding_closed(self, *_: Any) -> None:
+        """The reference view was closed: draw the reference beside the tissue again."""
+        self.embedding_view = None
+        self.scene.highlight_cells(None)
+        if self.scene.reference_layer is not None:
+            self.scene.reference_layer.visible = True
+
     def open_curation(self) -> Any:
         """Dock the curation panel (once) beside this widget; returns it."""
         from napari_cellmapper.widgets.curation import CurationWidget
 
         if self.curation_panel is None:
             self.curation_panel = CurationWidget(self)
+            self.curation_panel.destroyed.connect(lambda *_: setattr(self, "curation_panel", None))
             self.viewer.window.add_dock_widget(self.curation_panel, name="Curate labels", area="right")
         self.curation_panel.refresh()
         return self.curation_panel

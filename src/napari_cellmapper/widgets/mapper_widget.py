@@ -20,7 +20,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -42,6 +41,7 @@ from napari_cellmapper.widgets.advanced_options import AdvancedOptions
 from napari_cellmapper.widgets.controller import MappingController, error_message
 from napari_cellmapper.widgets.job import BACKENDS, BUILD_FROM_GENES, KERNELS, MappingJob, MappingResult
 from napari_cellmapper.widgets.legend import ColorKey
+from napari_cellmapper.widgets.rows import row as _row
 from napari_cellmapper.widgets.sources import (
     QuerySource,
     ReferenceSource,
@@ -968,12 +968,3 @@ def _described(info: Any, table: Any) -> Any:
         (f"{label}: {labels[label]}" if labels.get(label) else label, color) for label, color in info.entries
     )
     return dataclasses.replace(info, entries=entries)
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    box = QWidget()
-    layout = QHBoxLayout(box)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for widget in widgets:
-        layout.addWidget(widget)
-    return box

@@ -13,7 +13,6 @@ import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QVBoxLayout,
@@ -22,6 +21,7 @@ from qtpy.QtWidgets import (
 
 from napari_cellmapper.core.curation import LabelCuration
 from napari_cellmapper.viewer.selection import SELECTION, cells_in_selection, selection_layer
+from napari_cellmapper.widgets.rows import row as _row
 
 if TYPE_CHECKING:
     from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
@@ -193,12 +193,3 @@ class CurationWidget(QWidget):
         self.main.scene.set_cell_values(curation.edit_column, table.obs[curation.edit_column])
         self.main.color_by(curation.column)
         self.refresh()
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for widget in widgets:
-        layout.addWidget(widget)
-    return row

@@ -8,6 +8,7 @@ cancellations apply nothing, so the viewer and the data stay as they were.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from qtpy.QtCore import QObject, Signal
 from napari_cellmapper.core.progress import Progress
 from napari_cellmapper.widgets.job import MappingJob, MappingResult, run_mapping
 
+#: seconds between two updates of napari's activity bar within one stage
+PROGRESS_INTERVAL = 0.5
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +57,20 @@ class MappingController(QObject):
         self.current_job: MappingJob | None = None
         self.worker: Any = None
         self._progress: Any = None
+        self._progress_stage: str | None = None
+        self._progress_shown = 0.0
+
+    @staticmethod
+    def prepare_activity_bar() -> None:
+        """Show and close one napari activity bar, so that its one-time set-up (about 0.5 s on
+        the interface thread, layout and canvas redraw included) is paid when the widget opens,
+        not in the middle of the first run."""
+        try:
+            from napari.utils import progress
+
+            progress(total=1, desc="CellMapper ready").close()
+        except Exception:  # noqa: BLE001 - the activity panel is a nicety
+            log.debug("activity bar set-up failed", exc_info=True)
 
     @property
     def is_running(self) -> bool:
@@ -93,6 +110,13 @@ class MappingController(QObject):
         if not isinstance(event, Progress):
             return
         self.progressed.emit(event.stage, int(event.done), int(event.total))
+        # napari's activity bar costs the interface thread a repaint per update: a new stage is
+        # shown at once, progress within a stage at most every PROGRESS_INTERVAL seconds
+        now = time.monotonic()
+        stage_changed = event.stage != self._progress_stage
+        if not stage_changed and now - self._progress_shown < PROGRESS_INTERVAL:
+            return
+        self._progress_stage, self._progress_shown = event.stage, now
         try:
             from napari.utils import progress
 
@@ -147,6 +171,7 @@ class MappingController(QObject):
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        self._progress_stage = None
         if worker is self.worker:
             self.worker = None
             self.running.emit(False)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -122,6 +122,7 @@ class CellMapperWidget(QWidget):
         self.viewer = napari_viewer
         self.scene = CellMapperScene(napari_viewer)
         self.controller = MappingController(self._apply_result, parent=self)
+        QTimer.singleShot(0, self.controller.prepare_activity_bar)
         self.controller.running.connect(self._set_running)
         self.controller.progressed.connect(self._on_progress)
         self.controller.failed.connect(lambda msg: self.status.setText(f"Failed: {msg}"))

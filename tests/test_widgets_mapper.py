@@ -602,3 +602,64 @@ def test_reopened_export_restores_the_results_without_a_run(demo, qtbot, tmp_pat
     panel.apply_threshold()
     below = widget.table.obs["cell_type_conf"].to_numpy() < 0.9
     assert f"{below.sum():,} of" in panel.threshold_info.text()
+
+
+def _two_slides():
+    """The example query twice, as two regions ("slide_a", "slide_b") of one table, overlapping in
+    space (as two sections imaged at the same stage position)."""
+    import anndata as ad
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+
+    from napari_cellmapper.datasets import spatial_example
+
+    sdata = spatial_example()
+    table = sdata.tables["table"]
+    circles = sdata.shapes["cells"]
+    shapes, tables = {}, []
+    for name in ("slide_a", "slide_b"):
+        part = table.copy()
+        part.obs_names = [f"{name}_{i}" for i in part.obs_names]
+        part.obs["region"] = pd.Categorical([name] * part.n_obs)
+        del part.uns["spatialdata_attrs"]
+        tables.append(part)
+        shapes[name] = ShapesModel.parse(circles.copy())
+    both = ad.concat(tables, merge="first")
+    both.obs["region"] = pd.Categorical(both.obs["region"].astype(str))
+    both = TableModel.parse(both, region=["slide_a", "slide_b"], region_key="region", instance_key="cell_id")
+    return SpatialData(shapes=shapes, tables={"table": both})
+
+
+def test_all_regions_of_a_table_map_in_one_run(demo, qtbot, tmp_path, errors):
+    """Two slides in one store: one run maps both (niches per slide, presence per slide), the
+    widget switches between them without losing results, and the export writes both."""
+    import spatialdata
+
+    from napari_cellmapper.widgets.sources import QuerySource
+
+    viewer, widget = demo
+    widget.add_query(QuerySource("two slides", _two_slides()))
+    assert widget.all_regions_check.isEnabled() and widget.element_combo.currentText() == "slide_a"
+    widget.all_regions_check.setChecked(True)
+    widget.niches_check.setChecked(True)
+    widget.presence_check.setChecked(True)
+    job = widget.build_job()
+    table = widget.table
+    assert len(job.rows) == table.n_obs and set(job.groups) == {"slide_a", "slide_b"}
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert not [e for e in errors if not e.startswith("warning")], errors
+    assert table.obs["cell_type_pred"].notna().all()  # both slides mapped
+    # the two slides are the same cells: the same labels on both (niches too, up to their numbers)
+    a = table.obs["region"].astype(str).to_numpy() == "slide_a"
+    pred = table.obs["cell_type_pred"].astype(str).to_numpy()
+    assert (pred[a] == pred[~a]).all()
+    niche = table.obs["niche"].astype(str).to_numpy()
+    pairs = set(zip(niche[a], niche[~a], strict=True))
+    assert len(pairs) == len(set(niche[a]))  # each niche of slide a is one niche of slide b
+    widget.element_combo.setCurrentText("slide_b")  # switch: the results stay
+    assert widget.result is not None and widget.export_button.isEnabled()
+    assert "cell_type_pred" in widget.scene.cells_layer.features
+    out = widget.export(tmp_path / "two.zarr", confirm=False)
+    written = spatialdata.read_zarr(out).tables["table"]
+    assert written.obs["cell_type_pred"].notna().all() and written.n_obs == table.n_obs

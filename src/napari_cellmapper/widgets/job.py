@@ -56,6 +56,7 @@ class MappingJob:
     rows: np.ndarray
     coords_yx: np.ndarray | None = None
     params: MappingParams = field(default_factory=MappingParams)
+    groups: np.ndarray | None = None  # the sample (region) of each row: presence per sample
     job_id: int = field(default_factory=next_job_id)
 
 
@@ -257,7 +258,8 @@ def run_mapping(job: MappingJob) -> Generator[Progress, None, MappingResult]:
     if params.n_niches and not (params.obs_keys and coords is not None):
         warnings.append("Niches need transferred cell-type probabilities (an obs key to transfer).")
         params = dataclasses.replace(params, n_niches=0)
-    cmap = yield from iter_annotate(query, reference, params, coords=coords)
+    groups = None if job.groups is None else np.asarray(job.groups)
+    cmap = yield from iter_annotate(query, reference, params, coords=coords, query_groups=groups)
     reference_obs = pd.DataFrame(index=job.reference.obs_names)
     if params.presence:
         reference_obs[PRESENCE_KEY] = reference.obs[PRESENCE_KEY].to_numpy()

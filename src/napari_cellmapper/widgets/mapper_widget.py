@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from napari_cellmapper.core.pipeline import MappingParams
 from napari_cellmapper.viewer.cell_values import cell_values, value_choices
+from napari_cellmapper.viewer.samples import Samples, side_by_side
 from napari_cellmapper.viewer.scene import CellMapperScene
 from napari_cellmapper.viewer.selection import cell_info
 from napari_cellmapper.widgets.advanced_options import AdvancedOptions
@@ -182,7 +183,13 @@ class CellMapperWidget(QWidget):
         self.element_combo.setToolTip(
             "Element holding the cells' geometry (points, circles, polygons or labels)"
         )
-        form.addRow("Element", self.element_combo)
+        self.all_regions_check = QCheckBox("all")
+        self.all_regions_check.setToolTip(
+            "Map the cells of every region (sample, slide) this table annotates in one run; "
+            "niches never span two samples and presence is scored per sample"
+        )
+        self.all_regions_check.setEnabled(False)
+        form.addRow("Element", _row(self.element_combo, self.all_regions_check))
         self.cs_combo = QComboBox()
         self.cs_combo.setToolTip("Coordinate system the tissue and the cells are drawn in")
         form.addRow("Coordinates", self.cs_combo)
@@ -523,7 +530,11 @@ class CellMapperWidget(QWidget):
 
     def _on_table_changed(self, *_: Any) -> None:
         query, name = self.query, self.table_combo.currentText()
-        self._refill(self.element_combo, table_elements(query.sdata, name) if query and name else [])
+        elements = table_elements(query.sdata, name) if query and name else []
+        self._refill(self.element_combo, elements)
+        self.all_regions_check.setEnabled(len(elements) > 1)
+        if len(elements) < 2:
+            self.all_regions_check.setChecked(False)
         self._on_element_changed()
 
     def _on_element_changed(self, *_: Any) -> None:
@@ -621,18 +632,24 @@ class CellMapperWidget(QWidget):
             raise ValueError("Choose a reference first (open a .h5ad file or a reference layer).")
         if table is None or geometry is None:
             raise ValueError("Choose a spatial query (a SpatialData .zarr) and its table first.")
-        rows, coords = geometry.rows, geometry.coords_yx
+        rows, coords, groups = geometry.rows, geometry.coords_yx, None
         mask = self.scene.region_mask()
         if mask is not None:
+            if self.all_regions_check.isChecked():
+                raise ValueError("A drawn region restricts one element: clear it, or untick 'all'.")
             if not mask.any():
                 raise ValueError("No cells lie inside the drawn region; draw it over the cells or clear it.")
             rows, coords = rows[mask], coords[mask]
+        if self.all_regions_check.isChecked() and self.all_regions_check.isEnabled():
+            samples = self._all_regions()
+            rows, coords, groups = samples.rows, samples.coords_yx, samples.groups
         rep = self.rep_combo.currentText()
         return MappingJob(
             reference=reference,
             query=table,
             rows=np.asarray(rows),
             coords_yx=np.asarray(coords),
+            groups=groups,
             params=MappingParams(
                 use_rep=None if rep in ("", BUILD_FROM_GENES) else rep,
                 obs_keys=tuple(self.obs_list.checked()),
@@ -646,6 +663,27 @@ class CellMapperWidget(QWidget):
                 **self.advanced.params(),
             ),
         )
+
+    def _all_regions(self) -> Samples:
+        """Rows and side-by-side positions of every region the table annotates (one run)."""
+        from napari_cellmapper.viewer.spatial_layers import cell_geometry
+
+        query, name, system = self.query, self.table_combo.currentText(), self.cs_combo.currentText()
+        regions, rows, coords = [], [], []
+        for element in table_elements(query.sdata, name):
+            if element == self.element_combo.currentText():
+                geometry = self.scene.geometry
+            elif system in element_coordinate_systems(query.sdata, element):
+                geometry = cell_geometry(query.sdata, name, element, system)
+            else:
+                raise ValueError(
+                    f"Region {element!r} is not in the coordinate system {system!r}: choose one "
+                    "that every region shares, or untick 'all'."
+                )
+            regions.append(element)
+            rows.append(np.asarray(geometry.rows))
+            coords.append(np.asarray(geometry.coords_yx))
+        return side_by_side(regions, rows, coords)
 
     def run(self) -> Any:
         """Start a mapping in the background; returns the worker (None when the form is incomplete)."""
@@ -673,6 +711,7 @@ class CellMapperWidget(QWidget):
             self.query_combo,
             self.table_combo,
             self.element_combo,
+            self.all_regions_check,
             self.cs_combo,
             self.open_reference_button,
             self.open_query_button,
@@ -680,6 +719,7 @@ class CellMapperWidget(QWidget):
         ):
             widget.setEnabled(not running)
         self.niches_spin.setEnabled(not running and self.niches_check.isChecked())
+        self.all_regions_check.setEnabled(not running and self.element_combo.count() > 1)
 
     def _job_controls(self) -> tuple[QWidget, ...]:
         """The fields a run reads: frozen while it runs (its job was built at Run)."""

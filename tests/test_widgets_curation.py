@@ -88,3 +88,71 @@ def _left():
     from qtpy.QtCore import Qt
 
     return Qt.MouseButton.LeftButton
+
+
+def _canvas_point(viewer, y, x):
+    """Where a world (y, x) position is on the canvas widget, in its pixels."""
+    from qtpy.QtCore import QPointF
+
+    mapped = viewer.window._qt_viewer.canvas.view.scene.transform.map([x, y, 0, 1])
+    return QPointF(float(mapped[0]), float(mapped[1]))
+
+
+def _mouse(viewer, kind, point, button, buttons):
+    """One real Qt mouse event on the canvas widget (as the window system would send it)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    native = viewer.window._qt_viewer.canvas.native
+    event = QMouseEvent(
+        kind, point, native.mapToGlobal(point), button, buttons, Qt.KeyboardModifier.NoModifier
+    )
+    QApplication.sendEvent(native, event)
+    QApplication.processEvents()
+
+
+def test_real_mouse_lasso_and_click_on_the_canvas(make_napari_viewer, qtbot, errors):  # noqa: F811
+    """The selection made with the mouse itself: a lasso dragged over the tissue in the selection
+    layer, then a click on one more cell, then the label assigned."""
+    from qtpy.QtCore import QEvent, Qt
+
+    from napari_cellmapper.widgets.demo import open_demo
+
+    viewer = make_napari_viewer(show=True)
+    viewer, widget = open_demo(viewer)
+    viewer.window._qt_window.resize(1400, 900)
+    widget.run()
+    _wait_done(qtbot, widget)
+    panel = widget.open_curation()
+    layer = panel.start_lasso()
+    qtbot.wait(100)
+    geometry = widget.scene.geometry
+    yx = geometry.coords_yx
+    (y0, x0), (y1, x1) = yx.min(0), yx.max(0)
+    cut = x0 + (x1 - x0) / 3
+    corners = [(y0 - 1, x0 - 1), (y0 - 1, cut), (y1 + 1, cut), (y1 + 1, x0 - 1), (y0 - 1, x0 - 1)]
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    _mouse(viewer, QEvent.Type.MouseButtonPress, _canvas_point(viewer, *corners[0]), left, left)
+    for (ya, xa), (yb, xb) in zip(corners[:-1], corners[1:], strict=True):
+        for t in np.linspace(0, 1, 12)[1:]:
+            point = _canvas_point(viewer, ya + t * (yb - ya), xa + t * (xb - xa))
+            _mouse(viewer, QEvent.Type.MouseMove, point, none, left)
+    _mouse(viewer, QEvent.Type.MouseButtonRelease, _canvas_point(viewer, *corners[-1]), left, none)
+    assert len(layer.data) == 1
+    in_lasso = set(np.asarray(geometry.rows)[yx[:, 1] <= cut].tolist())
+    assert set(panel.selected_rows().tolist()) == in_lasso
+    # a real click (pan/zoom mode) on a cell right of the lasso, added to the selection
+    layer.mode = "pan_zoom"
+    outside = int(np.flatnonzero(yx[:, 1] > cut + (x1 - x0) / 10)[0])
+    qtbot.mouseClick(
+        viewer.window._qt_viewer.canvas.native, Qt.MouseButton.LeftButton,
+        pos=_canvas_point(viewer, *yx[outside]).toPoint(),
+    )  # fmt: skip
+    qtbot.waitUntil(lambda: widget.last_clicked_cell is not None, timeout=3000)
+    assert widget.last_clicked_cell == outside
+    panel.add_clicked_cell()
+    assert set(panel.selected_rows().tolist()) == in_lasso | {int(geometry.rows[outside])}
+    assert panel.assign("Doublets")
+    curated = widget.table.obs["cell_type_curated"].astype(str).to_numpy()
+    assert (curated[sorted(in_lasso | {int(geometry.rows[outside])})] == "Doublets").all()

@@ -369,6 +369,16 @@ def test_labels_query_maps_and_colours_labels(make_napari_viewer, qtbot, errors)
     assert "cell_type_pred" in cells.features and widget.color_combo.currentText() == "cell_type_pred"
     first_id = int(cells.features["index"].iloc[0])
     assert cells.colormap.map(first_id)[3] > 0
+    from matplotlib.colors import to_rgba
+
+    table = widget.table
+    palette = dict(
+        zip(table.obs["cell_type_pred"].cat.categories, table.uns["cell_type_pred_colors"], strict=True)
+    )
+    for i in range(5):  # each label in its type's colour
+        label = int(cells.features["index"].iloc[i])
+        expected = to_rgba(palette[str(cells.features["cell_type_pred"].iloc[i])])[:3]
+        np.testing.assert_allclose(cells.colormap.map(label)[:3], expected, atol=1.5 / 255)
     assert "cell_type" in widget.show_cell(0)
 
 

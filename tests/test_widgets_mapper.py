@@ -350,6 +350,7 @@ def test_colour_by_measured_imputed_gene_and_type_probability(demo, qtbot, error
     widget.color_combo.setCurrentText("mapping_quality")
     assert colorbar.clim == (0.0, 1.0) and "reference covers" in colorbar.note.text()
     assert colorbar.colormap.endswith("_bright")  # no near-black end on the dark canvas
+    assert cells.metadata["cellmapper_colormap"] == colorbar.colormap  # the cells drawn as the bar shows
 
 
 def test_labels_query_maps_and_colours_labels(make_napari_viewer, qtbot, errors):

@@ -382,7 +382,7 @@ class CellMapperScene:
         values = layer.features[key]
         colors = self.colors_for_key(key, values)
         info = color_info(values, key, colors, visible_on_dark(colormap), autoscale)
-        _recolor(layer, key, values, colors, colormap, info, self.geometry)
+        _recolor(layer, key, values, colors, info, self.geometry)
         self.color = info
         return info
 
@@ -394,7 +394,7 @@ class CellMapperScene:
         values = layer.features[key]
         colors = self.colors_for_key(key, values, self.reference)
         info = color_info(values, key, colors, visible_on_dark(colormap), autoscale)
-        _recolor(layer, key, values, colors, colormap, info, None)
+        _recolor(layer, key, values, colors, info, None)
         return info
 
     # ------------------------------------------------------------ interaction
@@ -598,11 +598,10 @@ def _recolor(
     key: str,
     values: pd.Series,
     colors: list[str] | None,
-    colormap: str,
     info: ColorInfo,
     geometry: CellGeometry | None,
 ) -> None:
-    """Recolour any cells layer in place."""
+    """Recolour any cells layer in place, as ``info`` describes (its colormap and limits)."""
     kind = layer_kind(layer)
     if kind == "points":
         try:
@@ -613,11 +612,11 @@ def _recolor(
             if info.categorical:
                 fast_points.color_points_by(layer, key, colors=colors)
             else:
-                fast_points.color_points_by(layer, key, colormap=colormap, clim=info.clim)
+                fast_points.color_points_by(layer, key, colormap=info.colormap, clim=info.clim)
             return
-        layer.face_color = rgba_for(values, colors, colormap, info.clim)
+        layer.face_color = rgba_for(values, colors, info.colormap, info.clim)
         return
-    rgba = rgba_for(values, colors, colormap, info.clim)
+    rgba = rgba_for(values, colors, info.colormap, info.clim)
     if kind == "shapes":
         layer.face_color = rgba
         return

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from napari_cellmapper.core.palettes import colors_for
+from napari_cellmapper.core.transfer import UNASSIGNED, UNMAPPED  # labels of cells below / unmapped
 from napari_cellmapper.core.validation import CellMapperInputError
 
 if TYPE_CHECKING:
@@ -35,9 +36,6 @@ __all__ = [
     "unassigned_color",
 ]
 
-#: The label of cells below the threshold and of cells with no usable neighbour (as in core.transfer).
-UNASSIGNED = "unassigned"
-UNMAPPED = "unmapped"
 #: Cells below the confidence threshold: a mid grey, dim on the tissue and distinct from the light
 #: grey of cells that were not mapped at all.
 UNASSIGNED_COLOR = "#808080"

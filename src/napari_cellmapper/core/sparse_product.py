@@ -282,23 +282,16 @@ def _iter_scipy_product(
     def block(bound: tuple[int, int]) -> sparse.csr_matrix:
         return sparse.csr_matrix(matrix[bound[0] : bound[1]] @ x, dtype=np.float32)
 
-    n_threads = min(n_threads, len(bounds))
-    if n_threads == 1:
-        blocks = []
-        for bound in bounds:
-            blocks.append(block(bound))
-            yield Progress(stage, bound[1], n_query)
-    else:
-        with ThreadPoolExecutor(n_threads, thread_name_prefix="cellmapper-product") as pool:
-            futures = [pool.submit(block, bound) for bound in bounds]
-            try:
-                blocks = []
-                for future, bound in zip(futures, bounds, strict=True):
-                    blocks.append(future.result())
-                    yield Progress(stage, bound[1], n_query)
-            finally:  # cancelled or failed: start no further block
-                for future in futures:
-                    future.cancel()
+    blocks = []
+    with ThreadPoolExecutor(min(n_threads, len(bounds)), thread_name_prefix="cellmapper-product") as pool:
+        futures = [pool.submit(block, bound) for bound in bounds]
+        try:
+            for future, bound in zip(futures, bounds, strict=True):
+                blocks.append(future.result())
+                yield Progress(stage, bound[1], n_query)
+        finally:  # cancelled or failed: start no further block
+            for future in futures:
+                future.cancel()
     out = sparse.csr_matrix(sparse.vstack(blocks, format="csr"), dtype=np.float32)
     if row_order is not None:
         inverse = np.empty_like(row_order)

@@ -17,6 +17,11 @@ from napari_cellmapper.viewer.colors import PROBABILITY_PREFIX
 MEASURED, IMPUTED = " (measured)", " (imputed)"
 
 
+def dense_column(column: Any) -> np.ndarray:
+    """One column of an expression matrix (sparse or dense) as a flat float array."""
+    return np.asarray(column.toarray() if hasattr(column, "toarray") else column, dtype=float).ravel()
+
+
 def value_choices(table: Any, reference: Any, result: Any) -> list[str]:
     """Every name :func:`cell_values` accepts: type probabilities, measured and imputable genes."""
     names = [f"{PROBABILITY_PREFIX}{c})" for c in _probability_columns(table, result)]
@@ -46,9 +51,7 @@ def cell_values(name: str, table: Any, result: Any = None, reference: Any = None
         if bare.endswith(suffix):
             gene, source = bare[: -len(suffix)], suffix
     if source in (None, MEASURED) and table is not None and gene in table.var_names:
-        column = table[:, gene].X
-        values = np.asarray(column.toarray() if hasattr(column, "toarray") else column, dtype=float)
-        return f"{gene}{MEASURED}", values.ravel()
+        return f"{gene}{MEASURED}", dense_column(table[:, gene].X)
     if source in (None, IMPUTED) and result is not None:
         try:
             return f"{gene}{IMPUTED}", result.imputed_gene(gene, table.n_obs, reference)

@@ -518,13 +518,9 @@ class CellMapperScene:
         layer = self.region_layer(create=False)
         if layer is None or self.geometry is None or not len(layer.data):
             return None
-        from napari_cellmapper.viewer.selection import inside_shapes
+        from napari_cellmapper.viewer.selection import inside_layer_shapes
 
-        world = [
-            np.array([layer.data_to_world(vertex)[-2:] for vertex in np.asarray(shape)])
-            for shape in layer.data
-        ]
-        return inside_shapes(self.geometry.coords_yx, world, list(layer.shape_type))
+        return inside_layer_shapes(layer, self.geometry.coords_yx)
 
     def click_callback(self, on_cell: Callable[[int], None]) -> Callable[..., Any]:
         """A viewer mouse-drag callback calling ``on_cell(index)`` on a click (not a drag) on a cell."""

@@ -136,10 +136,16 @@ def selection_layer(viewer: Any, create: bool = True) -> Any:
     )  # fmt: skip
 
 
+def inside_layer_shapes(layer: Any, coords_yx: np.ndarray) -> np.ndarray:
+    """Mask over the cells (world (y, x) positions) inside a Shapes layer's shapes (its
+    transformation applied)."""
+    world = [np.array([layer.data_to_world(v)[-2:] for v in np.asarray(shape)]) for shape in layer.data]
+    return inside_shapes(coords_yx, world, list(layer.shape_type))
+
+
 def cells_in_selection(viewer: Any, coords_yx: np.ndarray) -> np.ndarray:
     """Mask over the cells (world (y, x) positions) inside the selection layer's shapes."""
     layer = selection_layer(viewer, create=False)
     if layer is None or not len(layer.data):
         return np.zeros(len(coords_yx), dtype=bool)
-    world = [np.array([layer.data_to_world(v)[-2:] for v in np.asarray(shape)]) for shape in layer.data]
-    return inside_shapes(coords_yx, world, list(layer.shape_type))
+    return inside_layer_shapes(layer, coords_yx)

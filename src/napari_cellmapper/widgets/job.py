@@ -23,6 +23,7 @@ from scipy import sparse
 from napari_cellmapper.core import validation
 from napari_cellmapper.core.pipeline import PRESENCE_KEY, QUALITY_KEY, MappingParams, iter_annotate
 from napari_cellmapper.core.progress import Progress
+from napari_cellmapper.viewer.cell_values import dense_column
 
 _JOB_IDS = itertools.count(1)
 
@@ -82,11 +83,11 @@ class MappingResult:
         imputed matrix when the run made one, else ``M · x`` for that gene's column ``x`` of
         ``reference.X`` alone (never the whole imputed matrix)."""
         if self.imputed is not None and gene in self.imputed.var_names:
-            values = _dense_column(self.imputed[:, gene].X)
+            values = dense_column(self.imputed[:, gene].X)
         elif self.mapping is not None and reference is not None and gene in reference.var_names:
             if not reference.obs_names.equals(self.reference_obs.index):
                 raise KeyError("The reference changed since the run: run the mapping again to impute.")
-            values = self.mapping @ _dense_column(reference[:, gene].X)
+            values = self.mapping @ dense_column(reference[:, gene].X)
         else:
             raise KeyError(f"{gene!r} is not a reference gene")
         out = np.full(n_obs, np.nan)
@@ -154,10 +155,6 @@ class MappingResult:
         out = table.copy()
         self.apply_to(out)
         return out
-
-
-def _dense_column(column: Any) -> np.ndarray:
-    return np.asarray(column.toarray() if hasattr(column, "toarray") else column, dtype=float).ravel()
 
 
 def detached(adata: AnnData, rows: np.ndarray | None = None, *, keep_graphs: bool = False) -> AnnData:

@@ -140,6 +140,7 @@ class CellMapperWidget(QWidget):
         self.embedding_view: Any = None
         self._syncing = False
         self._build()
+        self.resultChanged.connect(self._update_value_choices)
         self._click = self.scene.click_callback(self.show_cell)
         self.viewer.mouse_drag_callbacks.append(self._click)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -570,9 +571,6 @@ class CellMapperWidget(QWidget):
         self._update_rep_and_sizes()
         result = self.result
         self._fill_colors(prefer=result.color_keys[0] if result is not None and result.color_keys else None)
-        self._update_value_choices()
-        if self.curation_panel is not None:
-            self.curation_panel.refresh()
         self.resultChanged.emit(result)
 
     def _restore_result(self, table: Any) -> bool:
@@ -588,7 +586,7 @@ class CellMapperWidget(QWidget):
         )
         return True
 
-    def _update_value_choices(self) -> None:
+    def _update_value_choices(self, *_: Any) -> None:
         """Offer the genes and type probabilities the cells can be coloured by (completion)."""
         names = value_choices(self.table, self.reference, self.result)
         self.gene_edit.setEnabled(bool(names))
@@ -762,9 +760,6 @@ class CellMapperWidget(QWidget):
             prefer="presence_score" if "presence_score" in result.reference_obs else None
         )
         self.export_button.setEnabled(True)
-        self._update_value_choices()
-        if self.curation_panel is not None:
-            self.curation_panel.refresh()
         n_mapped = len(result.rows)
         self.status.setText(f"Done: {n_mapped:,} cells mapped.")
         for warning in result.warnings:
@@ -813,7 +808,7 @@ class CellMapperWidget(QWidget):
         from napari_cellmapper.widgets.curation import CurationWidget
 
         if self.curation_panel is None:
-            self.curation_panel = CurationWidget(self)
+            self.curation_panel = CurationWidget(self)  # follows resultChanged itself
             self.curation_panel.destroyed.connect(lambda *_: setattr(self, "curation_panel", None))
             self.viewer.window.add_dock_widget(self.curation_panel, name="Curate labels", area="right")
         self.curation_panel.refresh()

@@ -71,7 +71,8 @@ class CurationWidget(QWidget):
         self.assign_button.clicked.connect(lambda: self.assign(self.label_combo.currentText()))
         self.undo_button.clicked.connect(self.undo)
         self.redo_button.clicked.connect(self.redo)
-        self.key_combo.currentTextChanged.connect(lambda _: self.refresh())
+        self.key_combo.currentTextChanged.connect(self.refresh)
+        main.resultChanged.connect(self.refresh)
         self.refresh()
 
     # ------------------------------------------------------------------ state
@@ -85,10 +86,10 @@ class CurationWidget(QWidget):
             self._curations[slot] = LabelCuration(table, key)
         return self._curations[slot]
 
-    def refresh(self) -> None:
+    def refresh(self, *_: Any) -> None:
         """Follow the main widget: keys that can be curated, labels, buttons."""
         result = self.main.result
-        keys = [k for k in (result.obs_keys if result is not None else ()) if self.main.table is not None]
+        keys = list(result.obs_keys) if result is not None and self.main.table is not None else []
         current = self.key_combo.currentText()
         self.key_combo.blockSignals(True)
         self.key_combo.clear()
@@ -128,7 +129,7 @@ class CurationWidget(QWidget):
         return layer
 
     def add_clicked_cell(self) -> None:
-        index = getattr(self.main, "last_clicked_cell", None)
+        index = self.main.last_clicked_cell
         if index is None:
             self.status.setText("Click a cell on the tissue first.")
             return
@@ -173,17 +174,17 @@ class CurationWidget(QWidget):
         return True
 
     def undo(self) -> None:
-        curation = self.curation()
-        edit = curation.undo() if curation is not None else None
-        if edit is not None:
-            self.status.setText(f"Undid: {len(edit.rows):,} cells labelled {edit.label!r}.")
-            self._show_curated(curation)
+        self._step("undo", "Undid")
 
     def redo(self) -> None:
+        self._step("redo", "Redid")
+
+    def _step(self, action: str, done: str) -> None:
+        """Undo or redo (``action``) the curation's last edit and show it."""
         curation = self.curation()
-        edit = curation.redo() if curation is not None else None
+        edit = getattr(curation, action)() if curation is not None else None
         if edit is not None:
-            self.status.setText(f"Redid: {len(edit.rows):,} cells labelled {edit.label!r}.")
+            self.status.setText(f"{done}: {len(edit.rows):,} cells labelled {edit.label!r}.")
             self._show_curated(curation)
 
     def _show_curated(self, curation: LabelCuration) -> None:

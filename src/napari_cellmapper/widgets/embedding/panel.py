@@ -48,8 +48,9 @@ class EmbeddingView(QWidget):
         self.marked = vscene.visuals.Markers(parent=self.view.scene)
         self.marked.order = 1
         self.outline = vscene.visuals.Line(parent=self.view.scene, color="yellow", width=2)
+        self.outline.visible = False
         for markers in (self.points, self.marked):  # vispy's bounds need data on every visual
-            markers.set_data(np.zeros((1, 2), np.float32), size=0, edge_width=0, face_color=(0, 0, 0, 0))
+            _empty(markers)
 
         self.lasso_button = QPushButton("Lasso")
         self.lasso_button.setCheckable(True)
@@ -109,9 +110,9 @@ class EmbeddingView(QWidget):
             return np.tile(np.asarray(_GREY, dtype=np.float32), (len(self.xy), 1))
         return colors.astype(np.float32)
 
-    def _draw_marked(self, size: float | None = None) -> None:
+    def _draw_marked(self) -> None:
         """Ring the selected reference cells and dim the others (all at full colour without one)."""
-        size = size or _point_size(len(self.xy))
+        size = _point_size(len(self.xy))
         selected = self.selected if len(self.selected) == len(self.xy) else np.zeros(len(self.xy), bool)
         if len(self.xy):
             colors = self.colors()
@@ -124,7 +125,7 @@ class EmbeddingView(QWidget):
                 marked, face_color=(1, 1, 1, 0), edge_color="#ff00ff", edge_width=2, size=size * 2
             )
         else:
-            self.marked.set_data(np.zeros((1, 2), np.float32), size=0, edge_width=0, face_color=(0, 0, 0, 0))
+            _empty(self.marked)
         self.canvas.update()
 
     # ------------------------------------------------------------------ linking
@@ -138,9 +139,8 @@ class EmbeddingView(QWidget):
 
     def show_neighbours_of(self, table_rows: np.ndarray) -> np.ndarray:
         """Light up the reference neighbours of these query table rows; returns them."""
-        result = self.main.result
-        if result is None or not result.neighbor_indices.shape[1]:
-            self.status.setText("Run a mapping to link the tissue to the reference.")
+        result = self._linked_result("the tissue to the reference")
+        if result is None:
             return np.empty(0, dtype=np.int64)
         rows = neighbours_of(result.neighbor_indices, result.rows, table_rows)
         self.show_reference_cells(rows)
@@ -151,9 +151,8 @@ class EmbeddingView(QWidget):
         their table rows)."""
         self.selected = np.asarray(mask, dtype=bool)
         self._draw_marked()
-        result = self.main.result
-        if result is None or not result.neighbor_indices.shape[1]:
-            self.status.setText("Run a mapping to link the reference to the tissue.")
+        result = self._linked_result("the reference to the tissue")
+        if result is None:
             return np.empty(0, dtype=np.int64)
         rows = mapped_into(result.neighbor_indices, result.rows, self.selected)
         self.main.scene.highlight_cells(rows)
@@ -161,6 +160,15 @@ class EmbeddingView(QWidget):
             f"{int(self.selected.sum()):,} reference cells selected; {len(rows):,} query cells mapped there."
         )
         return rows
+
+    def _linked_result(self, direction: str) -> Any:
+        """The main widget's result when it carries the neighbours that link the views (else None,
+        said in the status line)."""
+        result = self.main.result
+        if result is None or not result.neighbor_indices.shape[1]:
+            self.status.setText(f"Run a mapping to link {direction}.")
+            return None
+        return result
 
     def select_category(self, column: str, category: str) -> np.ndarray:
         """Select the reference cells of one category (a legend entry)."""
@@ -205,6 +213,7 @@ class EmbeddingView(QWidget):
             self._lasso.append(self._scene_xy(event.pos))
             if len(self._lasso) > 1:
                 self.outline.set_data(np.asarray(self._lasso + self._lasso[:1], dtype=np.float32))
+                self.outline.visible = True
             return
         self._show_hover(self._scene_xy(event.pos))
 
@@ -212,8 +221,7 @@ class EmbeddingView(QWidget):
         if self._lasso is None:
             return
         path, self._lasso = np.asarray(self._lasso), None
-        self.outline.set_data(np.zeros((2, 2), np.float32), color=(0, 0, 0, 0))
-        self.outline.set_data(color="yellow")
+        self.outline.visible = False
         if len(path) >= 3 and len(self.xy):
             from matplotlib.path import Path as MplPath
 
@@ -227,8 +235,8 @@ class EmbeddingView(QWidget):
 
             self._tree = cKDTree(self.xy)
         distance, row = self._tree.query(xy)
-        reach = 3 * float(np.ptp(self.xy[:, 0]) or 1.0) / max(self.canvas.size[0], 1)
-        if distance > reach * 3:
+        pixel = float(np.ptp(self.xy[:, 0]) or 1.0) / max(self.canvas.size[0], 1)
+        if distance > 9 * pixel:  # nothing within a few points' width of the mouse
             self.hover.setText("")
             return
         reference = self.main.reference
@@ -241,3 +249,8 @@ class EmbeddingView(QWidget):
 def _point_size(n: int) -> float:
     """Screen pixels per reference cell: large for a few hundred cells, 2 px from about 1M."""
     return float(np.clip(2000.0 / np.sqrt(max(n, 1)), 2.0, 8.0))
+
+
+def _empty(markers: Any) -> None:
+    """No point drawn (one invisible one: vispy needs data to compute the view's bounds)."""
+    markers.set_data(np.zeros((1, 2), np.float32), size=0, edge_width=0, face_color=(0, 0, 0, 0))

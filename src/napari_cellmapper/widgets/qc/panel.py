@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_cellmapper.core.qc import (
+    UNASSIGNED,
     UNASSIGNED_COLOR,
     Agreement,
     agreement_table,
@@ -206,22 +207,13 @@ class QCWidget(QWidget):
         self.plots_layout.addWidget(box, 1)
 
         # ---- agreement
-        box = QGroupBox("Agreement with an annotation")
-        layout = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.annotation_combo = QComboBox()
-        self.annotation_combo.setToolTip(
-            "A categorical column the query already carries (a previous annotation) to compare with"
-        )
-        row.addWidget(QLabel("Compare with"))
-        row.addWidget(self.annotation_combo, 1)
-        layout.addLayout(row)
-        self.agreement_canvas = _canvas()
-        self.agreement_canvas.setToolTip(
+        box, layout, self.annotation_combo, self.agreement_canvas = self._plot_box(
+            "Agreement with an annotation",
+            "Compare with",
+            "A categorical column the query already carries (a previous annotation) to compare with",
             "Cells per annotation (rows) and label (columns); colour: share of the row; "
-            "rows name their agreement"
+            "rows name their agreement",
         )
-        layout.addWidget(self.agreement_canvas, 1)
         self.agreement_label = QLabel("")
         self.agreement_label.setWordWrap(True)
         self.agreement_label.setToolTip("Cells labelled as their annotation names them")
@@ -229,17 +221,12 @@ class QCWidget(QWidget):
         self.plots_layout.addWidget(box, 1)
 
         # ---- composition
-        box = QGroupBox("Composition")
-        layout = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.group_combo = QComboBox()
-        self.group_combo.setToolTip("Niches, or a region/sample column of the query")
-        row.addWidget(QLabel("Per"))
-        row.addWidget(self.group_combo, 1)
-        layout.addLayout(row)
-        self.composition_canvas = _canvas()
-        self.composition_canvas.setToolTip("Share of each label per niche or region")
-        layout.addWidget(self.composition_canvas, 1)
+        box, _, self.group_combo, self.composition_canvas = self._plot_box(
+            "Composition",
+            "Per",
+            "Niches, or a region/sample column of the query",
+            "Share of each label per niche or region",
+        )
         self.plots_layout.addWidget(box, 1)
 
         for combo in (self.key_combo, self.annotation_combo, self.group_combo):
@@ -251,6 +238,24 @@ class QCWidget(QWidget):
         self.threshold_slider.valueChanged.connect(self._on_slider)
         self.save_button.clicked.connect(self._save_dialog)
         self.refresh()
+
+    @staticmethod
+    def _plot_box(
+        title: str, label: str, combo_tip: str, plot_tip: str
+    ) -> tuple[QGroupBox, QVBoxLayout, QComboBox, FigureCanvasQTAgg]:
+        """A titled box: a labelled combo above a plot (the box's layout is returned for more)."""
+        box = QGroupBox(title)
+        layout = QVBoxLayout(box)
+        row = QHBoxLayout()
+        combo = QComboBox()
+        combo.setToolTip(combo_tip)
+        row.addWidget(QLabel(label))
+        row.addWidget(combo, 1)
+        layout.addLayout(row)
+        canvas = _canvas()
+        canvas.setToolTip(plot_tip)
+        layout.addWidget(canvas, 1)
+        return box, layout, combo, canvas
 
     def preferred_height(self) -> int:
         """Height showing the plots and their controls side by side without scrolling."""
@@ -402,7 +407,7 @@ class QCWidget(QWidget):
             edges,
             self.threshold,
             title=f"{key}_conf",
-            below_color=self._colors.get("unassigned", UNASSIGNED_COLOR),
+            below_color=self._colors.get(UNASSIGNED, UNASSIGNED_COLOR),
             theme=self.theme,
         )
         self.histogram_canvas.draw_idle()

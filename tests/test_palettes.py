@@ -50,3 +50,11 @@ def test_colors_for_keeps_matching_colours():
 @pytest.mark.parametrize("colors", [None, ["#000000"], ["#0", "#1", "#2", "#3"]])
 def test_colors_for_falls_back_to_default(colors):
     assert P.colors_for(["a", "b", "c"], colors) == P.DEFAULT_20[:3]
+
+
+def test_fitted_colors_cut_a_longer_list_and_replace_a_shorter_one():
+    from napari_cellmapper.core.palettes import default_palette, fitted_colors
+
+    assert fitted_colors(["a", "b"], ["#111111", "#222222", "#333333"]) == ["#111111", "#222222"]
+    assert fitted_colors(["a", "b", "c"], ["#111111"]) == default_palette(3)
+    assert fitted_colors(["a"], None) == default_palette(1)

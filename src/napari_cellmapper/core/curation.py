@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from napari_cellmapper.core.palettes import default_palette
+from napari_cellmapper.core.palettes import default_palette, fitted_colors
 
 SUFFIX = "_curated"
 _FIELDS = ("edit", "label", "n_cells", "who", "when")
@@ -56,11 +56,9 @@ class LabelCuration:
         if self.column not in table.obs:
             table.obs[self.column] = pd.Categorical(table.obs[pred])
             table.obs[self.edit_column] = np.full(table.n_obs, -1, dtype=np.int64)
-            colors = table.uns.get(f"{pred}_colors")
-            n = len(table.obs[self.column].cat.categories)
+            categories = list(table.obs[self.column].cat.categories)
             table.uns[f"{self.column}_colors"] = np.asarray(
-                list(colors)[:n] if colors is not None and len(colors) >= n else default_palette(n),
-                dtype=object,
+                fitted_colors(categories, table.uns.get(f"{pred}_colors")), dtype=object
             )
         elif self.edit_column not in table.obs:
             table.obs[self.edit_column] = np.full(table.n_obs, -1, dtype=np.int64)

@@ -37,6 +37,14 @@ def default_palette(n: int) -> list[str]:
     return [DEFAULT_102[i % len(DEFAULT_102)] for i in range(n)]
 
 
+def fitted_colors(categories: Sequence[str], colors: Sequence[str] | None) -> list[str]:
+    """``colors`` cut to one per category when it has at least that many (scanpy keeps
+    ``uns[f"{key}_colors"]`` that way after categories go), else the default palette."""
+    if colors is not None and len(colors) >= len(categories):
+        return [str(c) for c in list(colors)[: len(categories)]]
+    return default_palette(len(categories))
+
+
 def colors_for(categories: Sequence[str], colors: Sequence[str] | None) -> list[str]:
     """``colors`` when it has one entry per category, else the default palette."""
     if colors is not None and len(colors) == len(categories):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from napari_cellmapper.core.palettes import colors_for
+from napari_cellmapper.core.palettes import fitted_colors
 from napari_cellmapper.core.transfer import UNASSIGNED, UNMAPPED  # labels of cells below / unmapped
 from napari_cellmapper.core.validation import CellMapperInputError
 
@@ -118,10 +118,7 @@ def threshold_labels(
     if conf.shape != (len(cat),):
         raise CellMapperInputError(f"{len(cat)} labels but {conf.size} confidence values.")
     categories = [str(c) for c in cat.categories]
-    given = None if colors is None else [str(c) for c in colors]
-    palette = colors_for(
-        categories, given[: len(categories)] if given and len(given) >= len(categories) else None
-    )
+    palette = fitted_colors(categories, colors)
     others = [c for c, name in zip(palette, categories, strict=True) if name not in (UNASSIGNED, UNMAPPED)]
     grey = unassigned_color(others)
     if UNASSIGNED in categories:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_cellmapper.core.palettes import colors_for
+from napari_cellmapper.core.palettes import fitted_colors
 
 #: colormaps whose darkest end vanishes on napari's black canvas, and where to start them instead
 _DARK_START = {"viridis": 0.15, "magma": 0.3, "inferno": 0.3, "plasma": 0.1}
@@ -113,9 +113,7 @@ def palette_for(categories: list[str], uns: Any = None, key: str | None = None) 
     colors = None
     if uns is not None and key is not None:
         colors = uns.get(f"{key}_colors") if hasattr(uns, "get") else None
-    if colors is not None and len(colors) >= len(categories):
-        return [str(c) for c in list(colors)[: len(categories)]]
-    return colors_for(categories, colors)
+    return fitted_colors(categories, colors)
 
 
 def as_categorical(values: pd.Series) -> pd.Categorical:

@@ -270,10 +270,10 @@ def methods(variants: bool) -> dict[str, Callable[[Case], Prediction | None]]:
 
 VARIANTS: dict[str, Callable] = {
     "variant: kNN only, calibrated": ours(head="none"),
-    "variant: head weight 0.3": ours(head_weight=0.3),
-    "variant: head weight 0.7": ours(head_weight=0.7),
+    "variant: head weight 0.5": ours(head_weight=0.5),
+    "variant: head weight 0.4": ours(head_weight=0.4),
+    "variant: n_comps=30": ours(n_comps=30),
     "variant: k=15": ours(n_neighbors=15),
-    "variant: k=15, kNN only": ours(n_neighbors=15, head="none", calibrate=False),
     "variant: hnoca": ours(kernel="hnoca"),
     "variant: scaling=gene": ours(scaling="gene"),
 }

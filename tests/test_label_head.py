@@ -30,4 +30,28 @@ def test_combine_keeps_unmapped_rows_zero():
     knn = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)
     head = np.array([[0.0, 1.0], [0.5, 0.5]], np.float32)
     out = H.combine(knn, head, 0.25)
-    np.testing.assert_allclose(out, [[0.75, 0.25], [0.0, 0.0]])
+    np.testing.assert_allclose(out[1], [0.0, 0.0])
+    np.testing.assert_allclose(out[0].sum(), 1.0, rtol=1e-6)
+    absent = H.combine(np.array([[0.6, 0.4, 0.0]]), np.array([[0.5, 0.5, 0.0]]), 0.25)
+    assert absent[0, 2] == 0  # a class neither gives anything stays 0
+
+
+def test_pool_is_the_weighted_geometric_mean_with_the_knn_floor():
+    rng = np.random.default_rng(0)
+    knn = rng.dirichlet(np.ones(5), 20)
+    knn[:, 4] = 0  # no k-NN vote for class 4, the head gives it some
+    knn /= knn.sum(axis=1, keepdims=True)
+    head = rng.dirichlet(np.ones(5), 20)
+    out = H.pool(knn, head, 0.3)
+    expected = (knn + H.KNN_FLOOR) ** 0.7 * head**0.3
+    np.testing.assert_allclose(out, expected / expected.sum(axis=1, keepdims=True), rtol=1e-10)
+    np.testing.assert_array_equal(H.pool(knn, head, 0.0), knn)
+
+
+def test_pool_lets_a_clear_vote_stand_where_the_mean_would_not():
+    # a confident k-NN vote against a near-one-hot head: the arithmetic mean at weight 0.5 follows
+    # the head, the pool the vote; a split vote is settled by the head
+    knn = np.array([[0.8, 0.2], [0.5, 0.5]])
+    head = np.array([[0.05, 0.95], [0.2, 0.8]])
+    assert H.pool(knn, head, 0.25).argmax(axis=1).tolist() == [0, 1]
+    assert (0.5 * knn + 0.5 * head).argmax(axis=1).tolist() == [1, 1]

@@ -93,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--backend", default="auto", choices=BACKENDS, help="neighbour search (auto)")
     m.add_argument("--metric", default="euclidean", choices=METRICS, help="distance (euclidean)")
     m.add_argument("--joint", default="pca", choices=JOINT_METHODS, help="joint embedding from shared genes")
-    m.add_argument("--n-comps", type=int, default=30, help="components of the built joint embedding (30)")
+    m.add_argument("--n-comps", type=int, default=50, help="components of the built joint embedding (50)")
     _add_quality_options(m)
     m.add_argument("--presence", action="store_true", help="presence scores on the reference")
     m.add_argument(
@@ -153,7 +153,12 @@ def _add_quality_options(m: argparse.ArgumentParser) -> None:
         "--n-top-genes", type=int, default=2000, help="highly variable genes kept (2000; 0: all shared)"
     )
     m.add_argument("--head", default="lda", choices=("lda", "none"), help="classifier head for labels (lda)")
-    m.add_argument("--head-weight", type=float, default=0.5, help="weight of the head's probabilities (0.5)")
+    m.add_argument(
+        "--head-weight",
+        type=float,
+        default=0.25,
+        help="weight of the head's probabilities, pooled with the k-NN ones (0.25)",
+    )
     m.add_argument("--no-calibrate", action="store_true", help="keep the uncalibrated confidence")
     m.add_argument("--min-confidence", type=float, default=0.0, help="label cells below it 'unassigned' (0)")
 

@@ -42,6 +42,8 @@ MIN_SHARED_GENES = 5
 SCALE_CLIP = 10.0
 SCALINGS = ("dataset", "gene")
 DEFAULT_N_TOP_GENES = 2000
+#: one default for the library, the command line and the widget (the quality panel chose 50 over 30)
+DEFAULT_N_COMPS = 50
 #: above this many values (cells x selected genes of both datasets) nothing is densified
 DENSE_LIMIT = 20_000_000
 #: the implicit PCA is fitted on at most this many cells, then every cell is projected
@@ -239,7 +241,7 @@ def build_joint_embedding(
     reference: AnnData,
     *,
     method: str = "pca",
-    n_comps: int = 50,
+    n_comps: int = DEFAULT_N_COMPS,
     layer: str | None = None,
     target_sum: float | None = None,
     scaling: str = "dataset",

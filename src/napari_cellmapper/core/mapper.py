@@ -29,6 +29,7 @@ from scipy import sparse
 from napari_cellmapper.core import calibration, label_head, sparse_product
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.joint_embedding import (
+    DEFAULT_N_COMPS,
     DEFAULT_N_TOP_GENES,
     SCALINGS,
     JointEmbedding,
@@ -196,7 +197,7 @@ class CellMapper:
         backend: str = "auto",
         metric: str = "euclidean",
         joint: str = "pca",
-        n_comps: int = 30,
+        n_comps: int = DEFAULT_N_COMPS,
         joint_layer: str | None = None,
         scaling: str = "dataset",
         normalize: str | bool = "auto",
@@ -689,7 +690,7 @@ class CellMapper:
         backend: str = "auto",
         metric: str = "euclidean",
         joint: str = "pca",
-        n_comps: int = 30,
+        n_comps: int = DEFAULT_N_COMPS,
         joint_layer: str | None = None,
         scaling: str = "dataset",
         normalize: str | bool = "auto",
@@ -804,10 +805,10 @@ class CellMapper:
             ``True`` for progress bars on stderr, a callback taking ``Progress``, or ``False``.
         **kwargs
             ``n_neighbors`` (30), ``kernel`` ("gauss"), ``backend`` ("auto"), ``metric``
-            ("euclidean"), ``joint`` ("pca"), ``n_comps`` (30), ``joint_layer``, ``scaling``
+            ("euclidean"), ``joint`` ("pca"), ``n_comps`` (50), ``joint_layer``, ``scaling``
             ("dataset" or "gene"), ``normalize`` ("auto", True, False), ``n_top_genes`` (2000;
             None: all shared genes), ``head`` ("lda" or "none": a classifier head in the joint
-            space whose probabilities are averaged with the k-NN ones), ``head_weight`` (0.5),
+            space whose probabilities are pooled with the k-NN ones), ``head_weight`` (0.25),
             ``calibrate`` (True: confidence calibrated by a temperature fitted on the reference),
             ``min_confidence`` (0: cells below it are labelled "unassigned"), ``chunk_size``,
             ``prediction_postfix`` ("_pred") and backend options (e.g. ``nprobe``, ``client``).

@@ -13,7 +13,7 @@ import numpy as np
 from anndata import AnnData
 
 from napari_cellmapper.core import validation as val
-from napari_cellmapper.core.joint_embedding import DEFAULT_N_TOP_GENES
+from napari_cellmapper.core.joint_embedding import DEFAULT_N_COMPS, DEFAULT_N_TOP_GENES
 from napari_cellmapper.core.label_head import DEFAULT_WEIGHT
 from napari_cellmapper.core.mapper import REFERENCE_GRAPH_K, CellMapper, h5_safe
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
@@ -35,7 +35,7 @@ class MappingParams:
     backend: str = "auto"
     metric: str = "euclidean"
     joint: str = "pca"
-    n_comps: int = 30
+    n_comps: int = DEFAULT_N_COMPS
     joint_layer: str | None = None
     scaling: str = "dataset"
     normalize: str | bool = "auto"

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from napari_cellmapper.core.label_head import pool
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 from napari_cellmapper.core.sparse_product import iter_product
 
@@ -130,11 +131,11 @@ def summarise_probabilities(proba: np.ndarray, categories: pd.Index) -> LabelTra
 
 
 def _mix_rows(knn, head, weight, inv_t, floor, log_norm, proba, confidence, codes, entropy) -> None:
-    """``(1 - weight) knn + weight head``, then ``p^inv_t`` (values below ``floor`` raised to it;
-    zeros stay zero), renormalised; its max, argmax and entropy, into the output arrays. Rows of
-    ``knn`` without probability are unmapped."""
+    """The pooled probabilities (:func:`.label_head.pool`), then ``p^inv_t`` (values below
+    ``floor`` raised to it; zeros stay zero), renormalised; its max, argmax and entropy, into the
+    output arrays. Rows of ``knn`` without probability are unmapped."""
     mapped = (knn > 0).any(axis=1)
-    v = (1 - weight) * knn.astype(np.float64) + weight * head
+    v = pool(knn, head, weight)
     if inv_t != 1:
         with np.errstate(divide="ignore"):
             powered = np.where(v <= floor, floor**inv_t, np.exp(inv_t * np.log(v)))
@@ -153,8 +154,9 @@ def _mix_rows(knn, head, weight, inv_t, floor, log_norm, proba, confidence, code
 def mix_probabilities(
     knn: np.ndarray, head: np.ndarray | None, weight: float, temperature: float, categories: pd.Index
 ) -> LabelTransfer:
-    """:class:`LabelTransfer` of ``(1 - weight) · knn + weight · head`` calibrated by
-    ``temperature`` (see :mod:`.calibration`), in blocks of rows (bounded temporaries)."""
+    """:class:`LabelTransfer` of the k-NN and head probabilities pooled (:func:`.label_head.pool`)
+    and calibrated by ``temperature`` (see :mod:`.calibration`), in blocks of rows (bounded
+    temporaries)."""
     n, n_cat = knn.shape
     if head is None:
         head, weight = knn, 0.0

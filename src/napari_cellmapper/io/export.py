@@ -106,8 +106,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _names_within(names: pd.Index, known: pd.Index) -> bool:
+    """Every one of ``names`` is in ``known``; through a set, as pandas' ``isin`` took 2-3.7 s for
+    300k string names (object or Arrow-backed) where this takes 0.07 s."""
+    return set(np.asarray(known, dtype=object)).issuperset(np.asarray(names, dtype=object))
+
+
 def _aligned(source: AnnData, annotated: AnnData, table_name: str) -> AnnData:
-    if annotated.n_obs != source.n_obs or not annotated.obs_names.isin(source.obs_names).all():
+    if annotated.obs_names.equals(source.obs_names):  # the usual case, and a fast one
+        return annotated
+    if annotated.n_obs != source.n_obs or not _names_within(annotated.obs_names, source.obs_names):
         raise CellMapperInputError(
             f"The annotated table has {annotated.n_obs} cells but table {table_name!r} has {source.n_obs}, "
             "or their obs names differ. Pass the query table returned by `query_table()` for this table, "
@@ -223,7 +231,7 @@ def imputed_table(source: AnnData, imputed: AnnData, table_name: str) -> AnnData
     """
     if not isinstance(imputed, AnnData):
         raise CellMapperInputError(f"`imputed` must be an AnnData, got {type(imputed).__name__}.")
-    if not imputed.obs_names.is_unique or not imputed.obs_names.isin(source.obs_names).all():
+    if not imputed.obs_names.is_unique or not _names_within(imputed.obs_names, source.obs_names):
         raise CellMapperInputError(
             f"The imputed expression must have unique obs names, all cells of table {table_name!r}; "
             "pass the `query_imputed` of the run that mapped this table."
@@ -477,13 +485,16 @@ def export_annotated(
     """
     source = check_spatialdata_path(source_path).resolve()
     target = _resolve_target(source, out_path, in_place, overwrite)
-    sdata = open_spatial(source)
+    clonable = _clonable(source, table_name)
+    # a clone copies the other elements as files: only the tables need reading (the images, labels
+    # and shapes of a 300k-cell store took 2.9 s to read for nothing)
+    sdata = open_spatial(source, selection=("tables",) if clonable else None)
     _check_table_name(sdata, table_name)
     if not isinstance(annotated_table, AnnData):
         raise CellMapperInputError(
             f"`annotated_table` must be an AnnData, got {type(annotated_table).__name__}."
         )
-    if in_place and not _clonable(source, table_name):
+    if in_place and not clonable:
         raise CellMapperInputError(
             f"{str(source)!r} is stored in an older SpatialData format, which cannot be updated in place. "
             "Export to a new path instead (it is written in the current format)."
@@ -510,7 +521,7 @@ def export_annotated(
     staging = _staging_dir(target)
     try:
         _checkpoint("staging-created")
-        if _clonable(source, table_name):
+        if clonable:
             written = _write_tables_into(staging, tables)
             _checkpoint("table-written")
             skip = {Path("tables") / name for name in tables}

@@ -21,6 +21,21 @@ def test_unique_per_cell_columns_are_identifiers():
     assert not is_identifier(ids.iloc[:150])  # small tables: a legend is cheap and useful
 
 
+def test_identifier_decision_on_a_sample_of_a_large_table_matches_the_full_count():
+    n = 200_000
+    rng = np.random.default_rng(0)
+    ids = pd.Series([f"cell_{i}" for i in rng.permutation(n)])
+    assert is_identifier(ids)
+    assert not is_identifier(pd.Series(rng.choice([f"t{i}" for i in range(300)], n)))  # 300 types
+    half = pd.Series([f"c{i % (n // 2 + 5_000)}" for i in range(n)])  # 60% distinct: counted
+    assert is_identifier(half)
+    assert not is_identifier(pd.Series([f"c{i % (n // 3)}" for i in range(n)]))  # 33% distinct
+    ints = np.arange(n) + 3
+    assert is_identifier(pd.Series(rng.permutation(ints)))
+    ints[-1] = ints[0]  # one repeat, outside the sample: all values are counted
+    assert not is_identifier(pd.Series(ints))
+
+
 def test_identifier_gets_no_legend():
     ids = pd.Series([f"cell_{i}" for i in range(1_000)]).astype("category")
     info = color_info(ids, "cell_id")

@@ -106,6 +106,7 @@ class CellMapperScene:
         self.reference_layer: Any = None
         self.image_layers: list[Any] = []
         self._tree: Any = None
+        self._spacing: float | None = None  # of the current geometry's cells, computed once
         self._label_rows: dict[int, int] = {}
         self.color: ColorInfo | None = None
 
@@ -140,6 +141,7 @@ class CellMapperScene:
         geometry = cell_geometry(sdata, table_name, element, coordinate_system)
         self.sdata, self.table_name, self.geometry = sdata, table_name, geometry
         self._tree = None
+        self._spacing = None
         self._label_rows = (
             {int(v): i for i, v in enumerate(geometry.instance_ids)} if geometry.kind == "labels" else {}
         )
@@ -423,6 +425,13 @@ class CellMapperScene:
             reach = max(reach, _spacing(self.geometry.coords_yx) * 2)
         return int(ids[i]) if distance <= reach else None
 
+    def cell_spacing(self) -> float:
+        """About a cell's diameter in the tissue (median nearest-neighbour distance), once per
+        geometry: a KD-tree over 300k cells took 0.1 s, on every click before."""
+        if self._spacing is None:
+            self._spacing = _cell_spacing(self.geometry.coords_yx)
+        return self._spacing
+
     def highlight_cell(self, index: int | None) -> None:
         """A ring around the selected cell on the tissue (removed with None)."""
         if index is None or self.geometry is None:
@@ -432,7 +441,7 @@ class CellMapperScene:
         size = (
             self.geometry.sizes[index] * 1.6
             if self.geometry.sizes is not None
-            else _cell_spacing(self.geometry.coords_yx) * 1.2
+            else self.cell_spacing() * 1.2
         )
         self._upsert_points(SELECTED, yx, size=size, role="selected", scale=None)
 
@@ -460,7 +469,7 @@ class CellMapperScene:
         size = (
             float(np.nanmedian(sizes)) * 1.4
             if sizes is not None and len(sizes)
-            else _cell_spacing(self.geometry.coords_yx)
+            else self.cell_spacing()
         )
         return self._upsert_points(
             LINKED, self.geometry.coords_yx[where], size=size, role="linked", scale=None

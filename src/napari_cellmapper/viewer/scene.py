@@ -439,9 +439,7 @@ class CellMapperScene:
             return
         yx = self.geometry.coords_yx[[index]]
         size = (
-            self.geometry.sizes[index] * 1.6
-            if self.geometry.sizes is not None
-            else self.cell_spacing() * 1.2
+            self.geometry.sizes[index] * 1.6 if self.geometry.sizes is not None else self.cell_spacing() * 1.2
         )
         self._upsert_points(SELECTED, yx, size=size, role="selected", scale=None)
 
@@ -466,11 +464,7 @@ class CellMapperScene:
         chosen[np.asarray(table_rows, dtype=np.int64)] = True
         where = np.flatnonzero(chosen[rows])
         sizes = self.geometry.sizes
-        size = (
-            float(np.nanmedian(sizes)) * 1.4
-            if sizes is not None and len(sizes)
-            else self.cell_spacing()
-        )
+        size = float(np.nanmedian(sizes)) * 1.4 if sizes is not None and len(sizes) else self.cell_spacing()
         return self._upsert_points(
             LINKED, self.geometry.coords_yx[where], size=size, role="linked", scale=None
         )

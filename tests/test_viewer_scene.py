@@ -176,3 +176,32 @@ def test_set_cell_values_keeps_categories(make_napari_viewer, io_toy):
     assert list(column.astype(str)) == list(values.astype(str).to_numpy()[scene.geometry.rows])
     scene.set_cell_values("numbers", np.arange(3.0))
     np.testing.assert_allclose(layer.features["numbers"], np.arange(3.0)[scene.geometry.rows])
+
+
+def test_too_many_polygons_are_drawn_as_circles_with_outlines_in_view(
+    make_napari_viewer, io_toy, qtbot, monkeypatch
+):
+    from napari_cellmapper.viewer import scene as scene_module
+    from napari_cellmapper.viewer import spatial_layers
+
+    monkeypatch.setattr(spatial_layers, "POLYGON_LIMIT", 1)  # the toy's 2 polygons are "too many"
+    viewer = make_napari_viewer(show=True)
+    scene = scene_module.CellMapperScene(viewer)
+    layer = scene.show_query(io_toy, "t_polygons", "polygons", "global")
+    assert layer.__class__.__name__ == "Points" and len(layer.data) == 2
+    geometry = scene.geometry
+    assert geometry.kind == "polygons" and geometry.drawn_as == "points" and geometry.polygons is None
+    # a circle of each polygon's area: the first is 4 x 2 in element units, scaled by the transform
+    y, x = geometry.outlines(np.array([0]))[0].T
+    area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))  # shoelace
+    np.testing.assert_allclose(geometry.sizes[0], 2 * np.sqrt(area / np.pi), rtol=1e-6)
+    assert scene.cell_at(geometry.coords_yx[1]) == 1
+    viewer.reset_view()
+    qtbot.waitUntil(lambda: scene_module.OUTLINES in viewer.layers, timeout=5_000)  # after the camera settles
+    outlines = viewer.layers[scene_module.OUTLINES]
+    assert outlines.nshapes == 2 and viewer.layers.selection.active is not outlines
+    np.testing.assert_allclose(outlines.data[0], geometry.outlines(np.array([0]))[0])
+    monkeypatch.setattr(scene_module, "OUTLINE_LIMIT", 1)  # too many in view: no outlines
+    assert scene.update_outlines() == 0 and scene_module.OUTLINES not in viewer.layers
+    scene.show_query(io_toy, "t_points", "points", "global")  # other cells: no outline watching
+    assert scene.update_outlines() is None

@@ -38,6 +38,12 @@ NEIGHBOURS = "cellmapper reference neighbours"
 SELECTED = "cellmapper selected cell"
 LINKED = "cellmapper linked cells"
 REGION = "cellmapper region"
+OUTLINES = "cellmapper cell outlines"
+#: polygons drawn as circles (too many: ``spatial_layers.POLYGON_LIMIT``) get their outlines once at
+#: most this many cells are in view
+OUTLINE_LIMIT = 3_000
+#: ms after the camera stops before the outlines in view are redrawn
+OUTLINE_DELAY_MS = 250
 
 
 def reference_embedding(adata: Any, basis: str | None = None) -> tuple[str, np.ndarray] | None:
@@ -109,6 +115,7 @@ class CellMapperScene:
         self._spacing: float | None = None  # of the current geometry's cells, computed once
         self._label_rows: dict[int, int] = {}
         self.color: ColorInfo | None = None
+        self._outline_timer: Any = None
 
     # ------------------------------------------------------------------ query
     @property
@@ -175,13 +182,81 @@ class CellMapperScene:
             data, kwargs, kind = cells_layer_data(sdata, geometry, features, CELLS)
             kwargs["metadata"] = meta
             self.cells_layer = self._add_cells(data, kwargs, kind)
+        self._watch_outlines()
         return self.cells_layer
+
+    # ------------------------------------------------------------ outlines in view
+    def _watch_outlines(self) -> None:
+        """Polygons drawn as circles get their outlines when few enough cells are in view: redrawn
+        a moment after the camera stops (one timer, connected once)."""
+        self._remove(OUTLINES)
+        geometry = self.geometry
+        if geometry is None or geometry.outlines is None or geometry.drawn_as != "points":
+            return
+        if self._outline_timer is None:
+            from qtpy.QtCore import QTimer
+
+            self._outline_timer = QTimer()
+            self._outline_timer.setSingleShot(True)
+            self._outline_timer.setInterval(OUTLINE_DELAY_MS)
+            self._outline_timer.timeout.connect(self.update_outlines)
+            camera = _camera(self.viewer)
+            camera.events.center.connect(self._camera_moved)
+            camera.events.zoom.connect(self._camera_moved)
+        self._outline_timer.start()
+
+    def _camera_moved(self, event: Any = None) -> None:
+        if self._outline_timer is not None:
+            self._outline_timer.start()  # restarts: the outlines follow once the camera stops
+
+    def cells_in_view(self) -> np.ndarray:
+        """Indices (into the cells layer) of the cells whose centre is in the canvas' view."""
+        if self.geometry is None or self.cells_layer is None:
+            return np.zeros(0, np.intp)
+        corners = np.asarray(self.cells_layer.corner_pixels, dtype=float)[:, -2:]
+        low, high = corners.min(axis=0), corners.max(axis=0)
+        yx = self.geometry.coords_yx
+        inside = np.all((yx >= low) & (yx <= high), axis=1)
+        return np.flatnonzero(inside)
+
+    def update_outlines(self) -> int | None:
+        """Draw the outlines of the cells in view when their polygons are not drawn (too many) and
+        at most ``OUTLINE_LIMIT`` are in view; remove them otherwise. Returns how many are drawn."""
+        geometry, cells = self.geometry, self.cells_layer
+        if geometry is None or geometry.outlines is None or geometry.drawn_as != "points":
+            self._remove(OUTLINES)
+            return None
+        if cells is None or cells not in self.viewer.layers or not cells.visible:
+            self._remove(OUTLINES)
+            return 0
+        shown = self.cells_in_view()
+        if not 0 < len(shown) <= OUTLINE_LIMIT:
+            self._remove(OUTLINES)
+            return 0
+        polygons = geometry.outlines(shown)
+        width = float(np.nanmedian(geometry.sizes)) * 0.06 if geometry.sizes is not None else 1.0
+        active = self.viewer.layers.selection.active
+        self._remove(OUTLINES)
+        layer = self.viewer.add_shapes(
+            polygons,
+            shape_type="polygon",
+            name=OUTLINES,
+            edge_color="#ffffff",
+            face_color="transparent",
+            edge_width=width,
+            opacity=0.8,
+            metadata={ROLE: "outlines"},
+        )
+        layer.editable = False
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        return len(polygons)
 
     @staticmethod
     def _layer_fits(layer: Any, geometry: CellGeometry) -> bool:
         if geometry.kind == "labels":
             return layer_kind(layer) == "labels"
-        return len(layer.data) == len(geometry.rows)
+        return layer_kind(layer) == geometry.drawn_as and len(layer.data) == len(geometry.rows)
 
     def _add_cells(self, data: Any, kwargs: dict[str, Any], kind: str) -> Any:
         if kind == "points":
@@ -553,12 +628,16 @@ class CellMapperScene:
         return _callback
 
 
-def camera_zoom(viewer: Any) -> float:
-    """Screen pixels per world unit: ``viewer.scene.camera`` (napari >= 0.9), else ``viewer.camera``."""
+def _camera(viewer: Any) -> Any:
+    """``viewer.scene.camera`` (napari >= 0.9), else ``viewer.camera`` (napari < 0.9), or None."""
     scene = getattr(viewer, "scene", None)
     camera = getattr(scene, "camera", None) if scene is not None else None
-    if camera is None:
-        camera = getattr(viewer, "camera", None)  # napari < 0.9
+    return camera if camera is not None else getattr(viewer, "camera", None)
+
+
+def camera_zoom(viewer: Any) -> float:
+    """Screen pixels per world unit."""
+    camera = _camera(viewer)
     return float(camera.zoom) if camera is not None else 1.0
 
 

@@ -22,6 +22,7 @@ from napari_cellmapper.viewer.colors import (
     rgba_for,
     visible_on_dark,
 )
+from napari_cellmapper.viewer.points import LARGE_LAYER, draw_as_gl_points, replace_points
 from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     CellGeometry,
@@ -106,6 +107,7 @@ class CellMapperScene:
         self.reference_layer: Any = None
         self.image_layers: list[Any] = []
         self._tree: Any = None
+        self._ring: tuple[Any, float] | None = None  # (geometry, ring diameter) of the linked cells
         self._label_rows: dict[int, int] = {}
         self.color: ColorInfo | None = None
 
@@ -448,25 +450,47 @@ class CellMapperScene:
         return self._upsert_points(NEIGHBOURS, yx, size=size, role="neighbours", scale=self.reference_layer)
 
     def highlight_cells(self, table_rows: np.ndarray | None) -> Any:
-        """Ring the cells of these table rows on the tissue (a linked selection; None removes)."""
+        """Ring the cells of these table rows on the tissue (a linked selection; None removes).
+
+        One layer, updated in place; for large samples its rings are drawn as GL points, cheap
+        enough to ring a million cells (see ``_upsert_points``)."""
         if table_rows is None or self.geometry is None:
             self._remove(LINKED)
             return None
         rows = np.asarray(self.geometry.rows, dtype=np.int64)
-        chosen = np.zeros(max(int(rows.max(initial=-1)), int(np.max(table_rows, initial=-1))) + 1, dtype=bool)
-        chosen[np.asarray(table_rows, dtype=np.int64)] = True
+        table_rows = np.asarray(table_rows, dtype=np.int64)
+        chosen = np.zeros(max(int(rows.max(initial=-1)), int(table_rows.max(initial=-1))) + 1, dtype=bool)
+        chosen[table_rows] = True
         where = np.flatnonzero(chosen[rows])
-        sizes = self.geometry.sizes
-        size = (
-            float(np.nanmedian(sizes)) * 1.4
-            if sizes is not None and len(sizes)
-            else _cell_spacing(self.geometry.coords_yx)
-        )
         return self._upsert_points(
-            LINKED, self.geometry.coords_yx[where], size=size, role="linked", scale=None
+            LINKED,
+            self.geometry.coords_yx[where],
+            size=self._ring_size(),
+            role="linked",
+            scale=None,
+            many=len(rows) >= LARGE_LAYER,
         )
 
-    def _upsert_points(self, name: str, yx: np.ndarray, *, size: float, role: str, scale: Any) -> Any:
+    def _ring_size(self) -> float:
+        """Diameter of a linked cell's ring: 1.4 cells (computed once per sample)."""
+        geometry = self.geometry
+        if self._ring is None or self._ring[0] is not geometry:
+            sizes = geometry.sizes
+            size = (
+                float(np.nanmedian(sizes)) * 1.4
+                if sizes is not None and len(sizes)
+                else _cell_spacing(geometry.coords_yx)
+            )
+            self._ring = (geometry, size)
+        return self._ring[1]
+
+    def _upsert_points(
+        self, name: str, yx: np.ndarray, *, size: float, role: str, scale: Any, many: bool = False
+    ) -> Any:
+        """Rings (magenta, one size) at these positions in the layer ``name``, made once and then
+        updated in place with one upload to the canvas (``replace_points``). ``many``: the
+        layer may ring a large share of a large sample, so it is drawn as GL points (one vertex
+        a ring instead of four; a ring is then at most the GL point-size limit wide)."""
         layer = self._layer(name)
         if layer is None:
             from napari.layers import Points
@@ -483,11 +507,14 @@ class CellMapperScene:
                 metadata={ROLE: role},
             )
             self.viewer.add_layer(layer)
+            if many:
+                draw_as_gl_points(layer)
             if active is not None and active in self.viewer.layers:  # keep the user's layer selected
                 self.viewer.layers.selection.active = active
         else:
-            layer.data = yx
-            layer.size = size
+            replace_points(layer, yx)
+            if len(yx) and not np.allclose(layer.size, size):
+                layer.size = size
         if scale is not None:
             layer.scale, layer.translate = scale.scale, scale.translate
         return layer

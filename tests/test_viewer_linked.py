@@ -29,3 +29,16 @@ def test_a_million_cells_in_one_pass():
     expected = np.flatnonzero((neighbours < n_ref // 10).sum(1) >= 0.05 * k)
     np.testing.assert_array_equal(out, expected)
     assert len(neighbours_of(neighbours, np.arange(n), np.arange(1000))) > 10_000
+
+
+def test_missing_neighbours_counted_per_table():
+    """The valid-neighbour counts are remembered for the last table only."""
+    rows = np.arange(3)
+    selected = np.array([True, False, False])
+    full = np.array([[0, 1], [0, 0], [1, 2]])
+    missing = np.array([[0, -1], [0, 0], [1, -1]])
+    for _ in range(2):
+        assert mapped_into(full, rows, selected).tolist() == [0, 1]
+        assert mapped_into(missing, rows, selected, min_fraction=1.0).tolist() == [0, 1]
+        assert mapped_into(full, rows, selected, min_fraction=1.0).tolist() == [1]
+    assert mapped_into(missing, rows, np.array([False, True, False])).tolist() == [2]

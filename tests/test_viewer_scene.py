@@ -205,3 +205,32 @@ def test_too_many_polygons_are_drawn_as_circles_with_outlines_in_view(
     assert scene.update_outlines() == 0 and scene_module.OUTLINES not in viewer.layers
     scene.show_query(io_toy, "t_points", "points", "global")  # other cells: no outline watching
     assert scene.update_outlines() is None
+
+
+def test_linked_cells_ringed_in_one_layer_updated_in_place(make_napari_viewer, monkeypatch):
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer import scene as scene_module
+    from napari_cellmapper.viewer.scene import LINKED, CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    scene.show_query(spatial_example(), "table", "cells", "global")
+    monkeypatch.setattr(scene_module, "LARGE_LAYER", 10)  # drawn as for a large sample
+    rows = np.asarray(scene.geometry.rows)
+    n_layers = len(viewer.layers)
+    uploads = []
+    first = scene.highlight_cells(rows[[3, 1, 7]])
+    first.events.set_data.connect(lambda _: uploads.append(1))
+    np.testing.assert_allclose(first.data, scene.geometry.coords_yx[[1, 3, 7]])
+    (vis,) = [v for v in viewer.window._qt_viewer.canvas.layer_to_visual.values() if v.layer is first]
+    assert vis.node.points_markers._method == "points"  # GL points: one vertex a ring
+    for chosen in ([0, 2, 4, 6, 8, 10], [5], []):  # more, fewer, none
+        uploads.clear()
+        layer = scene.highlight_cells(rows[chosen])
+        assert layer is first and viewer.layers[LINKED] is first and len(viewer.layers) == n_layers + 1
+        np.testing.assert_allclose(layer.data.reshape(-1, 2), scene.geometry.coords_yx[chosen])
+        assert uploads == [1]  # one upload to the canvas for the whole update
+        assert len(vis.node.points_markers._data) == max(len(chosen), 1)  # napari draws 1 hidden when empty
+        assert all(type(s) is str for s in layer._symbol)
+    scene.highlight_cells(None)
+    assert LINKED not in viewer.layers

@@ -487,6 +487,33 @@ def _use_gl_points(markers: Any) -> bool:
     return True
 
 
+def replace_points(layer: Any, coords: np.ndarray) -> None:
+    """New positions for a layer whose points share one style (size, symbol, colours): one upload.
+
+    napari's public ``layer.data`` setter uploads the points to the canvas on every refresh it
+    triggers (twice when points are added: the size setter inside refreshes too), converting one
+    ``Symbol`` per point each time. Here those uploads are held back (the public
+    ``layer.events.set_data`` is blocked while the setter runs; the data events are heard as
+    usual), the symbols are made plain ``str`` (``_fast_symbols``), and one ``refresh`` uploads.
+    """
+    with layer.events.set_data.blocker():
+        layer.data = coords
+    _fast_symbols(layer)
+    layer.refresh()
+
+
+def draw_as_gl_points(layer: Any) -> bool:
+    """Draw a Points layer as ``GL_POINTS`` on the canvases showing it (module docstring);
+    returns False, with a warning, where napari's quads stay."""
+    done = True
+    for vis in _vispy_points_of(layer):
+        markers = getattr(getattr(vis, "node", None), "points_markers", None)
+        if markers is not None and not _use_gl_points(markers):
+            warnings.warn("GL_POINTS drawing unavailable; using napari's quads", stacklevel=3)
+            done = False
+    return done
+
+
 def _border_follows_face(layer: Any) -> bool:
     """Whether the layer's border colours are kept equal to its face colours (see add_cell_points)."""
     return bool(layer.metadata.get("cellmapper_border_follows_face"))
@@ -657,10 +684,7 @@ def add_cell_points(
         _fast_symbols(layer)
     viewer.add_layer(layer)
     if large if gl_points is None else bool(gl_points):
-        for vis in _vispy_points_of(layer):
-            markers = getattr(getattr(vis, "node", None), "points_markers", None)
-            if markers is not None and not _use_gl_points(markers):
-                warnings.warn("GL_POINTS drawing unavailable; using napari's quads", stacklevel=2)
+        draw_as_gl_points(layer)
     if visible:
         layer.visible = True
     return layer

@@ -22,6 +22,7 @@ from napari_cellmapper.viewer.colors import (
     rgba_for,
     visible_on_dark,
 )
+from napari_cellmapper.viewer.points import LARGE_LAYER, draw_as_gl_points, replace_points
 from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     CellGeometry,
@@ -113,6 +114,7 @@ class CellMapperScene:
         self.image_layers: list[Any] = []
         self._tree: Any = None
         self._spacing: float | None = None  # of the current geometry's cells, computed once
+        self._ring: tuple[Any, float] | None = None  # (geometry, ring diameter) of the linked cells
         self._label_rows: dict[int, int] = {}
         self.color: ColorInfo | None = None
         self._outline_timer: Any = None
@@ -530,21 +532,43 @@ class CellMapperScene:
         return self._upsert_points(NEIGHBOURS, yx, size=size, role="neighbours", scale=self.reference_layer)
 
     def highlight_cells(self, table_rows: np.ndarray | None) -> Any:
-        """Ring the cells of these table rows on the tissue (a linked selection; None removes)."""
+        """Ring the cells of these table rows on the tissue (a linked selection; None removes).
+
+        One layer, updated in place; for large samples its rings are drawn as GL points, cheap
+        enough to ring a million cells (see ``_upsert_points``)."""
         if table_rows is None or self.geometry is None:
             self._remove(LINKED)
             return None
         rows = np.asarray(self.geometry.rows, dtype=np.int64)
-        chosen = np.zeros(max(int(rows.max(initial=-1)), int(np.max(table_rows, initial=-1))) + 1, dtype=bool)
-        chosen[np.asarray(table_rows, dtype=np.int64)] = True
+        table_rows = np.asarray(table_rows, dtype=np.int64)
+        chosen = np.zeros(max(int(rows.max(initial=-1)), int(table_rows.max(initial=-1))) + 1, dtype=bool)
+        chosen[table_rows] = True
         where = np.flatnonzero(chosen[rows])
-        sizes = self.geometry.sizes
-        size = float(np.nanmedian(sizes)) * 1.4 if sizes is not None and len(sizes) else self.cell_spacing()
         return self._upsert_points(
-            LINKED, self.geometry.coords_yx[where], size=size, role="linked", scale=None
+            LINKED,
+            self.geometry.coords_yx[where],
+            size=self._ring_size(),
+            role="linked",
+            scale=None,
+            many=len(rows) >= LARGE_LAYER,
         )
 
-    def _upsert_points(self, name: str, yx: np.ndarray, *, size: float, role: str, scale: Any) -> Any:
+    def _ring_size(self) -> float:
+        """Diameter of a linked cell's ring: 1.4 cells (computed once per sample)."""
+        geometry = self.geometry
+        if self._ring is None or self._ring[0] is not geometry:
+            sizes = geometry.sizes
+            known = sizes is not None and len(sizes) > 0
+            self._ring = (geometry, float(np.nanmedian(sizes)) * 1.4 if known else self.cell_spacing())
+        return self._ring[1]
+
+    def _upsert_points(
+        self, name: str, yx: np.ndarray, *, size: float, role: str, scale: Any, many: bool = False
+    ) -> Any:
+        """Rings (magenta, one size) at these positions in the layer ``name``, made once and then
+        updated in place with one upload to the canvas (``replace_points``). ``many``: the
+        layer may ring a large share of a large sample, so it is drawn as GL points (one vertex
+        a ring instead of four; a ring is then at most the GL point-size limit wide)."""
         layer = self._layer(name)
         if layer is None:
             from napari.layers import Points
@@ -561,11 +585,14 @@ class CellMapperScene:
                 metadata={ROLE: role},
             )
             self.viewer.add_layer(layer)
+            if many:
+                draw_as_gl_points(layer)
             if active is not None and active in self.viewer.layers:  # keep the user's layer selected
                 self.viewer.layers.selection.active = active
         else:
-            layer.data = yx
-            layer.size = size
+            replace_points(layer, yx)
+            if len(yx) and not np.allclose(layer.size, size):
+                layer.size = size
         if scale is not None:
             layer.scale, layer.translate = scale.scale, scale.translate
         return layer

@@ -16,9 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_cellmapper.viewer.linked import mapped_into, neighbours_of
+from napari_cellmapper.viewer.points import LARGE_LAYER
 from napari_cellmapper.viewer.selection import cells_in_selection, selection_layer
 
 if TYPE_CHECKING:
@@ -96,6 +98,9 @@ class EmbeddingView(QWidget):
         if len(self.selected) != len(self.xy):
             self.selected = np.zeros(len(self.xy), dtype=bool)
         self._tree = None
+        # as on the tissue (viewer.points): from LARGE_LAYER cells on, no antialiasing, which
+        # grows every marker by 6 px and so about doubles the frame of the software renderer
+        self.points.antialias = 0 if len(self.xy) >= LARGE_LAYER else 1
         self._draw_marked()
         if len(self.xy):
             (x0, y0), (x1, y1) = self.xy.min(0), self.xy.max(0)
@@ -172,8 +177,12 @@ class EmbeddingView(QWidget):
 
     def select_category(self, column: str, category: str) -> np.ndarray:
         """Select the reference cells of one category (a legend entry)."""
-        values = self.main.reference.obs[column].astype(str).to_numpy()
-        return self.select_reference(values == str(category))
+        values = self.main.reference.obs[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):  # compare the categories, not every cell
+            match = np.asarray(values.cat.categories.astype(str) == str(category))
+            codes = values.cat.codes.to_numpy()
+            return self.select_reference(np.append(match, False)[codes])  # code -1 (missing) reads False
+        return self.select_reference(values.astype(str).to_numpy() == str(category))
 
     def select_tissue_shapes(self) -> np.ndarray:
         """The cells inside the "cellmapper selection" shapes: light up their neighbours here."""

@@ -5,14 +5,16 @@ and a reference ``.h5ad``, each step is driven through the dock widget's public 
 widgets, and timed from the call until the step is complete and the canvas has drawn a frame
 showing it:
 
-``open``     ``open_reference`` then ``open_query`` (the Open buttons' slots), until the cells
-             layer exists and a frame has been drawn
+``open``     ``open_reference`` then ``open_query`` (the Open buttons' slots: both read in the
+             background), until both reads are done, the cells layer exists and a frame has been
+             drawn
 ``run``      ``run()`` with the form's defaults plus presence and 8 niches (joint space from the
              shared genes), until the result is applied and drawn
 ``colour``   ``color_combo`` switched to confidence, then to niches, then back (each timed)
 ``click``    the camera centred on a cell, then a real mouse click (press + release) on the
              canvas' centre, until the cell info is shown
-``export``   ``export(path, confirm=False)``, until it returns
+``export``   ``export(path, confirm=False)`` (written in the background), until the store is
+             written
 
 Every step also reports the longest interface stall (the largest gap between ticks of a 10 ms
 ``QTimer`` while the step ran; a blocking call stalls for its whole duration) and the peak RSS
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 clock,
                 probe,
                 lambda: (widget.open_reference(args.reference), widget.open_query(args.query)),
-                lambda: widget.scene.cells_layer is not None,
+                lambda: widget.scene.cells_layer is not None and not widget.busy(),
                 args.timeout,
             ),
         )
@@ -238,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                 clock,
                 probe,
                 lambda: written.append(widget.export(target_path, confirm=False)),
-                lambda: bool(written) and (written[0] is None or target_path.exists()),
+                lambda: bool(written) and (written[0] is None or written[0].done),
                 args.timeout,
             ),
         )
-        if not written or written[0] is None:
+        if not written or written[0] is None or written[0].outcome is None:
             print("  export failed (see the notification above)")
     finally:
         probe.close()

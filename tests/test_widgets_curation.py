@@ -69,7 +69,7 @@ def test_lasso_click_assign_undo_redo_and_export(demo, qtbot, tmp_path, errors):
     assert panel.redo_button.isEnabled()
     qtbot.mouseClick(panel.redo_button, _left())
     assert (table.obs["cell_type_curated"].astype(str).to_numpy()[rows] == "Doublets").all()
-    out = widget.export(tmp_path / "curated.zarr", confirm=False)
+    out = widget.export(tmp_path / "curated.zarr", confirm=False, wait=True)
     written = spatialdata.read_zarr(out).tables["table"]
     assert (written.obs["cell_type_curated"].astype(str).to_numpy()[rows] == "Doublets").all()
     provenance = written.uns["cell_type_curated"]

@@ -181,13 +181,13 @@ def test_bad_files_notify_and_change_nothing(demo, tmp_path, errors):
     bad = tmp_path / "broken.h5ad"
     bad.write_text("not an h5ad file")
     reference = widget.reference
-    assert widget.open_reference(bad) is False
+    assert widget.open_reference(bad, wait=True) is False
     assert errors and "broken.h5ad" in errors[-1]
     assert widget.reference is reference
     not_zarr = tmp_path / "empty.zarr"
     not_zarr.mkdir()
     table = widget.table
-    assert widget.open_query(not_zarr) is False
+    assert widget.open_query(not_zarr, wait=True) is False
     assert widget.table is table and "empty.zarr" in errors[-1]
 
 
@@ -278,7 +278,7 @@ def test_export_writes_and_asks_before_overwriting(demo, qtbot, tmp_path, monkey
     widget.run()
     _wait_done(qtbot, widget)
     assert widget.export_button.isEnabled()
-    out = widget.export(tmp_path / "annotated.zarr")
+    out = widget.export(tmp_path / "annotated.zarr", wait=True)
     assert out is not None and out.exists()
     written = spatialdata.read_zarr(out)
     table, imputed = written.tables["table"], written.tables["table_imputed"]
@@ -293,7 +293,7 @@ def test_export_writes_and_asks_before_overwriting(demo, qtbot, tmp_path, monkey
 
     monkeypatch.setattr(QMessageBox, "question", staticmethod(answer_no))
     stamp = out.stat().st_mtime_ns
-    assert widget.export(out) is None and asked
+    assert widget.export(out, wait=True) is None and asked
     assert out.stat().st_mtime_ns == stamp
 
 
@@ -473,7 +473,7 @@ def test_switching_queries_keeps_results_and_shows_one_sample(demo, qtbot, tmp_p
     assert widget.color_combo.currentText() == "cell_type_pred"
     images = [layer for layer in viewer.layers if isinstance(layer, type(second_images[0])) and layer.visible]
     assert images and all(layer.metadata.get("sdata") is widget.query.sdata for layer in images)
-    assert widget.export(tmp_path / "back.zarr") is not None
+    assert widget.export(tmp_path / "back.zarr", wait=True) is not None
 
 
 def test_labels_cells_are_not_painted_and_ring_fits_one_cell(make_napari_viewer, errors):
@@ -529,14 +529,14 @@ def test_spatial_h5ad_query_opens_maps_and_exports(demo, qtbot, tmp_path, errors
     del table.uns["spatialdata_attrs"]
     path = tmp_path / "spots.h5ad"
     table.write_h5ad(path)
-    assert widget.open_query(path)
+    assert widget.open_query(path, wait=True)
     assert widget.query_combo.currentText() == "spots.h5ad (file)"
     assert widget.element_combo.currentText() == "cells" and widget.table.n_obs == table.n_obs
     widget.run()
     _wait_done(qtbot, widget)
     assert not [e for e in errors if not e.startswith("warning")], errors
     assert "cell_type_pred" in widget.scene.cells_layer.features
-    out = widget.export(tmp_path / "spots.zarr", confirm=False)
+    out = widget.export(tmp_path / "spots.zarr", confirm=False, wait=True)
     written = spatialdata.read_zarr(out)
     assert "cell_type_pred" in written.tables["table"].obs and "cells" in written.shapes
 
@@ -589,9 +589,9 @@ def test_reopened_export_restores_the_results_without_a_run(demo, qtbot, tmp_pat
     widget.niches_check.setChecked(True)
     widget.run()
     _wait_done(qtbot, widget)
-    out = widget.export(tmp_path / "annotated.zarr", confirm=False)
+    out = widget.export(tmp_path / "annotated.zarr", confirm=False, wait=True)
     predicted = widget.table.obs["cell_type_pred"].astype(str).to_numpy()
-    assert widget.open_query(out)
+    assert widget.open_query(out, wait=True)
     assert widget.query_combo.currentText() == "annotated.zarr (file)"
     result = widget.result
     assert result is not None and result.obs_keys == ("cell_type",) and result.job_id == 0
@@ -605,7 +605,7 @@ def test_reopened_export_restores_the_results_without_a_run(demo, qtbot, tmp_pat
     assert "niche" in widget.scene.color_keys()
     kind = str(widget.table.obs["cell_type_pred"].cat.categories[1])
     assert widget.show_gene(f"P({kind})")
-    again = widget.export(tmp_path / "again.zarr", confirm=False)
+    again = widget.export(tmp_path / "again.zarr", confirm=False, wait=True)
     assert again is not None and again.exists()
     panel = widget.open_qc()  # the QC panel works on the restored result too
     assert panel.key_combo.currentText() == "cell_type" and panel.table is widget.table
@@ -671,6 +671,154 @@ def test_all_regions_of_a_table_map_in_one_run(demo, qtbot, tmp_path, errors):
     widget.element_combo.setCurrentText("slide_b")  # switch: the results stay
     assert widget.result is not None and widget.export_button.isEnabled()
     assert "cell_type_pred" in widget.scene.cells_layer.features
-    out = widget.export(tmp_path / "two.zarr", confirm=False)
+    out = widget.export(tmp_path / "two.zarr", confirm=False, wait=True)
     written = spatialdata.read_zarr(out).tables["table"]
     assert written.obs["cell_type_pred"].notna().all() and written.n_obs == table.n_obs
+
+
+# ------------------------------------------------------------------ background reads and exports
+class _Ticks:
+    """Counts the ticks of a 10 ms QTimer: they only come while the interface thread is free."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.count = 0
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    def _tick(self) -> None:
+        self.count += 1
+
+    def stop(self) -> int:
+        self.timer.stop()
+        return self.count
+
+
+def _slowed(monkeypatch, name: str, delay: float = 0.5) -> list[bool]:
+    """Slow down the widget's background function ``name``; records whether it ran on the main thread."""
+    import threading
+
+    from napari_cellmapper.widgets import mapper_widget
+
+    real = getattr(mapper_widget, name)
+    on_main: list[bool] = []
+
+    def slow(*args, **kwargs):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        time.sleep(delay)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mapper_widget, name, slow)
+    return on_main
+
+
+def test_export_runs_in_a_worker_and_writes_the_table_as_frozen(demo, qtbot, tmp_path, monkeypatch, errors):
+    """Issue 15: the export is written by a worker; the interface keeps processing events, Export
+    is off meanwhile, and what changes in the table after Export was pressed is not written."""
+    import spatialdata
+
+    from napari_cellmapper.widgets.background import BackgroundTask
+
+    viewer, widget = demo
+    widget.run()
+    _wait_done(qtbot, widget)
+    on_main = _slowed(monkeypatch, "write_export")
+    out = tmp_path / "background.zarr"
+    ticks = _Ticks()
+    task = widget.export(out, confirm=False)
+    assert isinstance(task, BackgroundTask) and not task.done
+    assert not out.exists() and not widget.export_button.isEnabled() and widget.busy("export")
+    assert "Exporting" in widget.status.text()
+    assert widget.export(tmp_path / "second.zarr", confirm=False) is None  # one export at a time
+    assert "being written" in errors[-1]
+    widget.table.obs["changed_after_export"] = 1.0  # e.g. a curation while it writes
+    qtbot.waitUntil(lambda: task.done, timeout=RUN_TIMEOUT_MS)
+    assert ticks.stop() >= 10  # the interface thread was free while the store was written
+    assert on_main == [False]
+    assert task.outcome == out and out.exists() and widget.export_button.isEnabled()
+    assert widget.status.text() == f"Exported to {out}" and not widget.busy()
+    written = spatialdata.read_zarr(out).tables["table"]
+    assert "cell_type_pred" in written.obs and "changed_after_export" not in written.obs
+    assert errors == ["An export is being written; wait for it to finish."]
+
+
+def test_failed_export_is_reported_and_writes_nothing(demo, qtbot, tmp_path, monkeypatch, errors):
+    from napari_cellmapper.widgets import mapper_widget
+
+    viewer, widget = demo
+    widget.run()
+    _wait_done(qtbot, widget)
+
+    def broken(job):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mapper_widget, "write_export", broken)
+    out = tmp_path / "broken.zarr"
+    assert widget.export(out, confirm=False, wait=True) is None
+    assert errors[-1] == "Export failed: OSError: disk full"
+    assert not out.exists() and widget.export_button.isEnabled() and not widget.busy()
+    assert "failed" in widget.status.text()
+
+
+def test_open_reads_and_computes_geometry_in_a_worker(demo, qtbot, tmp_path, monkeypatch, errors):
+    """Issue 15: the files are read, and the query's cells placed, by workers; only the layers are
+    built on the interface thread, after the read; the Open buttons are off meanwhile."""
+    import threading
+
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.viewer import scene as scene_module
+    from napari_cellmapper.widgets.background import BackgroundTask
+
+    viewer, widget = demo
+    reference_path = tmp_path / "reference.h5ad"
+    pbmc_example()[0].write_h5ad(reference_path)
+    query_path = tmp_path / "labels.zarr"
+    spatial_example("labels").write(query_path)
+    on_main_reference = _slowed(monkeypatch, "read_reference")
+    on_main_query = _slowed(monkeypatch, "read_query")
+    geometry_threads: list[bool] = []
+    real_geometry = scene_module.cell_geometry
+
+    def recorded(*args, **kwargs):
+        geometry_threads.append(threading.current_thread() is threading.main_thread())
+        return real_geometry(*args, **kwargs)
+
+    monkeypatch.setattr(scene_module, "cell_geometry", recorded)
+    reference, query = widget.reference, widget.query
+    ticks = _Ticks()
+    tasks = [widget.open_reference(reference_path), widget.open_query(query_path)]
+    assert all(isinstance(task, BackgroundTask) for task in tasks)
+    assert widget.reference is reference and widget.query is query  # nothing changed yet
+    assert not widget.open_reference_button.isEnabled() and not widget.open_query_button.isEnabled()
+    widget.wait_idle(timeout=RUN_TIMEOUT_MS / 1000)
+    assert ticks.stop() >= 10
+    assert on_main_reference == [False] and on_main_query == [False]
+    assert [task.outcome for task in tasks] == [True, True]
+    assert widget.reference_combo.currentText() == "reference.h5ad (file)"
+    assert widget.query_combo.currentText() == "labels.zarr (file)"
+    assert widget.scene.cells_layer.__class__.__name__ == "Labels"
+    assert widget.scene.geometry.kind == "labels" and len(widget.scene.geometry.rows) == widget.table.n_obs
+    assert geometry_threads == []  # the geometry came from the worker
+    assert widget.open_reference_button.isEnabled() and widget.open_query_button.isEnabled()
+    assert not [e for e in errors if not e.startswith("warning")], errors
+
+
+def test_open_failure_in_a_worker_changes_nothing(demo, qtbot, tmp_path, errors):
+    viewer, widget = demo
+    reference, query, layers = widget.reference, widget.query, list(viewer.layers)
+    bad = tmp_path / "broken.h5ad"
+    bad.write_text("not an h5ad file")
+    no_table = tmp_path / "no_table.zarr"
+    from spatialdata import SpatialData
+
+    SpatialData().write(no_table)
+    tasks = [widget.open_reference(bad), widget.open_query(no_table)]
+    widget.wait_idle(timeout=RUN_TIMEOUT_MS / 1000)
+    assert [task.outcome for task in tasks] == [False, False]
+    assert len(errors) == 2  # the two reads finish in either order
+    assert any("broken.h5ad" in e for e in errors) and any("no table annotating cells" in e for e in errors)
+    assert widget.reference is reference and widget.query is query and list(viewer.layers) == layers
+    assert widget.open_reference_button.isEnabled() and widget.open_query_button.isEnabled()

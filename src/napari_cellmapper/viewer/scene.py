@@ -145,9 +145,12 @@ class CellMapperScene:
         *,
         path: str | None = None,
         images: bool = True,
+        geometry: CellGeometry | None = None,
     ) -> Any:
-        """Draw the tissue images and the cells of ``element`` (reusing matching layers)."""
-        geometry = cell_geometry(sdata, table_name, element, coordinate_system)
+        """Draw the tissue images and the cells of ``element`` (reusing matching layers);
+        ``geometry``: the cells' geometry if already computed (e.g. by a background reader)."""
+        if geometry is None:
+            geometry = cell_geometry(sdata, table_name, element, coordinate_system)
         self.sdata, self.table_name, self.geometry = sdata, table_name, geometry
         self._tree = None
         self._spacing = None

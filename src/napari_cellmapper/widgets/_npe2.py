@@ -118,12 +118,15 @@ def export_query(
     source_path: str | None = None,
     overwrite: bool = False,
     imputed: Any = None,
+    table: Any = None,
 ) -> Path:
     """Write the (annotated) query: via ``io.export`` from its source store, else a full write.
 
-    ``imputed`` (AnnData of imputed expression) becomes the table ``imputed_table_name(table_name)``."""
+    ``imputed`` (AnnData of imputed expression) becomes the table ``imputed_table_name(table_name)``;
+    ``table`` (a snapshot of ``sdata.tables[table_name]``, for a write in the background) is
+    written in its place."""
     path = Path(path)
-    table = sdata.tables[table_name]
+    table = sdata.tables[table_name] if table is None else table
     if source_path is not None and Path(source_path).exists():
         from napari_cellmapper.io.export import export_annotated
 

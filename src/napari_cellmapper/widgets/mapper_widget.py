@@ -39,6 +39,15 @@ from napari_cellmapper.viewer.samples import Samples, side_by_side
 from napari_cellmapper.viewer.scene import CellMapperScene
 from napari_cellmapper.viewer.selection import cell_info
 from napari_cellmapper.widgets.advanced_options import AdvancedOptions
+from napari_cellmapper.widgets.background import (
+    BackgroundTask,
+    ExportJob,
+    OpenedQuery,
+    read_query,
+    read_reference,
+    wait_until,
+    write_export,
+)
 from napari_cellmapper.widgets.controller import MappingController, error_message
 from napari_cellmapper.widgets.job import BACKENDS, BUILD_FROM_GENES, KERNELS, MappingJob, MappingResult
 from napari_cellmapper.widgets.legend import ColorKey
@@ -47,8 +56,6 @@ from napari_cellmapper.widgets.sources import (
     QuerySource,
     ReferenceSource,
     element_coordinate_systems,
-    load_query,
-    load_reference,
     queries_in_layers,
     references_in_layers,
     shared_genes,
@@ -139,6 +146,11 @@ class CellMapperWidget(QWidget):
         self.curation_panel: Any = None
         self.embedding_view: Any = None
         self._syncing = False
+        self._closed = False
+        #: reads and exports running in the background (see widgets.background)
+        self.tasks: list[BackgroundTask] = []
+        #: cells' geometry computed by a background read, taken by the next _on_cs_changed
+        self._prepared: tuple[Any, str, str, str, Any] | None = None
         self._build()
         self.resultChanged.connect(self._update_value_choices)
         self._click = self.scene.click_callback(self.show_cell)
@@ -457,28 +469,94 @@ class CellMapperWidget(QWidget):
         self._refill(self.query_combo, [q.label for q in self.queries], len(self.queries) - 1)
         self._on_query_changed()
 
-    def open_reference(self, path: str | Path) -> bool:
-        """Read a reference file; a bad file gives an error notification and changes nothing."""
-        try:
-            source = load_reference(path)
-        except Exception as error:  # noqa: BLE001 - any reader failure is reported, nothing changes
-            _notify_error(f"Could not read the reference {str(path)!r}: {error_message(error)}")
-            return False
-        self.add_reference(source)
-        return True
+    def open_reference(self, path: str | Path, *, wait: bool = False) -> BackgroundTask | bool:
+        """Read a reference file in the background, then use it (main thread); a bad file gives an
+        error notification and changes nothing. Returns the running task, or with ``wait`` whether
+        the reference was opened."""
 
-    def open_query(self, path: str | Path) -> bool:
-        """Read a query (SpatialData .zarr, or .h5ad with obsm["spatial"]); a bad file gives an
-        error notification and changes nothing."""
-        try:
-            source = load_query(path)
-            if not table_names(source.sdata):
-                raise ValueError("it has no table annotating cells (points, shapes or labels)")
-        except Exception as error:  # noqa: BLE001
-            _notify_error(f"Could not read the query {str(path)!r}: {error_message(error)}")
+        def opened(source: ReferenceSource) -> bool:
+            if self._closed:
+                return False
+            self.add_reference(source)
+            return True
+
+        def failed(error: BaseException) -> bool:
+            _notify_error(f"Could not read the reference {str(path)!r}: {error_message(error)}")
+            if not self._closed:
+                self.status.setText(f"Could not read {Path(path).name}; nothing changed.")
             return False
-        self.add_query(source)
-        return True
+
+        self.status.setText(f"Reading {Path(path).name}…")
+        task = self._start_task(
+            "reference",
+            read_reference,
+            path,
+            desc=f"Reading {Path(path).name}",
+            on_returned=opened,
+            on_errored=failed,
+        )
+        return task.wait() if wait else task
+
+    def open_query(self, path: str | Path, *, wait: bool = False) -> BackgroundTask | bool:
+        """Read a query (SpatialData .zarr, or .h5ad with obsm["spatial"]) and its cells' geometry
+        in the background, then draw it (main thread); a bad file gives an error notification and
+        changes nothing. Returns the running task, or with ``wait`` whether the query was opened."""
+
+        def opened(result: OpenedQuery) -> bool:
+            if self._closed:
+                return False
+            self._prepared = result.prepared()
+            try:
+                self.add_query(result.source)
+            finally:
+                self._prepared = None
+            return True
+
+        def failed(error: BaseException) -> bool:
+            _notify_error(f"Could not read the query {str(path)!r}: {error_message(error)}")
+            if not self._closed:
+                self.status.setText(f"Could not read {Path(path).name}; nothing changed.")
+            return False
+
+        self.status.setText(f"Reading {Path(path).name}…")
+        task = self._start_task(
+            "query",
+            read_query,
+            path,
+            desc=f"Reading {Path(path).name}",
+            on_returned=opened,
+            on_errored=failed,
+        )
+        return task.wait() if wait else task
+
+    # ============================================================ background
+    def _start_task(self, kind: str, func: Any, *args: Any, **kwargs: Any) -> BackgroundTask:
+        """Run ``func(*args)`` in a worker (see :class:`BackgroundTask`); buttons follow it."""
+        task = BackgroundTask(kind, func, *args, on_finished=self._task_finished, **kwargs)
+        self.tasks.append(task)
+        self._update_enabled()
+        return task.start()
+
+    def _task_finished(self, task: BackgroundTask) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)
+        if not self._closed:
+            self._update_enabled()
+
+    def busy(self, kind: str | None = None) -> bool:
+        """Whether a background read or export (of ``kind``: reference, query, export) runs."""
+        return any(kind is None or task.kind == kind for task in self.tasks)
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """Process interface events until no background read or export runs (tests, scripts)."""
+        wait_until(lambda: not self.tasks, timeout)
+
+    def _update_enabled(self) -> None:
+        """Open and Export buttons: off while their own background task or a mapping runs."""
+        running = self.controller.is_running
+        self.open_reference_button.setEnabled(not running and not self.busy("reference"))
+        self.open_query_button.setEnabled(not running and not self.busy("query"))
+        self.export_button.setEnabled(self.result is not None and not self.busy("export"))
 
     def _open_reference_dialog(self, kind: str = "h5ad") -> None:
         if kind == "h5ad":
@@ -550,18 +628,23 @@ class CellMapperWidget(QWidget):
         self.result = self._result_of(self.table)  # a table keeps its results across switches
         if self.result is None and self.table is not None:
             self._restore_result(self.table)
-        self.export_button.setEnabled(self.result is not None)
+        self._update_enabled()
         query = self.query
         if query is not None and self.cs_combo.currentText():
+            choice = (
+                self.table_combo.currentText(),
+                self.element_combo.currentText(),
+                self.cs_combo.currentText(),
+            )
+            prepared, self._prepared = self._prepared, None
+            geometry = (
+                prepared[4]
+                if prepared is not None and prepared[0] is query.sdata and prepared[1:4] == choice
+                else None
+            )
             try:
                 self._sync(
-                    lambda: self.scene.show_query(
-                        query.sdata,
-                        self.table_combo.currentText(),
-                        self.element_combo.currentText(),
-                        self.cs_combo.currentText(),
-                        path=query.path,
-                    )
+                    lambda: self.scene.show_query(query.sdata, *choice, path=query.path, geometry=geometry)
                 )
                 self.scene.place_reference()
                 self._on_size_changed(self.size_spin.value())
@@ -716,6 +799,7 @@ class CellMapperWidget(QWidget):
             *self._job_controls(),
         ):
             widget.setEnabled(not running)
+        self._update_enabled()
         self.niches_spin.setEnabled(not running and self.niches_check.isChecked())
         self.all_regions_check.setEnabled(not running and self.element_combo.count() > 1)
 
@@ -759,7 +843,7 @@ class CellMapperWidget(QWidget):
         self._fill_reference_colors(
             prefer="presence_score" if "presence_score" in result.reference_obs else None
         )
-        self.export_button.setEnabled(True)
+        self._update_enabled()
         n_mapped = len(result.rows)
         self.status.setText(f"Done: {n_mapped:,} cells mapped.")
         for warning in result.warnings:
@@ -932,13 +1016,21 @@ class CellMapperWidget(QWidget):
         if path:
             self.export(path)
 
-    def export(self, path: str | Path, *, confirm: bool = True) -> Path | None:
-        """Write the annotated query to ``path`` (asks before overwriting); returns the path written."""
-        from napari_cellmapper.widgets._npe2 import export_query
+    def export(
+        self, path: str | Path, *, confirm: bool = True, wait: bool = False
+    ) -> BackgroundTask | Path | None:
+        """Write the annotated query to ``path`` in the background (asks before overwriting).
 
+        The table is frozen when this is called; the store is written atomically by a worker
+        while the interface stays responsive (Export is off meanwhile), and an info notification
+        names the path when it is written. Returns the running task (None when nothing was
+        started), or with ``wait`` the path written (None on failure)."""
         query, table_name = self.query, self.table_combo.currentText()
         if query is None or self.result is None:
             _notify_error("Run a mapping before exporting.")
+            return None
+        if self.busy("export"):
+            _notify_error("An export is being written; wait for it to finish.")
             return None
         path = Path(path)
         if path.suffix != ".zarr":
@@ -958,26 +1050,37 @@ class CellMapperWidget(QWidget):
             if answer != QMessageBox.StandardButton.Yes:
                 return None
             overwrite = True
-        try:
-            written = export_query(
-                query.sdata,
-                table_name,
-                path,
-                source_path=query.path,
-                overwrite=overwrite,
-                imputed=self.result.imputed,
-            )
-        except Exception as error:  # noqa: BLE001
-            _notify_error(f"Export failed: {error_message(error)}")
-            return None
-        from napari.utils.notifications import show_info
+        job = ExportJob.freeze(
+            query.sdata,
+            table_name,
+            path,
+            source_path=query.path,
+            overwrite=overwrite,
+            imputed=self.result.imputed,
+        )
 
-        show_info(f"Wrote {written}")
-        self.status.setText(f"Exported to {written}")
-        return Path(written)
+        def written(target: Path) -> Path:
+            from napari.utils.notifications import show_info
+
+            show_info(f"Wrote {target}")
+            if not self._closed:
+                self.status.setText(f"Exported to {target}")
+            return target
+
+        def failed(error: BaseException) -> None:
+            _notify_error(f"Export failed: {error_message(error)}")
+            if not self._closed:
+                self.status.setText(f"Export to {path.name} failed; nothing was written.")
+
+        self.status.setText(f"Exporting to {path}…")
+        task = self._start_task(
+            "export", write_export, job, desc=f"Exporting {path.name}", on_returned=written, on_errored=failed
+        )
+        return task.wait() if wait else task
 
     # ================================================================ cleanup
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        self._closed = True  # background reads still running are not applied; exports finish
         self.controller.cancel()
         if self._click in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._click)

@@ -1,5 +1,5 @@
-"""The worker controller: napari's activity bar is updated at each new stage, and within a stage at
-most every PROGRESS_INTERVAL seconds (each update repaints the interface)."""
+"""The worker controller: napari's activity bar (opt-in) is updated at each new stage, and within a
+stage at most every PROGRESS_INTERVAL seconds (each update repaints the interface)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_activity_bar_updates_are_throttled_within_a_stage(qtbot, monkeypatch):
     monkeypatch.setattr(napari.utils, "progress", _Bar)
     clock = {"now": 100.0}
     monkeypatch.setattr(C.time, "monotonic", lambda: clock["now"])
-    ctrl = C.MappingController(lambda result: None)
+    ctrl = C.MappingController(lambda result: None, activity=True)
     seen: list[tuple[str, int]] = []
     ctrl.progressed.connect(lambda stage, done, total: seen.append((stage, done)))
     for i in range(100):  # 100 events within 0.1 s: one bar update
@@ -49,3 +49,25 @@ def test_activity_bar_updates_are_throttled_within_a_stage(qtbot, monkeypatch):
     clock["now"] += C.PROGRESS_INTERVAL
     ctrl._on_progress(Progress("transfer", 5, 10))
     assert bar.updates == 3 and bar.n == 5
+
+
+def test_activity_panel_is_opt_in(qtbot, monkeypatch):
+    """Off by default (its animation slows software-rendered viewers); NAPARI_CELLMAPPER_ACTIVITY=1
+    turns it on. The widget's own status and progress bar see every event either way."""
+    import napari.utils
+
+    from napari_cellmapper.widgets import controller as C
+
+    _Bar.made.clear()
+    monkeypatch.setattr(napari.utils, "progress", _Bar)
+    monkeypatch.delenv(C.ACTIVITY_ENV, raising=False)
+    ctrl = C.MappingController(lambda result: None)
+    seen: list[str] = []
+    ctrl.progressed.connect(lambda stage, done, total: seen.append(stage))
+    ctrl.prepare_activity_bar()
+    ctrl._on_progress(Progress("search", 1, 10))
+    assert not ctrl.activity and _Bar.made == [] and seen == ["search"]
+    monkeypatch.setenv(C.ACTIVITY_ENV, "1")
+    ctrl = C.MappingController(lambda result: None)
+    ctrl._on_progress(Progress("search", 1, 10))
+    assert ctrl.activity and len(_Bar.made) == 1

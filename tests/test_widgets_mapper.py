@@ -88,8 +88,10 @@ def test_run_draws_transferred_cell_types(demo, qtbot, errors):
     widget.niches_check.setChecked(True)
     qtbot.mouseClick(widget.run_button, qtbot_button())
     assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
+    assert not widget.progress_bar.isHidden()  # the dock shows the run's progress
     _wait_done(qtbot, widget)
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert widget.progress_bar.isHidden()
     assert not [e for e in errors if not e.startswith("warning")], errors
     assert widget.scene.cells_layer is cells and len(viewer.layers) == n_layers  # updated in place
     features = cells.features

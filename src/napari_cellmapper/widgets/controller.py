@@ -8,6 +8,7 @@ cancellations apply nothing, so the viewer and the data stay as they were.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,18 @@ from napari_cellmapper.widgets.job import MappingJob, MappingResult, run_mapping
 
 #: seconds between two updates of napari's activity bar within one stage
 PROGRESS_INTERVAL = 0.5
+#: ``NAPARI_CELLMAPPER_ACTIVITY=1`` also shows the run in napari's activity panel. Off by default:
+#: while a napari progress bar is open, napari animates a loading GIF in its status bar, and under
+#: software OpenGL (Xvfb, virtual machines, remote desktops) every frame of it recomposes the whole
+#: window, canvas included: a 300k-cell run through the widget took 22.3 s with it, 14.3 s without
+#: (``benchmarks/xenium_widget.py``). The dock shows the run's progress itself.
+ACTIVITY_ENV = "NAPARI_CELLMAPPER_ACTIVITY"
 log = logging.getLogger(__name__)
+
+
+def activity_panel_wanted() -> bool:
+    """Whether runs also go to napari's activity panel (see :data:`ACTIVITY_ENV`)."""
+    return os.environ.get(ACTIVITY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def error_message(error: BaseException) -> str:
@@ -50,21 +62,26 @@ class MappingController(QObject):
         apply: Callable[[MappingResult], None],
         parent: QObject | None = None,
         runner: Callable[[MappingJob], Any] = run_mapping,
+        *,
+        activity: bool | None = None,
     ) -> None:
         super().__init__(parent)
         self._apply = apply
         self.runner = runner
+        #: whether napari's activity panel shows the run (default: :func:`activity_panel_wanted`)
+        self.activity = activity_panel_wanted() if activity is None else bool(activity)
         self.current_job: MappingJob | None = None
         self.worker: Any = None
         self._progress: Any = None
         self._progress_stage: str | None = None
         self._progress_shown = 0.0
 
-    @staticmethod
-    def prepare_activity_bar() -> None:
+    def prepare_activity_bar(self) -> None:
         """Show and close one napari activity bar, so that its one-time set-up (about 0.5 s on
         the interface thread, layout and canvas redraw included) is paid when the widget opens,
-        not in the middle of the first run."""
+        not in the middle of the first run (only when the activity panel is used)."""
+        if not self.activity:
+            return
         try:
             from napari.utils import progress
 
@@ -110,6 +127,8 @@ class MappingController(QObject):
         if not isinstance(event, Progress):
             return
         self.progressed.emit(event.stage, int(event.done), int(event.total))
+        if not self.activity:
+            return
         # napari's activity bar costs the interface thread a repaint per update: a new stage is
         # shown at once, progress within a stage at most every PROGRESS_INTERVAL seconds
         now = time.monotonic()

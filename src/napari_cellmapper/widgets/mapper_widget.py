@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QMessageBox,
+    QProgressBar,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -276,6 +277,12 @@ class CellMapperWidget(QWidget):
         self.status.setWordWrap(True)
         self.status.setToolTip("What the mapping is doing")
         form.addRow(self.status)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setToolTip("Progress of the running stage")
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setVisible(False)
+        self._progress_shown: tuple[str, int] | None = None
+        form.addRow(self.progress_bar)
         layout.addWidget(mapping)
 
         # ---- display
@@ -785,6 +792,10 @@ class CellMapperWidget(QWidget):
         return next((result for t, result in self._results if t is table), None)
 
     def _set_running(self, running: bool) -> None:
+        self.progress_bar.setVisible(running)
+        if running:
+            self._progress_shown = None
+            self.progress_bar.setRange(0, 0)  # busy until the first stage reports
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         for widget in (
@@ -821,7 +832,17 @@ class CellMapperWidget(QWidget):
         )
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
+        """The running stage in the status line and the dock's progress bar."""
         self.status.setText(f"{stage}: {done}/{total}")
+        total = max(total, 1)
+        shown = (stage, 100 * min(done, total) // total)
+        if shown == self._progress_shown:  # a repaint only when the stage or its percent changes
+            return
+        self._progress_shown = shown
+        bar = self.progress_bar
+        bar.setRange(0, 100)
+        bar.setValue(shown[1])
+        bar.setFormat(f"{stage} %p%")
 
     def _apply_result(self, result: MappingResult) -> None:
         """Main thread: write the additions into the data, then update the layers in place."""

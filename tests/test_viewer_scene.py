@@ -201,6 +201,11 @@ def test_too_many_polygons_are_drawn_as_circles_with_outlines_in_view(
     outlines = viewer.layers[scene_module.OUTLINES]
     assert outlines.nshapes == 2 and viewer.layers.selection.active is not outlines
     np.testing.assert_allclose(outlines.data[0], geometry.outlines(np.array([0]))[0])
+    np.testing.assert_allclose(outlines.face_color, layer.face_color)  # filled in the cells' colours
+    layer.features = layer.features.assign(kind=pd.Categorical(["a", "b"]))
+    scene.color_cells("kind")  # a recolour reaches the drawn polygons
+    np.testing.assert_allclose(outlines.face_color, layer.face_color)
+    assert not np.allclose(outlines.face_color[0], outlines.face_color[1])
     monkeypatch.setattr(scene_module, "OUTLINE_LIMIT", 1)  # too many in view: no outlines
     assert scene.update_outlines() == 0 and scene_module.OUTLINES not in viewer.layers
     scene.show_query(io_toy, "t_points", "points", "global")  # other cells: no outline watching

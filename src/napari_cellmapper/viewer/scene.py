@@ -40,8 +40,8 @@ SELECTED = "cellmapper selected cell"
 LINKED = "cellmapper linked cells"
 REGION = "cellmapper region"
 OUTLINES = "cellmapper cell outlines"
-#: polygons drawn as circles (too many: ``spatial_layers.POLYGON_LIMIT``) get their outlines once at
-#: most this many cells are in view
+#: polygons drawn as circles (too many: ``spatial_layers.POLYGON_LIMIT``) are drawn as themselves
+#: (filled in the cells' colours, outlined) once at most this many cells are in view
 OUTLINE_LIMIT = 3_000
 #: ms after the camera stops before the outlines in view are redrawn
 OUTLINE_DELAY_MS = 250
@@ -214,15 +214,29 @@ class CellMapperScene:
         if self._outline_timer is not None:
             self._outline_timer.start()  # restarts: the outlines follow once the camera stops
 
-    def cells_in_view(self) -> np.ndarray:
-        """Indices (into the cells layer) of the cells whose centre is in the canvas' view."""
+    def cells_in_view(self, margin: float = 0.0) -> np.ndarray:
+        """Indices (into the cells layer) of the cells whose centre is in the canvas' view, grown
+        by ``margin`` world units on every side."""
         if self.geometry is None or self.cells_layer is None:
             return np.zeros(0, np.intp)
         corners = np.asarray(self.cells_layer.corner_pixels, dtype=float)[:, -2:]
-        low, high = corners.min(axis=0), corners.max(axis=0)
+        low, high = corners.min(axis=0) - margin, corners.max(axis=0) + margin
         yx = self.geometry.coords_yx
         inside = np.all((yx >= low) & (yx <= high), axis=1)
         return np.flatnonzero(inside)
+
+    def _cell_rgba(self, which: np.ndarray) -> np.ndarray:
+        """The colours the cells layer shows for these cells, (n, 4)."""
+        colors = np.asarray(self.cells_layer.face_color, dtype=np.float32)
+        if colors.ndim != 2 or len(colors) != len(self.geometry.coords_yx):
+            return np.tile(np.float32([0.82, 0.82, 0.82, 1.0]), (len(which), 1))
+        return colors[which]
+
+    def _recolor_outlines(self) -> None:
+        """The drawn polygons take the cells' new colours (after a recolour)."""
+        layer = self._layer(OUTLINES)
+        if layer is not None and self.cells_layer is not None and layer.nshapes:
+            layer.face_color = self._cell_rgba(np.asarray(layer.metadata["cells"]))
 
     def update_outlines(self) -> int | None:
         """Draw the outlines of the cells in view when their polygons are not drawn (too many) and
@@ -234,7 +248,9 @@ class CellMapperScene:
         if cells is None or cells not in self.viewer.layers or not cells.visible:
             self._remove(OUTLINES)
             return 0
-        shown = self.cells_in_view()
+        size = float(np.nanmax(geometry.sizes)) if geometry.sizes is not None and len(geometry.sizes) else 0.0
+        # cells a little outside count too: their GL point vanishes once its centre leaves the canvas
+        shown = self.cells_in_view(margin=size)
         if not 0 < len(shown) <= OUTLINE_LIMIT:
             self._remove(OUTLINES)
             return 0
@@ -247,10 +263,10 @@ class CellMapperScene:
             shape_type="polygon",
             name=OUTLINES,
             edge_color="#ffffff",
-            face_color="transparent",
+            face_color=self._cell_rgba(shown),
             edge_width=width,
-            opacity=0.8,
-            metadata={ROLE: "outlines"},
+            opacity=cells.opacity,
+            metadata={ROLE: "outlines", "cells": shown},
         )
         layer.editable = False
         if active is not None and active in self.viewer.layers:
@@ -465,6 +481,7 @@ class CellMapperScene:
         colors = self.colors_for_key(key, values)
         info = color_info(values, key, colors, visible_on_dark(colormap), autoscale)
         _recolor(layer, key, values, colors, info, self.geometry)
+        self._recolor_outlines()
         self.color = info
         return info
 

@@ -7,6 +7,7 @@ by :class:`~napari_cellmapper.viewer.scene.CellMapperScene`. No mapping logic li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -487,22 +488,7 @@ class CellMapperWidget(QWidget):
             self.add_reference(source)
             return True
 
-        def failed(error: BaseException) -> bool:
-            _notify_error(f"Could not read the reference {str(path)!r}: {error_message(error)}")
-            if not self._closed:
-                self.status.setText(f"Could not read {Path(path).name}; nothing changed.")
-            return False
-
-        self.status.setText(f"Reading {Path(path).name}…")
-        task = self._start_task(
-            "reference",
-            read_reference,
-            path,
-            desc=f"Reading {Path(path).name}",
-            on_returned=opened,
-            on_errored=failed,
-        )
-        return task.wait() if wait else task
+        return self._read("reference", read_reference, path, opened, wait)
 
     def open_query(self, path: str | Path, *, wait: bool = False) -> BackgroundTask | bool:
         """Read a query (SpatialData .zarr, or .h5ad with obsm["spatial"]) and its cells' geometry
@@ -519,20 +505,23 @@ class CellMapperWidget(QWidget):
                 self._prepared = None
             return True
 
+        return self._read("query", read_query, path, opened, wait)
+
+    def _read(
+        self, kind: str, func: Any, path: str | Path, opened: Callable[[Any], bool], wait: bool
+    ) -> BackgroundTask | bool:
+        """``func(path)`` in the background, then ``opened(result)``; a failure is reported (the
+        same message as before the reading moved off the interface thread) and changes nothing."""
+
         def failed(error: BaseException) -> bool:
-            _notify_error(f"Could not read the query {str(path)!r}: {error_message(error)}")
+            _notify_error(f"Could not read the {kind} {str(path)!r}: {error_message(error)}")
             if not self._closed:
                 self.status.setText(f"Could not read {Path(path).name}; nothing changed.")
             return False
 
         self.status.setText(f"Reading {Path(path).name}…")
         task = self._start_task(
-            "query",
-            read_query,
-            path,
-            desc=f"Reading {Path(path).name}",
-            on_returned=opened,
-            on_errored=failed,
+            kind, func, path, desc=f"Reading {Path(path).name}", on_returned=opened, on_errored=failed
         )
         return task.wait() if wait else task
 

@@ -206,6 +206,8 @@ def test_too_many_polygons_are_drawn_as_circles_with_outlines_in_view(
     scene.color_cells("kind")  # a recolour reaches the drawn polygons
     np.testing.assert_allclose(outlines.face_color, layer.face_color)
     assert not np.allclose(outlines.face_color[0], outlines.face_color[1])
+    assert scene.update_outlines() == 2 and viewer.layers[scene_module.OUTLINES] is outlines  # in place
+    np.testing.assert_allclose(outlines.face_color, layer.face_color)
     monkeypatch.setattr(scene_module, "OUTLINE_LIMIT", 1)  # too many in view: no outlines
     assert scene.update_outlines() == 0 and scene_module.OUTLINES not in viewer.layers
     scene.show_query(io_toy, "t_points", "points", "global")  # other cells: no outline watching

@@ -41,8 +41,9 @@ LINKED = "cellmapper linked cells"
 REGION = "cellmapper region"
 OUTLINES = "cellmapper cell outlines"
 #: polygons drawn as circles (too many: ``spatial_layers.POLYGON_LIMIT``) are drawn as themselves
-#: (filled in the cells' colours, outlined) once at most this many cells are in view
-OUTLINE_LIMIT = 3_000
+#: (filled in the cells' colours, outlined) once at most this many cells are in view (napari takes
+#: about 0.15 ms a polygon to take them: 1,000 cost the interface 0.17 s, 3,000 0.47 s)
+OUTLINE_LIMIT = 1_000
 #: ms after the camera stops before the outlines in view are redrawn
 OUTLINE_DELAY_MS = 250
 
@@ -256,8 +257,14 @@ class CellMapperScene:
             return 0
         polygons = geometry.outlines(shown)
         width = float(np.nanmedian(geometry.sizes)) * 0.06 if geometry.sizes is not None else 1.0
+        layer = self._layer(OUTLINES)
+        if layer is not None:  # updated in place: making a layer costs ~0.45 s of the interface
+            layer.data = polygons  # all polygons, as before
+            layer.edge_width = width
+            layer.face_color = self._cell_rgba(shown)
+            layer.metadata["cells"] = shown
+            return len(polygons)
         active = self.viewer.layers.selection.active
-        self._remove(OUTLINES)
         layer = self.viewer.add_shapes(
             polygons,
             shape_type="polygon",

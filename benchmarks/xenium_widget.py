@@ -214,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         coords = widget.scene.geometry.coords_yx
         middle = np.nanmedian(coords, axis=0)
         target = coords[np.nanargmin(((coords - middle) ** 2).sum(axis=1))]
-        viewer.camera.center = tuple(float(v) for v in target)
-        viewer.camera.zoom = viewer.window._qt_viewer.canvas.native.width() / (60 / PIXEL_SIZE_UM)
+        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
+        camera.center = tuple(float(v) for v in target)
+        camera.zoom = viewer.window._qt_viewer.canvas.native.width() / (60 / PIXEL_SIZE_UM)
         for _ in range(3):
             app.processEvents()
         if args.screenshots:

@@ -779,7 +779,7 @@ def test_open_reads_and_computes_geometry_in_a_worker(demo, qtbot, tmp_path, mon
     pbmc_example()[0].write_h5ad(reference_path)
     query_path = tmp_path / "labels.zarr"
     spatial_example("labels").write(query_path)
-    on_main_reference = _slowed(monkeypatch, "read_reference")
+    on_main_reference = _slowed(monkeypatch, "load_reference")
     on_main_query = _slowed(monkeypatch, "read_query")
     geometry_threads: list[bool] = []
     real_geometry = scene_module.cell_geometry

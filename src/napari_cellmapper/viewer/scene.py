@@ -115,7 +115,7 @@ class CellMapperScene:
         self.image_layers: list[Any] = []
         self._tree: Any = None
         self._spacing: float | None = None  # of the current geometry's cells, computed once
-        self._ring: tuple[Any, float] | None = None  # (geometry, ring diameter) of the linked cells
+        self._ring: float | None = None  # diameter of a linked cell's ring, computed once too
         self._label_rows: dict[int, int] = {}
         self.color: ColorInfo | None = None
         self._outline_timer: Any = None
@@ -154,7 +154,7 @@ class CellMapperScene:
             geometry = cell_geometry(sdata, table_name, element, coordinate_system)
         self.sdata, self.table_name, self.geometry = sdata, table_name, geometry
         self._tree = None
-        self._spacing = None
+        self._spacing = self._ring = None
         self._label_rows = (
             {int(v): i for i, v in enumerate(geometry.instance_ids)} if geometry.kind == "labels" else {}
         )
@@ -196,8 +196,7 @@ class CellMapperScene:
         """Polygons drawn as circles get their outlines when few enough cells are in view: redrawn
         a moment after the camera stops (one timer, connected once)."""
         self._remove(OUTLINES)
-        geometry = self.geometry
-        if geometry is None or geometry.outlines is None or geometry.drawn_as != "points":
+        if not self._polygons_as_points():
             return
         if self._outline_timer is None:
             from qtpy.QtCore import QTimer
@@ -210,6 +209,11 @@ class CellMapperScene:
             camera.events.center.connect(self._camera_moved)
             camera.events.zoom.connect(self._camera_moved)
         self._outline_timer.start()
+
+    def _polygons_as_points(self) -> bool:
+        """Whether the cells are polygons drawn as points (too many), with their outlines at hand."""
+        geometry = self.geometry
+        return geometry is not None and geometry.outlines is not None and geometry.drawn_as == "points"
 
     def _camera_moved(self, event: Any = None) -> None:
         if self._outline_timer is not None:
@@ -243,7 +247,7 @@ class CellMapperScene:
         """Draw the outlines of the cells in view when their polygons are not drawn (too many) and
         at most ``OUTLINE_LIMIT`` are in view; remove them otherwise. Returns how many are drawn."""
         geometry, cells = self.geometry, self.cells_layer
-        if geometry is None or geometry.outlines is None or geometry.drawn_as != "points":
+        if not self._polygons_as_points():
             self._remove(OUTLINES)
             return None
         if cells is None or cells not in self.viewer.layers or not cells.visible:
@@ -582,12 +586,11 @@ class CellMapperScene:
 
     def _ring_size(self) -> float:
         """Diameter of a linked cell's ring: 1.4 cells (computed once per sample)."""
-        geometry = self.geometry
-        if self._ring is None or self._ring[0] is not geometry:
-            sizes = geometry.sizes
+        if self._ring is None:
+            sizes = self.geometry.sizes
             known = sizes is not None and len(sizes) > 0
-            self._ring = (geometry, float(np.nanmedian(sizes)) * 1.4 if known else self.cell_spacing())
-        return self._ring[1]
+            self._ring = float(np.nanmedian(sizes)) * 1.4 if known else self.cell_spacing()
+        return self._ring
 
     def _upsert_points(
         self, name: str, yx: np.ndarray, *, size: float, role: str, scale: Any, many: bool = False

@@ -156,7 +156,7 @@ def cell_geometry(sdata: Any, table_name: str, element: str, coordinate_system: 
     def outlines(which: np.ndarray) -> list[np.ndarray]:
         return [apply_affine_yx(affine, _polygon_yx(g)) for g in geoms.to_numpy()[np.asarray(which, np.intp)]]
 
-    polygons = [apply_affine_yx(affine, _polygon_yx(g)) for g in geoms] if len(ids) <= POLYGON_LIMIT else None
+    polygons = outlines(np.arange(len(ids))) if len(ids) <= POLYGON_LIMIT else None
     return CellGeometry(
         kind,
         element,

@@ -6,8 +6,8 @@ The widget says what runs in its status line (and turns the button off); an entr
 activity panel is optional (``activity=True``): while any napari progress bar is open, napari
 animates a loading GIF in the status bar, and under Xvfb's software OpenGL every frame of it
 recomposes the window, canvas included, which made a 300k-cell export 2-3x slower (3-6 s without,
-11-17 s with a bar, determinate or not). The work functions here
-(:func:`read_query`, :func:`read_reference`, :func:`write_export`) receive everything they need
+11-17 s with a bar, determinate or not). The work functions (:func:`read_query`,
+:func:`write_export`, and ``sources.load_reference`` for a reference) receive everything they need
 as arguments (a frozen description) and never touch the viewer.
 """
 
@@ -124,13 +124,6 @@ class OpenedQuery:
         if self.geometry is None:
             return None
         return self.source.sdata, self.table, self.element, self.coordinate_system, self.geometry
-
-
-def read_reference(path: str | Path) -> Any:
-    """Worker: the reference source read from ``path``."""
-    from napari_cellmapper.widgets.sources import load_reference
-
-    return load_reference(path)
 
 
 def read_query(path: str | Path) -> OpenedQuery:

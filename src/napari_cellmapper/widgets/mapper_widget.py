@@ -46,7 +46,6 @@ from napari_cellmapper.widgets.background import (
     ExportJob,
     OpenedQuery,
     read_query,
-    read_reference,
     wait_until,
     write_export,
 )
@@ -58,6 +57,7 @@ from napari_cellmapper.widgets.sources import (
     QuerySource,
     ReferenceSource,
     element_coordinate_systems,
+    load_reference,
     queries_in_layers,
     references_in_layers,
     shared_genes,
@@ -488,7 +488,7 @@ class CellMapperWidget(QWidget):
             self.add_reference(source)
             return True
 
-        return self._read("reference", read_reference, path, opened, wait)
+        return self._read("reference", load_reference, path, opened, wait)
 
     def open_query(self, path: str | Path, *, wait: bool = False) -> BackgroundTask | bool:
         """Read a query (SpatialData .zarr, or .h5ad with obsm["spatial"]) and its cells' geometry
@@ -792,14 +792,11 @@ class CellMapperWidget(QWidget):
             self.query_combo,
             self.table_combo,
             self.element_combo,
-            self.all_regions_check,
             self.cs_combo,
-            self.open_reference_button,
-            self.open_query_button,
             *self._job_controls(),
         ):
             widget.setEnabled(not running)
-        self._update_enabled()
+        self._update_enabled()  # the Open and Export buttons
         self.niches_spin.setEnabled(not running and self.niches_check.isChecked())
         self.all_regions_check.setEnabled(not running and self.element_combo.count() > 1)
 

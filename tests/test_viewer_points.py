@@ -410,3 +410,29 @@ def test_small_cells_keep_their_colour_at_whole_tissue_zoom(make_napari_viewer, 
     lit, red = _red_fraction_of_drawn_cells(viewer)
     assert viewer.scene.camera.zoom * 5.0 < 1.0  # cells are under a pixel on screen
     assert lit > 0.05 and red > 0.95, (lit, red)
+
+
+@pytest.mark.gui
+def test_disc_only_marker_draws_the_same_pixels_and_follows_the_symbols(make_napari_viewer, monkeypatch):
+    """Large layers of discs get a fragment shader with the disc alone; another symbol puts
+    vispy's own back, and discs again the disc-only one."""
+    monkeypatch.setattr(P, "LARGE_LAYER", 100)
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(5)
+    coords = rng.uniform(0, 400, (2000, 2)).astype(np.float32)
+    feats = pd.DataFrame({"kind": pd.Categorical(rng.choice(list("abc"), 2000))})
+    layer = P.add_cell_points(viewer, coords, feats, "kind", size=9)
+    (markers,) = _markers_of(layer)
+    viewer.reset_view()
+    assert markers.shared_program.frag["marker"] is P._DISC_MARKERS[markers]
+    discs = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+    assert P.discs_only(markers, False)
+    assert markers.shared_program.frag["marker"] is markers._symbol_func
+    np.testing.assert_array_equal(np.asarray(viewer.screenshot(canvas_only=True, flash=False)), discs)
+    P.discs_only(markers, True)
+    layer.symbol = "square"  # the user picks another symbol in the layer controls
+    assert markers.shared_program.frag["marker"] is markers._symbol_func
+    squares = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+    assert (squares[..., :3].sum(-1) > 0).sum() > (discs[..., :3].sum(-1) > 0).sum()  # corners drawn
+    layer.symbol = "disc"
+    assert markers.shared_program.frag["marker"] is P._DISC_MARKERS[markers]

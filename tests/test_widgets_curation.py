@@ -130,7 +130,10 @@ def test_real_mouse_lasso_and_click_on_the_canvas(make_napari_viewer, qtbot, err
     geometry = widget.scene.geometry
     yx = geometry.coords_yx
     (y0, x0), (y1, x1) = yx.min(0), yx.max(0)
-    cut = x0 + (x1 - x0) / 3
+    xs = np.sort(yx[:, 1])
+    third = len(xs) // 3  # cut through the widest gap between cells near a third of the way
+    gap = third - 5 + int(np.argmax(np.diff(xs[third - 5 : third + 6])))
+    cut = (xs[gap] + xs[gap + 1]) / 2  # (the lasso's edge is drawn in screen pixels)
     corners = [(y0 - 1, x0 - 1), (y0 - 1, cut), (y1 + 1, cut), (y1 + 1, x0 - 1), (y0 - 1, x0 - 1)]
     left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
     _mouse(viewer, QEvent.Type.MouseButtonPress, _canvas_point(viewer, *corners[0]), left, left)

@@ -128,3 +128,56 @@ def test_closing_the_view_draws_the_reference_beside_the_tissue_again(demo, qtbo
     assert widget.scene.reference_layer.visible
     widget.show_cell(2)  # the click goes back to the reference layer's rings
     assert "cellmapper reference neighbours" in viewer.layers
+
+
+def test_the_reference_opens_in_its_own_view_until_the_user_closes_it(demo, qtbot, errors):  # noqa: F811
+    viewer, widget = demo
+    view = widget.embedding_view
+    assert view is not None  # docked when the example reference was chosen
+    assert not widget.scene.reference_layer.visible
+    assert len(view.xy) == widget.reference.n_obs
+    from napari_cellmapper.viewer.points import _DISC_MARKERS
+
+    assert view.points.shared_program.frag["marker"] is _DISC_MARKERS[view.points]
+    viewer.window.remove_dock_widget(view)
+    view.deleteLater()
+    qtbot.waitUntil(lambda: widget.embedding_view is None, timeout=5000)
+    assert not widget.open_reference_view
+    widget._on_reference_changed()  # choosing a reference again keeps it beside the tissue
+    assert widget.embedding_view is None and widget.scene.reference_layer.visible
+    widget.embedding_button.click()  # "Reference view…" docks it again, and for later references
+    assert widget.embedding_view is not None and widget.open_reference_view
+    assert not widget.scene.reference_layer.visible
+
+
+def test_recolouring_redraws_the_view_once_in_a_later_turn_and_keeps_its_zoom(demo, qtbot, errors):  # noqa: F811
+    viewer, widget = _mapped(demo, qtbot)
+    view = widget.embedding_view
+    qtbot.waitUntil(lambda: not view.refresh_pending, timeout=2000)
+    view.view.camera.set_range(x=(0.0, 1.0), y=(0.0, 1.0))  # the user zooms in
+    zoomed = view.view.camera.rect
+    calls = []
+    original = view.refresh
+    view.refresh = lambda: (calls.append(1), original())
+    view._refresh_timer.timeout.disconnect()
+    view._refresh_timer.timeout.connect(view.refresh)
+    for _ in range(3):  # three recolourings in one turn: one redraw, after it
+        widget._on_reference_color_changed("cell_type")
+    assert not calls and view.refresh_pending
+    qtbot.waitUntil(lambda: not view.refresh_pending, timeout=2000)
+    assert len(calls) == 1
+    drawn = view.points._data["a_bg_color"]
+    np.testing.assert_allclose(drawn, view.colors(), atol=1e-6)
+    assert view.view.camera.rect == zoomed
+
+
+def test_reference_cells_are_drawn_at_scanpys_density():
+    from napari_cellmapper.widgets.embedding.panel import _point_size
+
+    assert _point_size(300, (1000, 260)) == 8.0  # few cells: the largest discs
+    assert _point_size(100_000, (344, 140)) == 2.0  # many cells in a small view: the smallest
+    middle = _point_size(20_000, (1000, 260))
+    assert 2.0 < middle < 8.0
+    # the discs cover about 1.45 times the canvas, as scanpy's 120000 / n pt² does
+    assert np.isclose(20_000 * np.pi * middle**2 / 4, 1.45 * 1000 * 260, rtol=1e-6)
+    assert _point_size(20_000, (2000, 520)) > middle  # a larger view, larger discs

@@ -264,11 +264,22 @@ def test_click_shows_cell_and_reference_neighbours(demo, qtbot, errors):
     text = widget.cell_label.text()
     label = str(widget.table.obs["cell_type_pred"].iloc[geometry.rows[index]])
     assert f"cell_type: {label}" in text and "top:" in text and "30 reference neighbours" in text
+    assert "cellmapper selected cell" in viewer.layers
+    # the reference is drawn in its own view by default: the neighbours light up there
+    rows = widget.result.neighbor_indices[index]
+    view = widget.embedding_view
+    assert view is not None and not widget.scene.reference_layer.visible
+    np.testing.assert_array_equal(np.flatnonzero(view.selected), np.unique(rows))
+    assert "cellmapper reference neighbours" not in viewer.layers
+    # with that view closed, the reference is drawn beside the tissue and ringed there
+    viewer.window.remove_dock_widget(view)
+    view.deleteLater()
+    qtbot.waitUntil(lambda: widget.embedding_view is None, timeout=5000)
+    assert widget.scene.reference_layer.visible
+    widget.show_cell(index)
     neighbours = viewer.layers["cellmapper reference neighbours"]
     assert len(neighbours.data) == 30
-    rows = widget.result.neighbor_indices[index]
     np.testing.assert_allclose(neighbours.data, np.asarray(widget.scene.reference_layer.data)[rows])
-    assert "cellmapper selected cell" in viewer.layers
 
 
 def test_export_writes_and_asks_before_overwriting(demo, qtbot, tmp_path, monkeypatch, errors):
@@ -463,7 +474,9 @@ def test_switching_queries_keeps_results_and_shows_one_sample(demo, qtbot, tmp_p
     widget.show_cell(3)
     assert "cellmapper selected cell" in viewer.layers
     widget.add_query(QuerySource("second sample", spatial_example("circles", seed=1)))
-    assert "cellmapper selected cell" not in viewer.layers
+    ring = viewer.layers["cellmapper selected cell"]  # kept for the next click, but empty
+    assert len(ring.data) == 0
+    assert list(viewer.layers).index(ring) > list(viewer.layers).index(widget.scene.cells_layer)
     assert not widget.export_button.isEnabled()  # the second sample is not mapped
     second_images = [
         layer for layer in viewer.layers if layer.metadata.get("cellmapper_role") == "image" and layer.visible

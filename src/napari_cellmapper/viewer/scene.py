@@ -188,6 +188,11 @@ class CellMapperScene:
             data, kwargs, kind = cells_layer_data(sdata, geometry, features, CELLS)
             kwargs["metadata"] = meta
             self.cells_layer = self._add_cells(data, kwargs, kind)
+        ring = self._layer(SELECTED)
+        if ring is None:  # made now, empty: the first click then only fills it
+            self._upsert_points(SELECTED, np.empty((0, 2)), size=1.0, role="selected", scale=None)
+        elif (layers := self.viewer.layers).index(ring) < layers.index(self.cells_layer):
+            layers.move(layers.index(ring), layers.index(self.cells_layer) + 1)  # above new cells
         self._watch_outlines()
         return self.cells_layer
 
@@ -541,9 +546,12 @@ class CellMapperScene:
         return self._spacing
 
     def highlight_cell(self, index: int | None) -> None:
-        """A ring around the selected cell on the tissue (removed with None)."""
+        """A ring around the selected cell on the tissue (None: no ring; the layer stays, empty,
+        so that the next click only moves a point instead of adding a layer, ~0.2 s)."""
         if index is None or self.geometry is None:
-            self._remove(SELECTED)
+            layer = self._layer(SELECTED)
+            if layer is not None and len(layer.data):
+                replace_points(layer, np.empty((0, 2)))
             return
         yx = self.geometry.coords_yx[[index]]
         size = (

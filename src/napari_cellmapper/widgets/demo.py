@@ -23,7 +23,7 @@ def open_demo(viewer: Any = None, *, run: bool = False) -> tuple[Any, Any]:
         )
     widget = CellMapperWidget(viewer)
     viewer.window.add_dock_widget(widget, name="CellMapper", area="right")
-    _fit(viewer, fill_screen=own_window)
+    _fit(viewer, widget, fill_screen=own_window)
     if run:
         widget.presence_check.setChecked(True)
         widget.niches_check.setChecked(True)
@@ -31,9 +31,9 @@ def open_demo(viewer: Any = None, *, run: bool = False) -> tuple[Any, Any]:
     return viewer, widget
 
 
-def _fit(viewer: Any, *, fill_screen: bool) -> None:
+def _fit(viewer: Any, widget: Any, *, fill_screen: bool) -> None:
     """Open the window at the screen's available size (so the widget's controls, Run included, show
-    without scrolling) and fit the tissue and the reference into the canvas once it has its final size."""
+    without scrolling) and fit what is drawn on the canvas into it once it has its final size."""
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
@@ -41,7 +41,7 @@ def _fit(viewer: Any, *, fill_screen: bool) -> None:
         area = screen.availableGeometry()
         viewer.window.set_geometry(area.left(), area.top(), area.width(), area.height())
     viewer.reset_view()
-    QTimer.singleShot(0, viewer.reset_view)  # again after the dock widget has taken its width
+    QTimer.singleShot(0, widget.fit_view)  # again after the dock widgets have taken their room
 
 
 def _layer(data: Any, meta: dict[str, Any], kind: str) -> Any:

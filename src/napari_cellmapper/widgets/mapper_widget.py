@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMainWindow,
     QMenu,
     QMessageBox,
     QProgressBar,
@@ -121,6 +122,17 @@ class CheckList(QListWidget):
             item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
 
 
+def under_the_canvas(dock: Any, share: float = 0.3) -> None:
+    """Let a bottom dock widget sit under the canvas only (the side docks, this widget's among
+    them, keep the window's full height) and take about ``share`` of the window's height."""
+    window = dock.window() if hasattr(dock, "window") else None
+    if not isinstance(window, QMainWindow):
+        return
+    window.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+    window.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+    window.resizeDocks([dock], [max(180, int(window.height() * share))], Qt.Orientation.Vertical)
+
+
 class CellMapperWidget(QWidget):
     """Dock widget mapping a single-cell reference onto a SpatialData sample."""
 
@@ -147,6 +159,9 @@ class CellMapperWidget(QWidget):
         self.last_clicked_cell: int | None = None  # index into the cells layer
         self.curation_panel: Any = None
         self.embedding_view: Any = None
+        #: draw the reference embedding in its own docked canvas when a reference is chosen
+        #: (False after the user closes that view: it is then drawn beside the tissue)
+        self.open_reference_view = True
         self._syncing = False
         self._closed = False
         #: reads and exports running in the background (see widgets.background)
@@ -588,8 +603,10 @@ class CellMapperWidget(QWidget):
             self.obs_list.set_items(obs, default)
             self.obsm_list.set_items(transferable_obsm(adata), {k for k in ("X_umap",) if k in adata.obsm})
             self._sync(lambda: self.scene.show_reference(adata))
-            self.viewer.reset_view()
+            self.fit_view()
             self._fill_reference_colors()
+            if self.scene.reference_layer is not None and self.open_reference_view:
+                self.open_embedding()
             if self.scene.reference_layer is None:
                 self.status.setText(NO_EMBEDDING)
                 from napari.utils.notifications import show_warning
@@ -644,7 +661,7 @@ class CellMapperWidget(QWidget):
                 )
                 self.scene.place_reference()
                 self._on_size_changed(self.size_spin.value())
-                self.viewer.reset_view()
+                self.fit_view()
             except Exception as error:  # noqa: BLE001 - a broken element must not kill the widget
                 _notify_error(f"Could not draw the query: {error_message(error)}")
         self._update_rep_and_sizes()
@@ -875,21 +892,44 @@ class CellMapperWidget(QWidget):
         is then no longer drawn beside the tissue); returns the view."""
         from napari_cellmapper.widgets.embedding import EmbeddingView
 
+        self.open_reference_view = True
         if self.embedding_view is None:
             self.embedding_view = EmbeddingView(self)
             self.embedding_view.destroyed.connect(self._on_embedding_closed)
-            self.viewer.window.add_dock_widget(self.embedding_view, name="Reference embedding", area="bottom")
+            dock = self.viewer.window.add_dock_widget(
+                self.embedding_view, name="Reference embedding", area="bottom"
+            )
+            under_the_canvas(dock)
         if self.scene.reference_layer is not None and self.scene.reference_layer.visible:
             self.scene.reference_layer.visible = False
             self.scene.highlight_neighbors(None)
-            self.viewer.reset_view()
+        self.fit_view()
         self.embedding_view.follow_tissue_selection()
         self.embedding_view.refresh()
         return self.embedding_view
 
+    def fit_view(self) -> None:
+        """Fit the visible layers into the canvas (napari's ``reset_view`` counts hidden ones
+        too, such as the reference beside the tissue while it is drawn in its own view), now and
+        again once a dock widget added in this turn has taken its room."""
+
+        def fit() -> None:
+            if self._closed:
+                return
+            shown = [layer for layer in self.viewer.layers if layer.visible]
+            try:
+                self.viewer.reset_view(layers=shown or None)
+            except TypeError:  # napari < 0.6: no ``layers=``
+                self.viewer.reset_view()
+
+        fit()
+        QTimer.singleShot(0, fit)
+
     def _on_embedding_closed(self, *_: Any) -> None:
-        """The reference view was closed: draw the reference beside the tissue again."""
+        """The reference view was closed: draw the reference beside the tissue again (and keep
+        it there for the next reference; "Reference view…" docks the view again)."""
         self.embedding_view = None
+        self.open_reference_view = False
         self.scene.highlight_cells(None)
         if self.scene.reference_layer is not None:
             self.scene.reference_layer.visible = True
@@ -952,7 +992,7 @@ class CellMapperWidget(QWidget):
         info = self.scene.color_reference(key) if key else None
         self.reference_color_key.show_info(info)
         if self.embedding_view is not None:
-            self.embedding_view.refresh()
+            self.embedding_view.refresh_later()
 
     def show_gene(self, name: str) -> bool:
         """Colour the cells by a gene or a type's probability (see ``viewer.cell_values``): adds

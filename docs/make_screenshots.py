@@ -65,7 +65,7 @@ def main() -> int:
     if widget.result is None:
         print("the mapping did not finish:", widget.status.text(), file=sys.stderr)
         return 1
-    viewer.reset_view()
+    widget.fit_view()
     viewer.layers.selection.active = widget.scene.cells_layer
     _settle(app)
     _save(viewer, "overview")
@@ -84,7 +84,7 @@ def main() -> int:
     panel.set_threshold(round(float(np.nanquantile(conf, 0.2)), 2))
     panel.apply_threshold()
     panel.annotation_combo.setCurrentText("cell_type_true")
-    viewer.reset_view()
+    widget.fit_view()
     _settle(app, 1.0)
     _save(viewer, "qc_panel")
     viewer.window.remove_dock_widget(panel)
@@ -120,7 +120,7 @@ def main() -> int:
     view = widget.open_embedding()  # the reference in its own canvas, linked to the tissue
     predicted = widget.table.obs["cell_type_pred"].astype(str)
     view.select_category("cell_type", str(predicted.value_counts().index[0]))
-    viewer.reset_view()
+    widget.fit_view()
     _settle(app, 1.0)
     _save(viewer, "linked_view")
 

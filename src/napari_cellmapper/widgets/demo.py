@@ -34,14 +34,12 @@ def open_demo(viewer: Any = None, *, run: bool = False) -> tuple[Any, Any]:
 def _fit(viewer: Any, widget: Any, *, fill_screen: bool) -> None:
     """Open the window at the screen's available size (so the widget's controls, Run included, show
     without scrolling) and fit what is drawn on the canvas into it once it has its final size."""
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     if fill_screen and (screen := QApplication.primaryScreen()) is not None:
         area = screen.availableGeometry()
         viewer.window.set_geometry(area.left(), area.top(), area.width(), area.height())
-    viewer.reset_view()
-    QTimer.singleShot(0, widget.fit_view)  # again after the dock widgets have taken their room
+    widget.fit_view()  # (and again once the dock widgets have taken their room)
 
 
 def _layer(data: Any, meta: dict[str, Any], kind: str) -> Any:

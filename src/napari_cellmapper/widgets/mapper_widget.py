@@ -75,6 +75,8 @@ if TYPE_CHECKING:
 GPU_LABEL = "GPU (cupy)"
 CLICK_HINT = "Click a cell to see its transferred label and reference neighbours."
 REFERENCE_COLOR_TIP = "What colours the reference embedding (e.g. presence_score)"
+#: fit_view fits again after these delays (ms): docks added in the same turn lay out meanwhile
+FIT_AGAIN_MS = (0, 150, 500)
 NO_EMBEDDING = (
     "The reference has no 2-D embedding (obsm such as X_umap): it is not drawn. Mapping works; "
     "presence scores are written to the reference's obs."
@@ -911,7 +913,7 @@ class CellMapperWidget(QWidget):
     def fit_view(self) -> None:
         """Fit the visible layers into the canvas (napari's ``reset_view`` counts hidden ones
         too, such as the reference beside the tissue while it is drawn in its own view), now and
-        again once a dock widget added in this turn has taken its room."""
+        again within half a second, once dock widgets added meanwhile have taken their room."""
 
         def fit() -> None:
             if self._closed:
@@ -923,7 +925,8 @@ class CellMapperWidget(QWidget):
                 self.viewer.reset_view()
 
         fit()
-        QTimer.singleShot(0, fit)
+        for delay in FIT_AGAIN_MS:
+            QTimer.singleShot(delay, fit)
 
     def _on_embedding_closed(self, *_: Any) -> None:
         """The reference view was closed: draw the reference beside the tissue again (and keep

@@ -24,6 +24,23 @@ def test_circles_geometry_in_table_order_with_transform(io_toy, io_apply):
     np.testing.assert_allclose(geometry.sizes, 2 * 0.5 * np.sqrt(2.0))
 
 
+def test_centre_tree_finds_each_cell_once_built(io_toy):
+    geometry = cell_geometry(io_toy, "t_circles", "circles", "global")
+    tree, ids = geometry.centre_tree
+    assert geometry.centre_tree[0] is tree  # built once, kept with the geometry
+    for index, yx in enumerate(geometry.coords_yx):
+        assert ids[tree.query(yx)[1]] == index
+
+
+def test_centre_tree_skips_cells_without_a_position():
+    from napari_cellmapper.viewer.spatial_layers import CellGeometry
+
+    coords = np.array([[0.0, 0.0], [np.nan, np.nan], [10.0, 10.0]])
+    geometry = CellGeometry("points", "e", "global", np.arange(3), np.arange(3), coords)
+    tree, ids = geometry.centre_tree
+    assert tree.n == 2 and ids[tree.query([9.0, 9.0])[1]] == 2
+
+
 def test_polygons_points_labels_geometry(io_toy, io_apply):
     polys = cell_geometry(io_toy, "t_polygons", "polygons", "global")
     assert polys.kind == "polygons" and len(polys.polygons) == 2

@@ -817,6 +817,12 @@ def test_open_reads_and_computes_geometry_in_a_worker(demo, qtbot, tmp_path, mon
     assert widget.scene.cells_layer.__class__.__name__ == "Labels"
     assert widget.scene.geometry.kind == "labels" and len(widget.scene.geometry.rows) == widget.table.n_obs
     assert geometry_threads == []  # the geometry came from the worker
+    circles_path = tmp_path / "circles.zarr"
+    spatial_example("circles").write(circles_path)
+    from napari_cellmapper.widgets.background import read_query
+
+    opened = read_query(circles_path)  # the worker's function: the click's KD-tree built there too
+    assert "centre_tree" in vars(opened.geometry)
     assert widget.open_reference_button.isEnabled() and widget.open_query_button.isEnabled()
     assert not [e for e in errors if not e.startswith("warning")], errors
 

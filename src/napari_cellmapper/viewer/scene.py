@@ -113,7 +113,6 @@ class CellMapperScene:
         self.cells_layer: Any = None
         self.reference_layer: Any = None
         self.image_layers: list[Any] = []
-        self._tree: Any = None
         self._spacing: float | None = None  # of the current geometry's cells, computed once
         self._ring: float | None = None  # diameter of a linked cell's ring, computed once too
         self._label_rows: dict[int, int] = {}
@@ -153,7 +152,6 @@ class CellMapperScene:
         if geometry is None:
             geometry = cell_geometry(sdata, table_name, element, coordinate_system)
         self.sdata, self.table_name, self.geometry = sdata, table_name, geometry
-        self._tree = None
         self._spacing = self._ring = None
         self._label_rows = (
             {int(v): i for i, v in enumerate(geometry.instance_ids)} if geometry.kind == "labels" else {}
@@ -523,12 +521,7 @@ class CellMapperScene:
             if isinstance(value, tuple):
                 value = value[-1]
             return None if value in (None, 0) else self._label_rows.get(int(value))
-        from scipy.spatial import cKDTree
-
-        valid = np.isfinite(self.geometry.coords_yx).all(axis=1)
-        if self._tree is None:
-            self._tree = (cKDTree(self.geometry.coords_yx[valid]), np.flatnonzero(valid))
-        tree, ids = self._tree
+        tree, ids = self.geometry.centre_tree
         distance, i = tree.query(position)
         sizes = self.geometry.sizes
         reach = (

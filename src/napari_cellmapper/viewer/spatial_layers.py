@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,16 @@ class CellGeometry:
     affine: np.ndarray = field(default_factory=lambda: np.eye(3))  # element -> coordinate system
     #: polygons too many to draw (over ``POLYGON_LIMIT``): their vertices for some rows, on demand
     outlines: Callable[[np.ndarray], list[np.ndarray]] | None = None
+
+    @cached_property
+    def centre_tree(self) -> tuple[Any, np.ndarray]:
+        """A KD-tree over the cells' (finite) centres and the cell index of each of its points,
+        for the cell under a click; built once (0.1 s at 300k cells: a background reader builds
+        it beside the geometry, so the first click does not)."""
+        from scipy.spatial import cKDTree
+
+        valid = np.isfinite(self.coords_yx).all(axis=1)
+        return cKDTree(self.coords_yx[valid]), np.flatnonzero(valid)
 
     @property
     def drawn_as(self) -> str:

@@ -147,6 +147,8 @@ def read_query(path: str | Path) -> OpenedQuery:
         return OpenedQuery(source)
     try:
         geometry = cell_geometry(source.sdata, names[0], elements[0], systems[0])
+        if geometry.kind != "labels":  # labels find the clicked cell in their raster
+            geometry.centre_tree  # noqa: B018 - built here, not on the first click
     except Exception:  # noqa: BLE001 - drawing it on the main thread reports the error
         log.debug("cell geometry of %s failed in the background", path, exc_info=True)
         geometry = None

@@ -37,7 +37,9 @@ def test_labels_drawn_with_affine_and_coloured(make_napari_viewer):
     viewer = make_napari_viewer()
     scene = CellMapperScene(viewer)
     layer = scene.show_query(sdata, "table", "cells", "global")
-    assert layer.__class__.__name__ == "Labels" and layer.multiscale
+    from napari.layers import Labels
+
+    assert isinstance(layer, Labels) and layer.multiscale
     np.testing.assert_allclose(layer.affine.affine_matrix, [[2, 0, 51], [0, 2, 101], [0, 0, 1]])
     assert "index" in layer.features and len(layer.features) == sdata.tables["table"].n_obs
     image = viewer.layers["tissue"]
@@ -50,9 +52,13 @@ def test_labels_drawn_with_affine_and_coloured(make_napari_viewer):
     expected = colours[cats.index(str(layer.features["cell_type_true"].iloc[0]))]
     from matplotlib.colors import to_rgba
 
-    np.testing.assert_allclose(layer.colormap.map(first_id)[:3], to_rgba(expected)[:3], atol=1e-2)
-    # clicking the centre of a cell finds it through the label value
+    # the raster shows colour codes: the first cell's code has its category's colour
+    code = int(layer.cell_codes.encode(np.array([first_id]))[0])
+    np.testing.assert_allclose(layer.colormap.map(code)[:3], to_rgba(expected)[:3], atol=1e-2)
+    assert len(layer.colormap.color_dict) <= len(cats) + 3  # one entry per colour, not per cell
+    # clicking the centre of a cell finds it through the (raw) label value
     assert scene.cell_at(scene.geometry.coords_yx[0]) == 0
+    assert layer.get_value(scene.geometry.coords_yx[0], world=True)[-1] == first_id
 
 
 def test_reference_placed_beside_tissue_and_neighbours_highlighted(make_napari_viewer):
@@ -134,8 +140,10 @@ def test_image_pixels_sit_under_the_cells(make_napari_viewer):
     for i in range(0, len(ids), 7):
         centre = scene.geometry.coords_yx[i]
         pixel = np.floor(np.asarray(layer.world_to_data(centre))[-2:] + 0.5).astype(int)
-        raster = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        raster = np.asarray(layer.cell_codes.raw[0])  # the raw labels under the drawn codes
         assert int(raster[tuple(pixel)]) == int(ids[i])
+        drawn = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        assert int(drawn[tuple(pixel)]) == int(layer.cell_codes.encode(np.array([ids[i]]))[0]) > 0
         np.testing.assert_allclose(image.world_to_data(centre)[-2:], layer.world_to_data(centre)[-2:])
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_cellmapper.viewer.scene import layer_kind
+
 pytestmark = pytest.mark.gui
 
 RUN_TIMEOUT_MS = 60_000
@@ -377,12 +379,16 @@ def test_labels_query_maps_and_colours_labels(make_napari_viewer, qtbot, errors)
     widget.add_reference(ReferenceSource("reference", reference))
     widget.add_query(QuerySource("labels example", spatial_example("labels")))
     cells = widget.scene.cells_layer
-    assert cells.__class__.__name__ == "Labels"
+    assert layer_kind(cells) == "labels"
     widget.run()
     _wait_done(qtbot, widget)
     assert "cell_type_pred" in cells.features and widget.color_combo.currentText() == "cell_type_pred"
     first_id = int(cells.features["index"].iloc[0])
-    assert cells.colormap.map(first_id)[3] > 0
+
+    def code(label):  # the raster shows colour codes (viewer.label_codes)
+        return int(cells.cell_codes.encode(np.array([label]))[0])
+
+    assert cells.colormap.map(code(first_id))[3] > 0
     from matplotlib.colors import to_rgba
 
     table = widget.table
@@ -392,7 +398,7 @@ def test_labels_query_maps_and_colours_labels(make_napari_viewer, qtbot, errors)
     for i in range(5):  # each label in its type's colour
         label = int(cells.features["index"].iloc[i])
         expected = to_rgba(palette[str(cells.features["cell_type_pred"].iloc[i])])[:3]
-        np.testing.assert_allclose(cells.colormap.map(label)[:3], expected, atol=1.5 / 255)
+        np.testing.assert_allclose(cells.colormap.map(code(label))[:3], expected, atol=1.5 / 255)
     assert "cell_type" in widget.show_cell(0)
 
 
@@ -814,7 +820,7 @@ def test_open_reads_and_computes_geometry_in_a_worker(demo, qtbot, tmp_path, mon
     assert [task.outcome for task in tasks] == [True, True]
     assert widget.reference_combo.currentText() == "reference.h5ad (file)"
     assert widget.query_combo.currentText() == "labels.zarr (file)"
-    assert widget.scene.cells_layer.__class__.__name__ == "Labels"
+    assert layer_kind(widget.scene.cells_layer) == "labels"
     assert widget.scene.geometry.kind == "labels" and len(widget.scene.geometry.rows) == widget.table.n_obs
     assert geometry_threads == []  # the geometry came from the worker
     circles_path = tmp_path / "circles.zarr"

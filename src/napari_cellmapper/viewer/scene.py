@@ -22,7 +22,7 @@ from napari_cellmapper.viewer.colors import (
     rgba_for,
     visible_on_dark,
 )
-from napari_cellmapper.viewer.points import LARGE_LAYER, draw_as_gl_points, replace_points
+from napari_cellmapper.viewer.points import LARGE_LAYER, UNIFORM_COLOR, draw_as_gl_points, replace_points
 from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     CellGeometry,
@@ -289,8 +289,9 @@ class CellMapperScene:
 
     @staticmethod
     def _layer_fits(layer: Any, geometry: CellGeometry) -> bool:
-        if geometry.kind == "labels":
-            return layer_kind(layer) == "labels"
+        if geometry.kind == "labels":  # a layer of colour codes for these cells (not a raw one)
+            codes = getattr(layer, "cell_codes", None)
+            return codes is not None and np.array_equal(codes.ids, np.asarray(geometry.instance_ids))
         return layer_kind(layer) == geometry.drawn_as and len(layer.data) == len(geometry.rows)
 
     def _add_cells(self, data: Any, kwargs: dict[str, Any], kind: str) -> Any:
@@ -314,9 +315,20 @@ class CellMapperScene:
                 if sizes.size == len(data) and not np.allclose(sizes, sizes[0]):
                     layer.size = sizes
                 return layer
-        from napari.layers import Layer
+        if kind == "labels":  # coloured through a table of colour codes (viewer.label_codes)
+            from napari.utils.colormaps import DirectLabelColormap
 
-        layer = Layer.create(data, kwargs, kind)
+            from napari_cellmapper.viewer.label_codes import LabelCodes, make_cell_labels
+
+            levels = data if isinstance(data, list) else [data]
+            codes = LabelCodes(levels, kwargs["features"]["index"].to_numpy())
+            codes.set_codes(np.ones(len(codes.ids), dtype=np.uint8))  # one colour until coloured
+            uniform = {None: "#00000000", 0: "#00000000", 1: UNIFORM_COLOR}
+            layer = make_cell_labels(codes, colormap=DirectLabelColormap(color_dict=uniform), **kwargs)
+        else:
+            from napari.layers import Layer
+
+            layer = Layer.create(data, kwargs, kind)
         self.viewer.add_layer(layer)
         if kind == "labels":  # a segmentation shown for its cells, not to be painted by a drag
             layer.mode = "pan_zoom"
@@ -700,7 +712,11 @@ def camera_zoom(viewer: Any) -> float:
 
 
 def layer_kind(layer: Any) -> str:
-    """ "points", "shapes", "labels", "image"... (works through napari's public-only proxies)."""
+    """ "points", "shapes", "labels", "image"... (works through napari's public-only proxies,
+    and for subclasses of napari's layers such as ``label_codes``' cell labels)."""
+    for cls in layer.__class__.__mro__:
+        if cls.__module__.startswith("napari.layers"):
+            return cls.__name__.lower()
     return str(layer.__class__.__name__).lower()
 
 
@@ -756,7 +772,19 @@ def _recolor(
     if kind == "shapes":
         layer.face_color = rgba
         return
-    if kind == "labels":
+    if kind == "labels" and getattr(layer, "cell_codes", None) is not None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from napari_cellmapper.viewer.label_codes import color_codes, show_codes
+
+        codes, distinct = color_codes(rgba)
+        layer.cell_codes.set_codes(codes)
+        mapping: dict[Any, Any] = {k + 1: tuple(c) for k, c in enumerate(distinct.tolist())}
+        mapping[None] = mapping[0] = (0.0, 0.0, 0.0, 0.0)
+        layer.colormap = DirectLabelColormap(color_dict=mapping)
+        show_codes(layer)
+        return
+    if kind == "labels":  # a raw segmentation (opened by another reader): one entry per label
         from napari.utils.colormaps import DirectLabelColormap
 
         ids = (

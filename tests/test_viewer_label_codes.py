@@ -1,0 +1,85 @@
+"""Labels coloured through a table of colour codes (viewer.label_codes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_cellmapper.viewer import label_codes as LC
+
+
+def _raster() -> np.ndarray:
+    raster = np.zeros((40, 60), dtype=np.int32)
+    raster[2:10, 3:12] = 7
+    raster[20:30, 30:50] = 1_000
+    raster[31:39, 5:15] = 3  # a label without a table row
+    return raster
+
+
+@pytest.mark.parametrize("dense_limit", [LC.DENSE_LIMIT, 10])  # dense table, sorted search
+def test_codes_follow_the_cells_and_hide_the_rest(monkeypatch, dense_limit):
+    monkeypatch.setattr(LC, "DENSE_LIMIT", dense_limit)
+    raster = _raster()
+    codes = LC.LabelCodes([raster, raster[::2, ::2]], np.array([1_000, 7]))
+    codes.set_codes(np.array([2, 5]))
+    full, half = (np.asarray(level) for level in codes.levels())
+    assert full.dtype == np.uint32 and half.shape == (20, 30)
+    expected = np.select([raster == 1_000, raster == 7], [2, 5], 0)
+    np.testing.assert_array_equal(full, expected)
+    np.testing.assert_array_equal(half, expected[::2, ::2])
+    codes.set_codes(np.array([1, 1]))  # a new colouring: new arrays, new codes
+    np.testing.assert_array_equal(np.asarray(codes.levels()[0]), (expected > 0).astype(int))
+
+
+def test_raw_value_reads_the_raw_raster_block_by_block():
+    import dask.array as da
+
+    raster = _raster()
+    codes = LC.LabelCodes([da.from_array(raster, chunks=(16, 16))], np.array([7, 1_000]))
+    for yx in [(5, 5), (25, 40), (35, 10), (0, 0), (39.4, 59.4)]:
+        assert codes.raw_value(yx) == raster[int(round(yx[0])), int(round(yx[1]))]
+    assert codes.raw_value((-1, 5)) == 0 and codes.raw_value((5, 60)) == 0
+    assert len(codes._blocks) <= LC._BLOCK_CACHE
+
+
+def test_color_codes_one_code_per_distinct_colour():
+    rgba = np.array([[1, 0, 0, 1], [0, 0, 1, 1], [1, 0, 0, 1], [0.5, 0.5, 0.5, 1]], dtype=float)
+    codes, colours = LC.color_codes(rgba)
+    assert codes.min() == 1 and len(colours) == 3
+    np.testing.assert_allclose(colours[codes - 1], rgba, atol=0.5 / 255)
+    assert codes[0] == codes[2] != codes[1]
+
+
+@pytest.mark.gui
+def test_cell_labels_answer_in_cell_ids_and_hover_shows_the_cell(make_napari_viewer):
+    import pandas as pd
+    from napari.utils.colormaps import DirectLabelColormap
+
+    raster = _raster()
+    codes = LC.LabelCodes([raster], np.array([7, 1_000]))
+    codes.set_codes(np.array([1, 2]))
+    features = pd.DataFrame({"index": [7, 1_000], "cell_type": ["B cell", "T cell"]})
+    viewer = make_napari_viewer()
+    cmap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "red", 2: "blue"})
+    layer = LC.make_cell_labels(codes, features=features, colormap=cmap)
+    viewer.add_layer(layer)
+    assert layer.get_value((25, 40)) == 1_000  # not its code, 2
+    assert layer.get_value((0, 0)) == 0
+    status = layer.get_status((5, 5))
+    assert "cell_type: B cell" in status["value"] and "7" in status["value"]
+    LC.show_codes(layer)  # the data follow a new table
+    assert np.asarray(layer.data).max() == 2
+
+
+def test_raw_value_comes_from_the_blocks_napari_read_for_display():
+    import dask.array as da
+
+    raster = _raster()
+    level0 = da.from_array(raster, chunks=(16, 16))
+    codes = LC.LabelCodes([level0, da.from_array(raster[::2, ::2], chunks=(16, 16))], np.array([7, 1_000]))
+    codes.set_codes(np.array([1, 2]))
+    np.asarray(codes.levels()[1][10:15, 15:25])  # napari reads a tile of level 1
+    kept = {key[0] for key in codes._blocks}
+    assert kept == {1}
+    codes.raw = [None, codes.raw[1]]  # level 0 unreadable: the answer must come from what was kept
+    assert codes.raw_value((12, 20), level=1) == raster[24, 40] == 1_000

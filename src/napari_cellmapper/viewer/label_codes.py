@@ -58,7 +58,8 @@ class LabelCodes:
         self.table = table
 
     def encode(self, block: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
-        """Codes of a block of raw labels (labels outside the table: 0), as uint32."""
+        """Codes of a block of raw labels (labels outside the table: 0), in the table's dtype
+        (uint8 for up to 255 colours: a quarter of the raw int32 labels in napari's caches)."""
         block = np.asarray(block)
         table = self.table if table is None else table
         if self._dense:
@@ -67,14 +68,14 @@ class LabelCodes:
         else:
             at = np.clip(np.searchsorted(self._sorted, block), 0, len(self._sorted) - 1)
             codes = np.where(self._sorted[at] == block, table[at], 0)
-        return codes.astype(np.uint32, copy=False)
+        return codes.astype(table.dtype, copy=False)
 
     def levels(self) -> list[Any]:
         """The coded levels for the current table: lazy, ``encode`` runs on the blocks napari
         reads. New arrays for every table (their dask keys hash it), so that no cache of
         napari's or dask's serves the codes of an earlier colouring."""
         return [
-            lvl.map_blocks(self._encode_block, level=i, table=self.table, dtype=np.uint32)
+            lvl.map_blocks(self._encode_block, level=i, table=self.table, dtype=self.table.dtype)
             for i, lvl in enumerate(self.raw)
         ]
 

@@ -833,6 +833,41 @@ def test_open_reads_and_computes_geometry_in_a_worker(demo, qtbot, tmp_path, mon
     assert not [e for e in errors if not e.startswith("warning")], errors
 
 
+def test_large_elements_are_placed_in_a_worker_and_only_the_last_choice_is_drawn(
+    demo, qtbot, monkeypatch, errors
+):
+    """Issue 15: choosing the sample, element or coordinate system of a large table places its
+    cells in a worker (label centroids over a big raster take seconds); Run waits for them; a
+    choice overtaken by another one is not drawn."""
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.widgets import mapper_widget
+    from napari_cellmapper.widgets.sources import QuerySource
+
+    viewer, widget = demo
+    monkeypatch.setattr(mapper_widget, "BACKGROUND_CELLS", 1)  # every table counts as large
+    on_main = _slowed(monkeypatch, "place_cells", delay=0.3)
+    old_cells = widget.scene.cells_layer
+    ticks = _Ticks()
+    widget.add_query(QuerySource("labels sample", spatial_example("labels")))
+    assert widget.busy("geometry") and widget.scene.cells_layer is old_cells  # not drawn yet
+    assert "Placing" in widget.status.text()
+    assert widget.run() is None  # refused while the cells are placed
+    assert "still being placed" in errors.pop()
+    widget.wait_idle(timeout=30)
+    assert ticks.stop() >= 10 and on_main == [False]
+    assert widget.scene.geometry.kind == "labels" and layer_kind(widget.scene.cells_layer) == "labels"
+    assert widget.scene.geometry.element == widget.element_combo.currentText()
+    # two samples chosen in a row: the first one's placement is dropped, the second one drawn
+    widget.add_query(QuerySource("circles sample", spatial_example("circles", seed=2)))
+    widget.add_query(QuerySource("third sample", spatial_example("circles", seed=3)))
+    widget.wait_idle(timeout=30)
+    assert widget.scene.cells_layer.metadata["sdata"] is widget.query.sdata
+    assert widget.query.label == "third sample"
+    assert widget.run() is not None
+    _wait_done(qtbot, widget)
+    assert widget.result is not None and not [e for e in errors if not e.startswith("warning")], errors
+
+
 def test_open_failure_in_a_worker_changes_nothing(demo, qtbot, tmp_path, errors):
     viewer, widget = demo
     reference, query, layers = widget.reference, widget.query, list(viewer.layers)

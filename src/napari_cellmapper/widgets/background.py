@@ -129,7 +129,6 @@ class OpenedQuery:
 def read_query(path: str | Path) -> OpenedQuery:
     """Worker: the query read from ``path`` and the geometry of the cells drawn first (label
     centroids over a big raster take seconds)."""
-    from napari_cellmapper.viewer.spatial_layers import cell_geometry
     from napari_cellmapper.widgets.sources import (
         element_coordinate_systems,
         load_query,
@@ -146,13 +145,22 @@ def read_query(path: str | Path) -> OpenedQuery:
     if not systems:
         return OpenedQuery(source)
     try:
-        geometry = cell_geometry(source.sdata, names[0], elements[0], systems[0])
-        if geometry.kind != "labels":  # labels find the clicked cell in their raster
-            geometry.centre_tree  # noqa: B018 - built here, not on the first click
+        geometry = place_cells(source.sdata, names[0], elements[0], systems[0])
     except Exception:  # noqa: BLE001 - drawing it on the main thread reports the error
         log.debug("cell geometry of %s failed in the background", path, exc_info=True)
         geometry = None
     return OpenedQuery(source, names[0], elements[0], systems[0], geometry)
+
+
+def place_cells(sdata: Any, table: str, element: str, coordinate_system: str) -> Any:
+    """Worker: the cells' geometry (``spatial_layers.cell_geometry``: label centroids over a big
+    raster take seconds) and, for cells without a raster, the KD-tree a click looks them up in."""
+    from napari_cellmapper.viewer.spatial_layers import cell_geometry
+
+    geometry = cell_geometry(sdata, table, element, coordinate_system)
+    if geometry.kind != "labels":  # labels find the clicked cell in their raster
+        geometry.centre_tree  # noqa: B018 - built here, not on the first click
+    return geometry
 
 
 # ---------------------------------------------------------------------------------- export

@@ -46,6 +46,7 @@ from napari_cellmapper.widgets.background import (
     BackgroundTask,
     ExportJob,
     OpenedQuery,
+    place_cells,
     read_query,
     wait_until,
     write_export,
@@ -75,6 +76,8 @@ if TYPE_CHECKING:
 GPU_LABEL = "GPU (cupy)"
 CLICK_HINT = "Click a cell to see its transferred label and reference neighbours."
 REFERENCE_COLOR_TIP = "What colours the reference embedding (e.g. presence_score)"
+#: from this many cells in a table, an element or coordinate system is placed by a worker
+BACKGROUND_CELLS = 100_000
 #: fit_view fits again after these delays (ms): docks added in the same turn lay out meanwhile
 FIT_AGAIN_MS = (0, 150, 500)
 NO_EMBEDDING = (
@@ -122,6 +125,12 @@ class CheckList(QListWidget):
         for i in range(self.count()):
             item = self.item(i)
             item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+
+
+def _cells_of(sdata: Any, table: str) -> int:
+    """Rows of a table of ``sdata`` (0 when there is none)."""
+    tables = getattr(sdata, "tables", {})
+    return int(tables[table].n_obs) if table in tables else 0
 
 
 def under_the_canvas(dock: Any, share: float = 0.3) -> None:
@@ -557,7 +566,7 @@ class CellMapperWidget(QWidget):
             self._update_enabled()
 
     def busy(self, kind: str | None = None) -> bool:
-        """Whether a background read or export (of ``kind``: reference, query, export) runs."""
+        """Whether a background task (of ``kind``: reference, query, geometry, export) runs."""
         return any(kind is None or task.kind == kind for task in self.tasks)
 
     def wait_idle(self, timeout: float | None = None) -> None:
@@ -657,6 +666,8 @@ class CellMapperWidget(QWidget):
                 if prepared is not None and prepared[0] is query.sdata and prepared[1:4] == choice
                 else None
             )
+            if geometry is None and self._place_in_background(query, choice):
+                return  # drawn when the worker has placed the cells (``_placed``)
             try:
                 self._sync(
                     lambda: self.scene.show_query(query.sdata, *choice, path=query.path, geometry=geometry)
@@ -670,6 +681,42 @@ class CellMapperWidget(QWidget):
         result = self.result
         self._fill_colors(prefer=result.color_keys[0] if result is not None and result.color_keys else None)
         self.resultChanged.emit(result)
+
+    def _place_in_background(self, query: QuerySource, choice: tuple[str, str, str]) -> bool:
+        """Place a large element's cells (label centroids, shapes, transformations) in a worker
+        instead of on the interface thread; returns whether a worker took it. The cells are
+        drawn by ``_placed`` if the choice is still the same then."""
+        n_cells = _cells_of(query.sdata, choice[0])
+        if n_cells < BACKGROUND_CELLS:
+            return False
+
+        def placed(geometry: Any) -> bool:
+            if self._closed or self.query is not query or self._choice() != choice:
+                return False  # another sample or element was chosen meanwhile: its own task draws it
+            self._prepared = (query.sdata, *choice, geometry)
+            self._on_cs_changed()
+            return True
+
+        def failed(error: BaseException) -> bool:
+            if not self._closed and self.query is query and self._choice() == choice:
+                _notify_error(f"Could not draw the query: {error_message(error)}")
+                self.status.setText(f"Could not place the cells of {choice[1]!r}.")
+            return False
+
+        self.status.setText(f"Placing {n_cells:,} cells of {choice[1]!r} ({choice[2]})…")
+        self._start_task(
+            "geometry",
+            place_cells,
+            query.sdata,
+            *choice,
+            desc=f"Placing the cells of {choice[1]}",
+            on_returned=placed,
+            on_errored=failed,
+        )
+        return True
+
+    def _choice(self) -> tuple[str, str, str]:
+        return (self.table_combo.currentText(), self.element_combo.currentText(), self.cs_combo.currentText())
 
     def _restore_result(self, table: Any) -> bool:
         """Take up the results an earlier run left in ``table`` (a re-opened export)."""
@@ -783,6 +830,9 @@ class CellMapperWidget(QWidget):
 
     def run(self) -> Any:
         """Start a mapping in the background; returns the worker (None when the form is incomplete)."""
+        if self.busy("geometry"):
+            _notify_error("The cells are still being placed; run again once they are drawn.")
+            return None
         try:
             job = self.build_job()
         except ValueError as error:

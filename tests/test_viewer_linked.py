@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_cellmapper.viewer.linked import mapped_into, neighbours_of
+from napari_cellmapper.viewer.linked import mapped_into, neighbours_of, valid_counts
 
 
 def test_both_directions_on_a_small_case():
@@ -32,13 +32,16 @@ def test_a_million_cells_in_one_pass():
 
 
 def test_missing_neighbours_counted_per_table():
-    """The valid-neighbour counts are remembered for the last table only."""
+    """Missing neighbours (-1) do not count; counts handed in by the caller are used as given."""
     rows = np.arange(3)
     selected = np.array([True, False, False])
     full = np.array([[0, 1], [0, 0], [1, 2]])
     missing = np.array([[0, -1], [0, 0], [1, -1]])
-    for _ in range(2):
-        assert mapped_into(full, rows, selected).tolist() == [0, 1]
-        assert mapped_into(missing, rows, selected, min_fraction=1.0).tolist() == [0, 1]
-        assert mapped_into(full, rows, selected, min_fraction=1.0).tolist() == [1]
+    assert valid_counts(full) == 2
+    np.testing.assert_array_equal(valid_counts(missing), [1, 2, 1])
+    for valid in (None, valid_counts(full)):
+        assert mapped_into(full, rows, selected, valid=valid).tolist() == [0, 1]
+        assert mapped_into(full, rows, selected, min_fraction=1.0, valid=valid).tolist() == [1]
+    for valid in (None, valid_counts(missing)):
+        assert mapped_into(missing, rows, selected, min_fraction=1.0, valid=valid).tolist() == [0, 1]
     assert mapped_into(missing, rows, np.array([False, True, False])).tolist() == [2]

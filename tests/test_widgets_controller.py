@@ -71,3 +71,27 @@ def test_activity_panel_is_opt_in(qtbot, monkeypatch):
     ctrl = C.MappingController(lambda result: None)
     ctrl._on_progress(Progress("search", 1, 10))
     assert ctrl.activity and len(_Bar.made) == 1
+
+
+def test_background_tasks_follow_the_activity_setting(qtbot, monkeypatch):
+    """Reads, placements and exports appear in napari's activity panel only when asked, as runs."""
+    import napari.utils
+
+    from napari_cellmapper.widgets import controller as C
+    from napari_cellmapper.widgets.background import BackgroundTask
+
+    _Bar.made.clear()
+    monkeypatch.setattr(napari.utils, "progress", _Bar)
+    for setting, shown in ((None, False), ("1", True)):
+        if setting is None:
+            monkeypatch.delenv(C.ACTIVITY_ENV, raising=False)
+        else:
+            monkeypatch.setenv(C.ACTIVITY_ENV, setting)
+        task = BackgroundTask("query", lambda: 1, desc="Reading", on_returned=lambda v: v, on_errored=repr)
+        assert task.activity is shown
+        assert task.start().wait(timeout=10) == 1
+    assert len(_Bar.made) == 1 and _Bar.made[0].desc == "Reading"
+    forced = BackgroundTask(
+        "export", lambda: 2, desc="x", on_returned=lambda v: v, on_errored=repr, activity=False
+    )
+    assert not forced.activity

@@ -8,9 +8,6 @@ in the selected reference cells. Both run in one vectorised pass (about 0.1 s fo
 
 from __future__ import annotations
 
-import weakref
-from typing import Any
-
 import numpy as np
 
 #: a query cell is mapped into a reference selection when this share of its neighbours lies in it
@@ -35,9 +32,13 @@ def mapped_into(
     mapped_rows: np.ndarray,
     reference_selected: np.ndarray,
     min_fraction: float = MIN_FRACTION,
+    *,
+    valid: np.ndarray | int | None = None,
 ) -> np.ndarray:
     """Query table rows (sorted) whose neighbours lie mostly in the selected reference cells
-    (``reference_selected``: boolean mask over the reference)."""
+    (``reference_selected``: boolean mask over the reference). ``valid``: the table's
+    ``valid_counts``, when the caller keeps them for repeated selections (the scan is a third of
+    the time of a selection)."""
     indices = np.asarray(neighbor_indices)
     if indices.size == 0:
         return np.empty(0, dtype=np.int64)
@@ -45,26 +46,15 @@ def mapped_into(
     selected = np.append(np.asarray(reference_selected, dtype=bool), False).view(np.uint8)
     gathered = selected[indices]
     hits = gathered.sum(axis=1, dtype=np.uint8 if indices.shape[1] < 256 else np.int64)
-    inside = (hits >= min_fraction * _valid_counts(indices)) & (hits > 0)
+    counts = valid_counts(indices) if valid is None else valid
+    inside = (hits >= min_fraction * counts) & (hits > 0)
     return np.sort(np.asarray(mapped_rows, dtype=np.int64)[inside])
 
 
-#: (weak reference to the last neighbour table, its valid neighbours per row)
-_VALID: list[Any] = [None, None]
-
-
-def _valid_counts(indices: np.ndarray) -> np.ndarray | int:
-    """Valid (non-negative) neighbours per row, or k when none is missing; remembered for the
-    last table (each selection of the same mapping asks again; the scan is a third of the time)."""
-    ref, counts = _VALID
-    if ref is not None and ref() is indices:
-        return counts
-    counts = np.count_nonzero(indices >= 0, axis=1) if indices.min() < 0 else indices.shape[1]
-    try:
-        _VALID[:] = [weakref.ref(indices), counts]
-    except TypeError:  # pragma: no cover - an array type without weak references
-        pass
-    return counts
+def valid_counts(neighbor_indices: np.ndarray) -> np.ndarray | int:
+    """Valid (non-negative) neighbours per row, or k when none is missing."""
+    indices = np.asarray(neighbor_indices)
+    return np.count_nonzero(indices >= 0, axis=1) if indices.min(initial=0) < 0 else indices.shape[1]
 
 
 def _positions(mapped_rows: np.ndarray, table_rows: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 A :class:`BackgroundTask` runs one function in a napari thread worker and hands its return value,
 or its exception, to a callback on the main thread; only those callbacks touch widgets and layers.
 The widget says what runs in its status line (and turns the button off); an entry in napari's
-activity panel is optional (``activity=True``): while any napari progress bar is open, napari
+activity panel is optional (``activity=True``, by default as ``NAPARI_CELLMAPPER_ACTIVITY`` says,
+like runs): while any napari progress bar is open, napari
 animates a loading GIF in the status bar, and under Xvfb's software OpenGL every frame of it
 recomposes the window, canvas included, which made a 300k-cell export 2-3x slower (3-6 s without,
 11-17 s with a bar, determinate or not). The work functions (:func:`read_query`,
@@ -38,13 +39,15 @@ class BackgroundTask:
         on_returned: Callable[[Any], Any],
         on_errored: Callable[[BaseException], Any],
         on_finished: Callable[[BackgroundTask], None] | None = None,
-        activity: bool = False,
+        activity: bool | None = None,
     ) -> None:
         from napari.qt.threading import create_worker
 
+        from napari_cellmapper.widgets.controller import activity_panel_wanted
+
         self.kind = kind
         self.desc = desc
-        self.activity = activity
+        self.activity = activity_panel_wanted() if activity is None else activity
         self.done = False
         self.outcome: Any = None
         self._on_returned, self._on_errored, self._on_finished = on_returned, on_errored, on_finished

@@ -20,7 +20,7 @@ import pandas as pd
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from napari_cellmapper.viewer.linked import mapped_into, neighbours_of
+from napari_cellmapper.viewer.linked import mapped_into, neighbours_of, valid_counts
 from napari_cellmapper.viewer.points import LARGE_LAYER, discs_only
 from napari_cellmapper.viewer.selection import cells_in_selection, selection_layer
 
@@ -45,6 +45,7 @@ class EmbeddingView(QWidget):
         self._lasso: list[np.ndarray] | None = None
         self._tree: Any = None
         self._watched: Any = None  # the tissue selection layer followed
+        self._valid: tuple[Any, Any] | None = None  # (result, its valid neighbours per query cell)
 
         self.canvas = vscene.SceneCanvas(keys=None, bgcolor="black", size=(360, 360))
         self.view = self.canvas.central_widget.add_view()
@@ -182,7 +183,9 @@ class EmbeddingView(QWidget):
         result = self._linked_result("the reference to the tissue")
         if result is None:
             return np.empty(0, dtype=np.int64)
-        rows = mapped_into(result.neighbor_indices, result.rows, self.selected)
+        if self._valid is None or self._valid[0] is not result:  # once per result, not per selection
+            self._valid = (result, valid_counts(result.neighbor_indices))
+        rows = mapped_into(result.neighbor_indices, result.rows, self.selected, valid=self._valid[1])
         self.main.scene.highlight_cells(rows)
         self.status.setText(
             f"{int(self.selected.sum()):,} reference cells selected; {len(rows):,} query cells mapped there."

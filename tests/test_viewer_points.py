@@ -436,3 +436,15 @@ def test_disc_only_marker_draws_the_same_pixels_and_follows_the_symbols(make_nap
     assert (squares[..., :3].sum(-1) > 0).sum() > (discs[..., :3].sum(-1) > 0).sum()  # corners drawn
     layer.symbol = "disc"
     assert markers.shared_program.frag["marker"] is P._DISC_MARKERS[markers]
+
+
+@pytest.mark.gui
+def test_per_cell_sizes_given_at_construction(make_napari_viewer):
+    viewer = make_napari_viewer()
+    coords, feats = _cells(50)
+    sizes = np.linspace(2.0, 6.0, 50).astype(np.float32)
+    layer = P.add_cell_points(viewer, coords, feats, "cell_type", size=sizes, name="varied")
+    np.testing.assert_allclose(layer.size, sizes)
+    assert layer.metadata["cellmapper_base_size"] == pytest.approx(float(np.median(sizes)))
+    same = P.add_cell_points(viewer, coords, feats, "cell_type", size=np.full(50, 3.0), name="same")
+    np.testing.assert_allclose(same.size, 3.0)  # equal sizes: one size for all

@@ -95,3 +95,18 @@ def test_background_tasks_follow_the_activity_setting(qtbot, monkeypatch):
         "export", lambda: 2, desc="x", on_returned=lambda v: v, on_errored=repr, activity=False
     )
     assert not forced.activity
+
+
+def test_the_reading_worker_warms_up_what_napari_loads_lazily(monkeypatch):
+    import sys
+
+    from napari_cellmapper.widgets import background
+
+    monkeypatch.setattr(background, "_WARM", False)
+    background.warm_up()
+    assert "PIL.Image" in sys.modules and background._WARM
+    calls = []
+    monkeypatch.setattr(background, "importlib", None, raising=False)  # a second call does nothing
+    monkeypatch.setattr(background.log, "debug", lambda *a, **k: calls.append(a))
+    background.warm_up()
+    assert calls == []

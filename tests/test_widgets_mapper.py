@@ -464,6 +464,13 @@ def test_cell_size_control_scales_point_cells(demo, qtbot):
     np.testing.assert_allclose(cells.size, 0.5 * before, rtol=1e-5)
     widget.cs_combo.currentIndexChanged.emit(widget.cs_combo.currentIndex())  # redraw the query
     np.testing.assert_allclose(widget.scene.cells_layer.size, 0.5 * before, rtol=1e-5)
+    uploads = []  # napari's size setter refreshes (re-uploads) every point: only on a change
+    layer = widget.scene.cells_layer
+    refresh = layer.refresh
+    layer.refresh = lambda *args, **kwargs: (uploads.append(1), refresh(*args, **kwargs))
+    assert widget.scene.set_cell_size(0.5) and not uploads
+    assert widget.scene.set_cell_size(2.0) and uploads
+    np.testing.assert_allclose(layer.size, 2.0 * before, rtol=1e-5)
 
 
 def test_switching_queries_keeps_results_and_shows_one_sample(demo, qtbot, tmp_path, errors):

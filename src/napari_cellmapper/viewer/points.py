@@ -651,7 +651,7 @@ def add_cell_points(
     *,
     colors: Mapping[str, Sequence[str] | Mapping[Any, str]] | None = None,
     colormap: str = "viridis",
-    size: float = 5.0,
+    size: float | np.ndarray = 5.0,
     name: str = "cells",
     affine: Any = None,
     scale: Any = None,
@@ -665,7 +665,8 @@ def add_cell_points(
     row per cell; string/object columns become categorical. ``color_by``: a column (categorical ->
     palette, numeric -> ``colormap`` over its min/max) or None for one uniform colour. ``colors``:
     {column: palette} where a palette is a sequence aligned with that column's categories or a
-    {category: colour} mapping. ``size`` is in data units (scalar). Other keyword arguments go to
+    {category: colour} mapping. ``size`` is in data units (one for all, or one per cell). Other
+    keyword arguments go to
     ``napari.layers.Points``; for layers of ``LARGE_LAYER`` points or more the defaults are the
     cheap-to-draw ``border_width=0``, ``antialiasing=0`` and ``canvas_size_limits=(1, 10000)``
     (pass them to override). Borders default to 0 at every size, and the border colour follows
@@ -713,7 +714,10 @@ def add_cell_points(
     metadata["cellmapper_color_by"] = color_by
     metadata["cellmapper_palettes"] = palettes
     metadata["cellmapper_border_follows_face"] = follows
-    metadata["cellmapper_base_size"] = float(size)
+    sizes = np.asarray(size, dtype=np.float32)
+    if sizes.ndim and (len(sizes) != n or np.allclose(sizes, sizes[0] if n else 0.0)):
+        sizes = sizes.ravel()[:1].reshape(()) if len(sizes) else np.float32(5.0)  # one size for all
+    metadata["cellmapper_base_size"] = float(np.nanmedian(sizes)) if sizes.ndim else float(sizes)
     for key in ("face_color", "face_color_cycle", "face_colormap", "face_contrast_limits"):
         kwargs.pop(key, None)  # colours come from color_by
 
@@ -729,7 +733,7 @@ def add_cell_points(
     layer = Points(
         coords,
         face_color=rgba,
-        size=float(size),
+        size=sizes if sizes.ndim else float(sizes),  # per cell at construction: one upload, not two
         name=name,
         metadata=metadata,
         visible=False,

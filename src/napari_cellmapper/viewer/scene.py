@@ -505,7 +505,7 @@ class CellMapperScene:
         values = layer.features[key]
         colors = self.colors_for_key(key, values)
         info = color_info(values, key, colors, visible_on_dark(colormap), autoscale)
-        _recolor(layer, key, values, colors, info, self.geometry)
+        _recolor(layer, key, values, colors, info)
         self._recolor_outlines()
         self.color = info
         return info
@@ -518,7 +518,7 @@ class CellMapperScene:
         values = layer.features[key]
         colors = self.colors_for_key(key, values, self.reference)
         info = color_info(values, key, colors, visible_on_dark(colormap), autoscale)
-        _recolor(layer, key, values, colors, info, None)
+        _recolor(layer, key, values, colors, info)
         return info
 
     # ------------------------------------------------------------ interaction
@@ -750,7 +750,6 @@ def _recolor(
     values: pd.Series,
     colors: list[str] | None,
     info: ColorInfo,
-    geometry: CellGeometry | None,
 ) -> None:
     """Recolour any cells layer in place, as ``info`` describes (its colormap and limits)."""
     kind = layer_kind(layer)
@@ -771,7 +770,7 @@ def _recolor(
     if kind == "shapes":
         layer.face_color = rgba
         return
-    if kind == "labels" and getattr(layer, "cell_codes", None) is not None:
+    if kind == "labels":  # the scene's labels layers show colour codes (viewer.label_codes)
         from napari.utils.colormaps import DirectLabelColormap
 
         from napari_cellmapper.viewer.label_codes import color_codes, show_codes
@@ -783,18 +782,3 @@ def _recolor(
         layer.colormap = DirectLabelColormap(color_dict=mapping)
         show_codes(layer)
         return
-    if kind == "labels":  # a raw segmentation (opened by another reader): one entry per label
-        from napari.utils.colormaps import DirectLabelColormap
-
-        ids = (
-            layer.features["index"].to_numpy()
-            if "index" in layer.features
-            else np.asarray(geometry.instance_ids)
-        )
-        # hex strings: napari validates each label's colour, and caches that per distinct string
-        # (3x faster than tuples for 100k labels coloured by category)
-        channels = (np.clip(rgba, 0.0, 1.0) * 255).round().astype(np.uint8).tolist()
-        hexes = [f"#{r:02x}{g:02x}{b:02x}{a:02x}" for r, g, b, a in channels]
-        mapping: dict[Any, Any] = dict(zip(np.asarray(ids, dtype=np.int64).tolist(), hexes, strict=False))
-        mapping[None] = mapping[0] = "#00000000"
-        layer.colormap = DirectLabelColormap(color_dict=mapping)

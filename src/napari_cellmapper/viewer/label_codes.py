@@ -9,8 +9,9 @@ the layer's data are the raw label raster passed through a table ``label -> colo
 A recolouring is then one NumPy pass over the cells plus napari reading the tiles in view again.
 
 The layer (``CellLabels``, a napari ``Labels``) still answers in cell ids: its ``get_value``
-reads the raw raster, so hovering shows the cell's features (``layer.features`` keeps one row
-per cell, ``index`` = label) and a click finds the cell.
+reads the raw labels (from the raw blocks napari just read for display, else from the raster),
+so hovering shows the cell's features (``layer.features`` keeps one row per cell, ``index`` =
+label) and a click finds the cell.
 
 Pure NumPy/dask here except ``CellLabels``, which imports napari when first used.
 """

@@ -41,6 +41,18 @@ def test_centre_tree_skips_cells_without_a_position():
     assert tree.n == 2 and ids[tree.query([9.0, 9.0])[1]] == 2
 
 
+def test_spacing_is_the_median_nearest_neighbour_distance():
+    from napari_cellmapper.viewer.spatial_layers import CellGeometry
+
+    yy, xx = np.mgrid[0:30, 0:40]
+    coords = np.column_stack([yy.ravel() * 10.0, xx.ravel() * 10.0])
+    coords[5] = np.nan  # a cell without a position is left out
+    geometry = CellGeometry("labels", "e", "global", np.arange(len(coords)), np.arange(len(coords)), coords)
+    assert geometry.spacing == pytest.approx(10.0)
+    one = CellGeometry("points", "e", "global", np.arange(1), np.arange(1), np.zeros((1, 2)))
+    assert one.spacing == 1.0
+
+
 def test_polygons_points_labels_geometry(io_toy, io_apply):
     polys = cell_geometry(io_toy, "t_polygons", "polygons", "global")
     assert polys.kind == "polygons" and len(polys.polygons) == 2

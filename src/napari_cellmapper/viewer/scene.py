@@ -113,7 +113,6 @@ class CellMapperScene:
         self.cells_layer: Any = None
         self.reference_layer: Any = None
         self.image_layers: list[Any] = []
-        self._spacing: float | None = None  # of the current geometry's cells, computed once
         self._ring: float | None = None  # diameter of a linked cell's ring, computed once too
         self._label_rows: dict[int, int] = {}
         self.color: ColorInfo | None = None
@@ -152,7 +151,7 @@ class CellMapperScene:
         if geometry is None:
             geometry = cell_geometry(sdata, table_name, element, coordinate_system)
         self.sdata, self.table_name, self.geometry = sdata, table_name, geometry
-        self._spacing = self._ring = None
+        self._ring = None
         self._label_rows = (
             {int(v): i for i, v in enumerate(geometry.instance_ids)} if geometry.kind == "labels" else {}
         )
@@ -545,9 +544,7 @@ class CellMapperScene:
     def cell_spacing(self) -> float:
         """About a cell's diameter in the tissue (median nearest-neighbour distance), once per
         geometry: a KD-tree over 300k cells took 0.1 s, on every click before."""
-        if self._spacing is None:
-            self._spacing = _cell_spacing(self.geometry.coords_yx)
-        return self._spacing
+        return self.geometry.spacing
 
     def highlight_cell(self, index: int | None) -> None:
         """A ring around the selected cell on the tissue (None: no ring; the layer stays, empty,
@@ -725,19 +722,6 @@ def _spacing(coords_yx: np.ndarray) -> float:
         return 1.0
     span = np.ptp(valid, axis=0)
     return float(np.sqrt(max(float(np.prod(np.maximum(span, 1e-9))), 1e-9) / len(valid)))
-
-
-def _cell_spacing(coords_yx: np.ndarray, sample: int = 2000) -> float:
-    """Median distance from a cell to its nearest neighbour (about a cell's diameter in tissue)."""
-    from scipy.spatial import cKDTree
-
-    valid = coords_yx[np.isfinite(coords_yx).all(axis=1)]
-    if len(valid) < 2:
-        return 1.0
-    picked = valid[np.linspace(0, len(valid) - 1, min(sample, len(valid))).astype(np.intp)]
-    distances, _ = cKDTree(valid).query(picked, k=2)
-    nearest = distances[:, 1][distances[:, 1] > 0]
-    return float(np.median(nearest)) if len(nearest) else _spacing(coords_yx)
 
 
 def _is_data(value: Any) -> bool:

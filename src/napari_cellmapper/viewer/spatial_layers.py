@@ -50,6 +50,22 @@ class CellGeometry:
         valid = np.isfinite(self.coords_yx).all(axis=1)
         return cKDTree(self.coords_yx[valid]), np.flatnonzero(valid)
 
+    @cached_property
+    def spacing(self) -> float:
+        """Median distance from a cell to its nearest neighbour, about a cell's diameter in the
+        tissue (sizes the rings of cells drawn without a size, e.g. labels), from ``centre_tree``
+        and 2,000 cells; computed once (a background reader does it beside the geometry)."""
+        tree, ids = self.centre_tree
+        if len(ids) < 2:
+            return 1.0
+        picked = self.coords_yx[ids[np.linspace(0, len(ids) - 1, min(2000, len(ids))).astype(np.intp)]]
+        distances, _ = tree.query(picked, k=2)
+        nearest = distances[:, 1][distances[:, 1] > 0]
+        if len(nearest):
+            return float(np.median(nearest))
+        span = np.ptp(self.coords_yx[ids], axis=0)
+        return float(np.sqrt(max(float(np.prod(np.maximum(span, 1e-9))), 1e-9) / len(ids)))
+
     @property
     def drawn_as(self) -> str:
         """The layer kind the cells are drawn with: polygons over ``POLYGON_LIMIT`` as points."""

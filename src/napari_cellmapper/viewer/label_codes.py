@@ -130,6 +130,15 @@ def color_codes(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inverse.astype(np.int64) + 1, colors
 
 
+def codes_colormap(colors: np.ndarray) -> Any:
+    """napari's colormap for codes 1..k in ``colors`` ((k, 4) RGBA, 0-1); 0 is not drawn."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    mapping: dict[Any, Any] = {k + 1: tuple(c) for k, c in enumerate(np.asarray(colors, float).tolist())}
+    mapping[None] = mapping[0] = (0.0, 0.0, 0.0, 0.0)
+    return DirectLabelColormap(color_dict=mapping)
+
+
 def make_cell_labels(codes: LabelCodes, **kwargs: Any) -> Any:
     """A napari Labels layer showing ``codes``' coded levels that answers in raw cell ids."""
     levels = codes.levels()

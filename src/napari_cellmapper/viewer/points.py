@@ -511,9 +511,8 @@ def draw_as_gl_points(layer: Any) -> bool:
     the disc-only marker while all its symbols are discs (``discs_only``); returns False, with a
     warning, where napari's quads stay."""
     done = True
-    for vis in _vispy_points_of(layer):
-        markers = getattr(getattr(vis, "node", None), "points_markers", None)
-        if markers is not None and not _use_gl_points(markers):
+    for markers in _markers_of(layer):
+        if not _use_gl_points(markers):
             warnings.warn("GL_POINTS drawing unavailable; using napari's quads", stacklevel=3)
             done = False
     _follow_symbols(layer)
@@ -533,10 +532,14 @@ def _all_discs(layer: Any) -> bool:
 def _follow_symbols(layer: Any) -> None:
     """The disc-only marker on the layer's canvases while every symbol is a disc, vispy's own after."""
     discs = _all_discs(layer)
-    for vis in _vispy_points_of(layer):
-        markers = getattr(getattr(vis, "node", None), "points_markers", None)
-        if markers is not None:
-            discs_only(markers, discs)
+    for markers in _markers_of(layer):
+        discs_only(markers, discs)
+
+
+def _markers_of(layer: Any) -> list[Any]:
+    """The vispy ``Markers`` visuals drawing the layer's points on its canvases."""
+    found = (getattr(getattr(vis, "node", None), "points_markers", None) for vis in _vispy_points_of(layer))
+    return [markers for markers in found if markers is not None]
 
 
 _DISC_MARKERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()

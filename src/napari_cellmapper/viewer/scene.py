@@ -26,6 +26,7 @@ from napari_cellmapper.viewer.points import LARGE_LAYER, UNIFORM_COLOR, draw_as_
 from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     CellGeometry,
+    box_spacing,
     cell_geometry,
     cells_layer_data,
     display_features,
@@ -312,15 +313,15 @@ class CellMapperScene:
                     opacity=kwargs.get("opacity", 1.0),
                 )
         if kind == "labels":  # coloured through a table of colour codes (viewer.label_codes)
-            from napari.utils.colormaps import DirectLabelColormap
+            from matplotlib.colors import to_rgba
 
-            from napari_cellmapper.viewer.label_codes import LabelCodes, make_cell_labels
+            from napari_cellmapper.viewer.label_codes import LabelCodes, codes_colormap, make_cell_labels
 
             levels = data if isinstance(data, list) else [data]
             codes = LabelCodes(levels, kwargs["features"]["index"].to_numpy())
             codes.set_codes(np.ones(len(codes.ids), dtype=np.uint8))  # one colour until coloured
-            uniform = {None: "#00000000", 0: "#00000000", 1: UNIFORM_COLOR}
-            layer = make_cell_labels(codes, colormap=DirectLabelColormap(color_dict=uniform), **kwargs)
+            uniform = codes_colormap(np.array([to_rgba(UNIFORM_COLOR)]))
+            layer = make_cell_labels(codes, colormap=uniform, **kwargs)
         else:
             from napari.layers import Layer
 
@@ -535,15 +536,17 @@ class CellMapperScene:
         distance, i = tree.query(position)
         sizes = self.geometry.sizes
         reach = (
-            float(np.nanmax(sizes)) if sizes is not None and len(sizes) else _spacing(self.geometry.coords_yx)
+            float(np.nanmax(sizes))
+            if sizes is not None and len(sizes)
+            else box_spacing(self.geometry.coords_yx)
         )
         if self.geometry.kind == "polygons":
-            reach = max(reach, _spacing(self.geometry.coords_yx) * 2)
+            reach = max(reach, box_spacing(self.geometry.coords_yx) * 2)
         return int(ids[i]) if distance <= reach else None
 
     def cell_spacing(self) -> float:
-        """About a cell's diameter in the tissue (median nearest-neighbour distance), once per
-        geometry: a KD-tree over 300k cells took 0.1 s, on every click before."""
+        """About a cell's diameter in the tissue (median nearest-neighbour distance), computed
+        once per geometry (``CellGeometry.spacing``)."""
         return self.geometry.spacing
 
     def highlight_cell(self, index: int | None) -> None:
@@ -716,14 +719,6 @@ def layer_kind(layer: Any) -> str:
     return str(layer.__class__.__name__).lower()
 
 
-def _spacing(coords_yx: np.ndarray) -> float:
-    valid = coords_yx[np.isfinite(coords_yx).all(axis=1)]
-    if len(valid) < 2:
-        return 1.0
-    span = np.ptp(valid, axis=0)
-    return float(np.sqrt(max(float(np.prod(np.maximum(span, 1e-9))), 1e-9) / len(valid)))
-
-
 def _is_data(value: Any) -> bool:
     return not isinstance(value, (str, int, float, type(None), tuple))
 
@@ -755,14 +750,10 @@ def _recolor(
         layer.face_color = rgba
         return
     if kind == "labels":  # the scene's labels layers show colour codes (viewer.label_codes)
-        from napari.utils.colormaps import DirectLabelColormap
-
-        from napari_cellmapper.viewer.label_codes import color_codes, show_codes
+        from napari_cellmapper.viewer.label_codes import codes_colormap, color_codes, show_codes
 
         codes, distinct = color_codes(rgba)
         layer.cell_codes.set_codes(codes)
-        mapping: dict[Any, Any] = {k + 1: tuple(c) for k, c in enumerate(distinct.tolist())}
-        mapping[None] = mapping[0] = (0.0, 0.0, 0.0, 0.0)
-        layer.colormap = DirectLabelColormap(color_dict=mapping)
+        layer.colormap = codes_colormap(distinct)
         show_codes(layer)
         return

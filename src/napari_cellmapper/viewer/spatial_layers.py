@@ -61,10 +61,7 @@ class CellGeometry:
         picked = self.coords_yx[ids[np.linspace(0, len(ids) - 1, min(2000, len(ids))).astype(np.intp)]]
         distances, _ = tree.query(picked, k=2)
         nearest = distances[:, 1][distances[:, 1] > 0]
-        if len(nearest):
-            return float(np.median(nearest))
-        span = np.ptp(self.coords_yx[ids], axis=0)
-        return float(np.sqrt(max(float(np.prod(np.maximum(span, 1e-9))), 1e-9) / len(ids)))
+        return float(np.median(nearest)) if len(nearest) else box_spacing(self.coords_yx)
 
     @property
     def drawn_as(self) -> str:
@@ -74,6 +71,16 @@ class CellGeometry:
         if self.kind == "polygons" and self.polygons is not None:
             return "shapes"
         return "points"
+
+
+def box_spacing(coords_yx: np.ndarray) -> float:
+    """The side of a cell's share of the cells' bounding box: a cell's diameter when the cells
+    fill it evenly (positions that are not finite are left out; 1 for fewer than 2 cells)."""
+    valid = coords_yx[np.isfinite(coords_yx).all(axis=1)]
+    if len(valid) < 2:
+        return 1.0
+    span = np.ptp(valid, axis=0)
+    return float(np.sqrt(max(float(np.prod(np.maximum(span, 1e-9))), 1e-9) / len(valid)))
 
 
 def table_attrs(table: Any) -> tuple[str | None, str | None, list[str]]:

@@ -614,10 +614,11 @@ class CellMapperWidget(QWidget):
             self.obs_list.set_items(obs, default)
             self.obsm_list.set_items(transferable_obsm(adata), {k for k in ("X_umap",) if k in adata.obsm})
             self._sync(lambda: self.scene.show_reference(adata))
-            self.fit_view()
             self._fill_reference_colors()
             if self.scene.reference_layer is not None and self.open_reference_view:
-                self.open_embedding()
+                self.open_embedding()  # fits the view itself
+            else:
+                self.fit_view()
             if self.scene.reference_layer is None:
                 self.status.setText(NO_EMBEDDING)
                 from napari.utils.notifications import show_warning
@@ -655,11 +656,7 @@ class CellMapperWidget(QWidget):
         self._update_enabled()
         query = self.query
         if query is not None and self.cs_combo.currentText():
-            choice = (
-                self.table_combo.currentText(),
-                self.element_combo.currentText(),
-                self.cs_combo.currentText(),
-            )
+            choice = self._choice()
             prepared, self._prepared = self._prepared, None
             geometry = (
                 prepared[4]
@@ -716,6 +713,7 @@ class CellMapperWidget(QWidget):
         return True
 
     def _choice(self) -> tuple[str, str, str]:
+        """The (table, element, coordinate system) chosen in the form."""
         return (self.table_combo.currentText(), self.element_combo.currentText(), self.cs_combo.currentText())
 
     def _restore_result(self, table: Any) -> bool:

@@ -448,3 +448,6 @@ def test_per_cell_sizes_given_at_construction(make_napari_viewer):
     assert layer.metadata["cellmapper_base_size"] == pytest.approx(float(np.median(sizes)))
     same = P.add_cell_points(viewer, coords, feats, "cell_type", size=np.full(50, 3.0), name="same")
     np.testing.assert_allclose(same.size, 3.0)  # equal sizes: one size for all
+    with pytest.raises(ValueError, match="one per cell"):
+        P.add_cell_points(viewer, coords, feats, "cell_type", size=sizes[:10], name="wrong")
+    assert "wrong" not in viewer.layers

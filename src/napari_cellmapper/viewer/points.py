@@ -685,6 +685,11 @@ def add_cell_points(
     if not np.issubdtype(coords.dtype, np.floating):
         coords = coords.astype(np.float32)
     n = len(coords)
+    sizes = np.asarray(size, dtype=np.float32)
+    if sizes.ndim and len(sizes) != n:
+        raise ValueError(f"size must be one value or one per cell ({n:,}), got {len(sizes):,} values")
+    if sizes.ndim and (not n or np.allclose(sizes, sizes[0])):
+        sizes = sizes[0] if n else np.float32(5.0)  # one size for all
     feats = _prepare_features(features, n)
     if color_by is not None and color_by not in feats.columns:
         raise KeyError(f"color_by={color_by!r} is not a feature column ({list(feats.columns)})")
@@ -717,9 +722,6 @@ def add_cell_points(
     metadata["cellmapper_color_by"] = color_by
     metadata["cellmapper_palettes"] = palettes
     metadata["cellmapper_border_follows_face"] = follows
-    sizes = np.asarray(size, dtype=np.float32)
-    if sizes.ndim and (len(sizes) != n or np.allclose(sizes, sizes[0] if n else 0.0)):
-        sizes = sizes.ravel()[:1].reshape(()) if len(sizes) else np.float32(5.0)  # one size for all
     metadata["cellmapper_base_size"] = float(np.nanmedian(sizes)) if sizes.ndim else float(sizes)
     for key in ("face_color", "face_color_cycle", "face_colormap", "face_contrast_limits"):
         kwargs.pop(key, None)  # colours come from color_by

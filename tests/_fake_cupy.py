@@ -54,10 +54,10 @@ class FakeCupy(types.ModuleType):
         return types.SimpleNamespace(free_bytes=lambda: 0)
 
     def RawModule(self, code, options=()):  # noqa: N802
-        """Emulates the two fused kernels from their names, checking grid and argument layout."""
+        """Emulates the raw kernels from their names, checking grid and argument layout."""
         fake = self
         (kmax,) = [int(o.split("=")[1]) for o in options if o.startswith("-DKMAX=")]
-        assert "cellmapper_knn_scan" in code and "cellmapper_knn_merge" in code
+        assert all(f"cellmapper_knn_{name}(" in code for name in ("scan", "merge", "warp"))
 
         def top(keys, idx):  # k smallest by (key, position), like the insertion in the kernels
             keys = np.where(idx < 0, np.inf, keys)
@@ -86,10 +86,23 @@ class FakeCupy(types.ModuleType):
             out_d[...], out_i[...] = top(keys, idx)
             fake.launches["merge"] = fake.launches.get("merge", 0) + 1
 
+        def warp(grid, block, args):
+            ip, ref_sq, m, n, seg_len, r0, init_d, init_i, out_d, out_i = args
+            assert kmax <= 32 and ip.shape == (m, n) and ip.flags.c_contiguous
+            assert block[0] % 32 == 0 and grid[0] * block[0] >= 32 * m
+            assert init_d.shape == init_i.shape == (m, kmax) and init_i.dtype == np.int64
+            assert out_d.shape == out_i.shape == (m, grid[1] * kmax) and out_i.dtype == np.int64
+            for s in range(grid[1]):
+                j = np.arange(s * seg_len, min((s + 1) * seg_len, n))
+                keys = np.concatenate([init_d, ref_sq[j][None, :] - np.float32(2) * ip[:, j]], 1)
+                idx = np.concatenate([init_i, np.broadcast_to(r0 + j, (m, j.size))], 1)
+                out_d[:, s * kmax : (s + 1) * kmax], out_i[:, s * kmax : (s + 1) * kmax] = top(keys, idx)
+            fake.launches["warp"] = fake.launches.get("warp", 0) + 1
+
         def get_function(name):
             if fake.compile_error is not None:
                 raise fake.compile_error
-            return {"cellmapper_knn_scan": scan, "cellmapper_knn_merge": merge}[name]
+            return {"scan": scan, "merge": merge, "warp": warp}[name.removeprefix("cellmapper_knn_")]
 
         return types.SimpleNamespace(get_function=get_function)
 

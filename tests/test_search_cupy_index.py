@@ -150,7 +150,7 @@ def fake_cupy(monkeypatch):
     neighbors_cupy._fused_kernels.cache_clear()
 
 
-@pytest.mark.parametrize("select", ["threshold", "fused"])
+@pytest.mark.parametrize("select", ["threshold", "fused", "warp"])
 @pytest.mark.parametrize("tile_size", [None, 64, 5000])
 def test_cupy_index_glue_on_fake_cupy(fake_cupy, data, tile_size, select):
     fake = fake_cupy()
@@ -163,13 +163,14 @@ def test_cupy_index_glue_on_fake_cupy(fake_cupy, data, tile_size, select):
     assert_matches_faiss(d2, idx, query, reference, 15)
     tq, tr = index.last_tiles
     n_pairs = -(-query.shape[0] // tq) * -(-reference.shape[0] // tr)
-    launches = fake.launches.get("cellmapper_knn_keys" if select == "threshold" else "scan")
+    kernel = {"threshold": "cellmapper_knn_keys", "fused": "scan", "warp": "warp"}[select]
+    launches = fake.launches.get(kernel)
     assert launches == n_pairs
     if tile_size is None:  # 1 MB "free": the 1024 x 1024 floor, so the reference is split
         assert tq == query.shape[0] and tr < reference.shape[0]
 
 
-@pytest.mark.parametrize("select", ["threshold", "fused"])
+@pytest.mark.parametrize("select", ["threshold", "fused", "warp"])
 def test_cupy_index_ties_on_fake_cupy(fake_cupy, select):
     """Random atomic order in the compaction still gives (distance, index) order on exact ties."""
     fake_cupy()
@@ -180,12 +181,24 @@ def test_cupy_index_ties_on_fake_cupy(fake_cupy, select):
     d2, idx = neighbors_cupy.CupyIndex(reference, tile_size=64, select=select).search(query, 12)
     want_d, want_i = _tiled_topk_numpy(query, reference, 12, 64)
     np.testing.assert_array_equal(d2, want_d)
-    if select == "fused":  # no atomics: fully deterministic, ties to the lower reference row
+    if select != "threshold":  # no atomics: fully deterministic, ties to the lower reference row
         np.testing.assert_array_equal(idx, want_i)
     exact = _exact64(query, reference)
     np.testing.assert_allclose(exact[np.arange(50)[:, None], idx], d2, atol=1e-5)
     # among exactly tied candidates at the k-th place, any may be kept; below it, index order
     assert np.all(np.diff(d2, axis=1) >= 0)
+
+
+def test_warp_segments_merge_with_the_running_best(fake_cupy, data, monkeypatch):
+    """Few query rows: each warp scans one segment from empty, and one merge joins the segments."""
+    fake = fake_cupy()
+    monkeypatch.setattr(neighbors_cupy, "_WARP_MIN_SEGMENT", 100)
+    query, reference = data
+    index = neighbors_cupy.CupyIndex(reference, tile_size=500, select="warp")
+    d2, idx = index.search(query[:40], 20)
+    assert neighbors_cupy._warp_segments(40, 500) == 5
+    assert fake.launches["warp"] == 3 and fake.launches["merge"] == 3  # 3 reference tiles
+    assert_matches_faiss(d2, idx, query[:40], reference, 20)
 
 
 def test_fused_compile_failure_falls_back(fake_cupy, data):
@@ -201,6 +214,8 @@ def test_fused_compile_failure_falls_back(fake_cupy, data):
         neighbors_cupy.CupyIndex(reference, select="fused").search(query[:50], 5)
     with pytest.raises(CellMapperInputError, match="k <="):
         neighbors_cupy.CupyIndex(reference, select="fused").search(query[:5], neighbors_cupy.FUSED_MAX_K + 1)
+    with pytest.raises(CellMapperInputError, match="k <= 32"):
+        neighbors_cupy.CupyIndex(reference, select="warp").search(query[:5], neighbors_cupy.WARP_MAX_K + 1)
     big = neighbors_cupy.CupyIndex(reference)  # auto: large k uses the threshold path
     fake.compile_error = None
     big.search(query[:5], neighbors_cupy.FUSED_MAX_K + 1)
@@ -225,7 +240,7 @@ def test_build_index_and_search_through_neighbors(fake_cupy, data, monkeypatch):
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("select", ["fused", "threshold"])
+@pytest.mark.parametrize("select", ["warp", "fused", "threshold"])
 @pytest.mark.parametrize("tile_size", [None, 97, 1000])
 def test_cupy_matches_faiss(data, tile_size, select):
     query, reference = data
@@ -237,7 +252,7 @@ def test_cupy_matches_faiss(data, tile_size, select):
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("select", ["fused", "threshold"])
+@pytest.mark.parametrize("select", ["warp", "fused", "threshold"])
 def test_cupy_same_as_numpy_path(data, select):
     """The GPU and the CPU run the same tiling/selection/merge: same neighbours."""
     query, reference = data
@@ -249,7 +264,7 @@ def test_cupy_same_as_numpy_path(data, select):
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("select", ["fused", "threshold"])
+@pytest.mark.parametrize("select", ["warp", "fused", "threshold"])
 def test_cupy_larger_and_cosine(select):
     rng = np.random.default_rng(5)
     reference = prepare_rep(rng.normal(size=(60_000, 50)), "cosine")
@@ -341,12 +356,13 @@ def test_core_maps_through_cupy_path_without_gui_spatialdata_or_faiss():
     assert got["backend"] == "cupy" and got["requested"] == "auto"
     assert got["transfers_on_device"]  # labels, UMAP and expression as device products
     # 300 x 900 in 128-row tiles (3 x 8), plus the confidence calibration's search of a sample of
-    # the reference (all 900 labelled cells here) among the other reference cells (8 x 8): the
-    # fused path, merged, for both
+    # the reference (all 900 labelled cells here) among the other reference cells (8 x 8): one
+    # warp-kernel launch per tile pair (k <= 32), each starting from the running best, no merge
     from napari_cellmapper.core import calibration
 
     sample_tiles = -(-min(calibration.SAMPLE, 900) // 128)
-    assert got["kernel_launches"]["scan"] == 3 * 8 + sample_tiles * 8
+    assert got["kernel_launches"]["warp"] == 3 * 8 + sample_tiles * 8
+    assert "merge" not in got["kernel_launches"]
 
     query, reference = make_pair(n_query=300, n_ref=900, n_genes=40, dim=8, seed=3)
     cmap = CellMapper(query, reference).fit(
@@ -381,5 +397,7 @@ def test_auto_uses_the_gpu_only_when_cupy_finds_a_device(monkeypatch, devices):
         fake.cuda.runtime.getDeviceCount = lambda: 1
         neighbors.gpu_available.cache_clear()
         assert neighbors.resolve_backend("auto", 100, 100) == "cupy"
+        big = int(neighbors.AUTO_GPU_EXACT_MAX_PAIRS**0.5) + 1
+        assert neighbors.resolve_backend("auto", big, big) == "cupy-ivf"  # the inverted file, measured
     finally:
         neighbors.gpu_available.cache_clear()

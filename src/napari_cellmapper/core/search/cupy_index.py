@@ -6,9 +6,16 @@ constant per row and is added to the k winners only, then negatives are clamped 
 smallest keys of each row are selected exactly, and merged with the running best k of the earlier
 reference tiles; ties always resolve to the lower reference row.
 
-Two tile steps (``CupyIndex(select=...)``):
+Three tile steps (``CupyIndex(select=...)``):
 
-``"fused"`` (default for k <= :data:`FUSED_MAX_K`)
+``"warp"`` (default for k <= :data:`WARP_MAX_K`)
+    one cuBLAS GEMM into ``Q R^T``, then one raw kernel in which a warp scans one query row (32
+    consecutive reference rows per load, coalesced) and keeps its k best in registers, one entry
+    per lane: a ballot finds the keys below the current k-th best, and each is inserted with one
+    more ballot and a shuffle. Lanes never diverge, and the list starts from the running best of
+    the earlier reference tiles, so after the first tile almost every key is rejected by one
+    compare: the step runs at the speed of reading the product matrix.
+``"fused"`` (default for :data:`WARP_MAX_K` < k <= :data:`FUSED_MAX_K`)
     one cuBLAS GEMM into ``R Q^T`` (so a warp reads consecutive query rows), then a raw kernel in
     which each thread keeps the k smallest keys of one query row over one reference segment by
     insertion (one read of the product matrix, keys computed on the fly), then a raw kernel that
@@ -251,7 +258,7 @@ def _compact_cupy(keys: Any, tau: Any, k: int) -> tuple[Any, Any, Any]:
 
 
 #: ``select`` choices of :class:`CupyIndex`
-SELECTIONS = ("auto", "fused", "threshold")
+SELECTIONS = ("auto", "warp", "fused", "threshold")
 #: largest k the fused kernels handle (per-thread top-k lists live in local memory)
 FUSED_MAX_K = 256
 #: the fused scan aims for about this many threads per tile pair (row x segment)
@@ -292,6 +299,60 @@ extern "C" __global__ void cellmapper_knn_scan(
     }
 }
 
+#if KMAX <= 32
+#define CELLMAPPER_FULL 0xffffffffu
+// Top-k per query row, one warp per (row, segment), from the inner products ip (m, n_cols)
+// row-major (ip[t * n_cols + j] = q_t . r_j): lane p holds entry p of the row's sorted list, which
+// starts from init (the running best, or +inf). Each step the warp loads 32 consecutive keys; the
+// keys below the k-th best are inserted in column order (ties keep the earlier entry).
+extern "C" __global__ void cellmapper_knn_warp(
+        const float* __restrict__ ip, const float* __restrict__ ref_sq,
+        const int m, const int n_cols, const int seg_len, const long long r0,
+        const float* __restrict__ init_d, const long long* __restrict__ init_i,
+        float* __restrict__ out_d, long long* __restrict__ out_i) {
+    const int lane = threadIdx.x & 31;
+    const long long t = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (t >= m) return;  // the whole warp: one row per warp
+    const int s = blockIdx.y;
+    const int j0 = s * seg_len;
+    const int j1 = min(j0 + seg_len, n_cols);
+    float my_d = CELLMAPPER_INF;
+    long long my_i = -1LL;
+    if (lane < KMAX) {
+        my_i = init_i[t * KMAX + lane];
+        my_d = (my_i < 0) ? CELLMAPPER_INF : init_d[t * KMAX + lane];
+    }
+    float worst = __shfl_sync(CELLMAPPER_FULL, my_d, KMAX - 1);
+    const float* row = ip + t * n_cols;
+    for (int base = j0; base < j1; base += 32) {
+        const int j = base + lane;
+        const float key = (j < j1) ? ref_sq[j] - 2.0f * row[j] : CELLMAPPER_INF;
+        unsigned mask = __ballot_sync(CELLMAPPER_FULL, key < worst);
+        while (mask) {
+            const int src = __ffs(mask) - 1;
+            const float ck = __shfl_sync(CELLMAPPER_FULL, key, src);
+            const int pos = __popc(__ballot_sync(CELLMAPPER_FULL, lane < KMAX && my_d <= ck));
+            const float up_d = __shfl_up_sync(CELLMAPPER_FULL, my_d, 1);
+            const long long up_i = __shfl_up_sync(CELLMAPPER_FULL, my_i, 1);
+            if (lane == pos) {
+                my_d = ck;
+                my_i = r0 + base + src;
+            } else if (lane > pos && lane < KMAX) {
+                my_d = up_d;
+                my_i = up_i;
+            }
+            worst = __shfl_sync(CELLMAPPER_FULL, my_d, KMAX - 1);
+            mask &= __ballot_sync(CELLMAPPER_FULL, key < worst) & ~(1u << src);
+        }
+    }
+    if (lane < KMAX) {
+        const long long o = (t * gridDim.y + s) * KMAX + lane;
+        out_d[o] = my_d;
+        out_i[o] = (my_d < CELLMAPPER_INF) ? my_i : -1LL;
+    }
+}
+#endif
+
 // New running best per query row: the k smallest of [best (k), candidates (n_cand)], scanned in
 // that order with the same insertion rule, so ties keep the lower reference row.
 extern "C" __global__ void cellmapper_knn_merge(
@@ -326,12 +387,16 @@ extern "C" __global__ void cellmapper_knn_merge(
 
 
 @cache
-def _fused_kernels(k: int, device: int) -> tuple[Any, Any]:
-    """(scan, merge) raw kernels compiled for this k (``KMAX``) and device, on first use."""
+def _fused_kernels(k: int, device: int) -> tuple[Any, Any, Any]:
+    """(scan, merge, warp) raw kernels compiled for this k (``KMAX``) and device, on first use.
+
+    ``warp`` is None for k > :data:`WARP_MAX_K`.
+    """
     import cupy
 
     module = cupy.RawModule(code=_FUSED_SOURCE, options=(f"-DKMAX={int(k)}",))
-    return module.get_function("cellmapper_knn_scan"), module.get_function("cellmapper_knn_merge")
+    warp = module.get_function("cellmapper_knn_warp") if k <= WARP_MAX_K else None
+    return module.get_function("cellmapper_knn_scan"), module.get_function("cellmapper_knn_merge"), warp
 
 
 def _fused_segments(m: int, n: int, k: int) -> int:
@@ -344,7 +409,7 @@ def _fused_step(
     xp: ModuleType, query: Any, ref: Any, ref_sq: Any, k: int, r0: int, best: Any
 ) -> tuple[Any, Any]:
     """Tile step on the GPU: one GEMM, one scan kernel, one merge kernel (no key matrix pass)."""
-    scan, merge = _fused_kernels(k, xp.cuda.Device().id)
+    scan, merge, _ = _fused_kernels(k, xp.cuda.Device().id)
     m, n = query.shape[0], ref.shape[0]
     ip = xp.ascontiguousarray(ref @ query.T)  # (n, m): a warp reads consecutive query rows
     n_seg = _fused_segments(m, n, k)
@@ -355,16 +420,74 @@ def _fused_step(
     scan_args = (ip, ref_sq, np.int32(m), np.int32(n), np.int32(seg_len), np.int64(r0), cand_d, cand_i)
     scan(grid, (_FUSED_BLOCK,), scan_args)
     del ip
-    if best is None:
-        best = (xp.full((m, k), np.inf, dtype=xp.float32), xp.full((m, k), -1, dtype=xp.int64))
+    return _merge_candidates(xp, merge, best, cand_d, cand_i, k)
+
+
+def _empty_best(xp: ModuleType, m: int, k: int) -> tuple[Any, Any]:
+    """A running best with no neighbour yet (+inf, -1)."""
+    return xp.full((m, k), np.inf, dtype=xp.float32), xp.full((m, k), -1, dtype=xp.int64)
+
+
+def _merge_candidates(
+    xp: ModuleType, merge: Any, best: Any, cand_d: Any, cand_i: Any, k: int
+) -> tuple[Any, Any]:
+    """The merge kernel: the k best of the running best (None: empty) and ``(m, c)`` candidates."""
+    m = cand_d.shape[0]
+    best = _empty_best(xp, m, k) if best is None else best
     out_d = xp.empty((m, k), dtype=xp.float32)
     out_i = xp.empty((m, k), dtype=xp.int64)
     merge(
         (-(-m // _FUSED_BLOCK),),
         (_FUSED_BLOCK,),
-        (best[0], best[1], cand_d, cand_i, np.int32(m), np.int32(k), np.int32(n_seg * k), out_d, out_i),
+        (best[0], best[1], cand_d, cand_i, np.int32(m), np.int32(k), np.int32(cand_d.shape[1]), out_d, out_i),
     )
     return out_d, out_i
+
+
+#: largest k of the warp kernel (one list entry per lane)
+WARP_MAX_K = 32
+#: the warp scan aims for at least this many warps per launch (an H200 holds 132 x 64 at once)
+_WARP_TARGET = 16_384
+#: warps (query rows) per block
+_WARP_ROWS = 4
+#: shortest reference segment one warp scans when a tile has few query rows
+_WARP_MIN_SEGMENT = 2_048
+
+
+def _warp_segments(m: int, n: int) -> int:
+    """Segments per reference tile: one when the query tile alone fills the device."""
+    wanted = -(-_WARP_TARGET // max(m, 1))
+    return int(max(1, min(wanted, n // _WARP_MIN_SEGMENT)))
+
+
+def _warp_step(
+    xp: ModuleType, query: Any, ref: Any, ref_sq: Any, k: int, r0: int, best: Any
+) -> tuple[Any, Any]:
+    """Tile step on the GPU: one GEMM and one warp-per-row kernel that starts from the running best.
+
+    With several segments per row (few query rows), each segment starts empty and one merge
+    kernel combines them with the running best.
+    """
+    _, merge, warp = _fused_kernels(k, xp.cuda.Device().id)
+    m, n = query.shape[0], ref.shape[0]
+    ip = xp.ascontiguousarray(query @ ref.T)  # (m, n): a warp reads consecutive reference rows
+    n_seg = _warp_segments(m, n)
+    seg_len = -(-n // n_seg)
+    init = best if n_seg == 1 and best is not None else _empty_best(xp, m, k)
+    out_d = xp.empty((m, n_seg * k), dtype=xp.float32)
+    out_i = xp.empty((m, n_seg * k), dtype=xp.int64)
+    grid = (-(-m // _WARP_ROWS), n_seg)
+    args = (ip, ref_sq, np.int32(m), np.int32(n), np.int32(seg_len), np.int64(r0), *init, out_d, out_i)
+    warp(grid, (32 * _WARP_ROWS,), args)
+    del ip
+    if n_seg == 1:
+        return out_d, out_i
+    return _merge_candidates(xp, merge, best, out_d, out_i, k)
+
+
+def scan_step(k: int) -> Callable:
+    """The fastest raw-kernel tile step for k neighbours (warp for k <= 32, else fused)."""
+    return _warp_step if k <= WARP_MAX_K else _fused_step
 
 
 # --------------------------------------------------------------------------- the index
@@ -385,12 +508,14 @@ class CupyIndex:
     dtype
         Storage and compute type; only ``"float32"`` is supported.
     select
-        Top-k selection per tile. ``"fused"``: GEMM into ``R Q^T`` then two small raw kernels
-        (per-thread insertion top-k over reference segments, then a merge with the running best),
-        one read of the product matrix. ``"threshold"``: the path shared with the NumPy reference
-        (key pass, ``cupy.partition`` threshold, atomic compaction, stable sorts), several passes.
-        ``"auto"``: ``"fused"`` for ``k <= FUSED_MAX_K``, falling back to ``"threshold"`` (with a
-        warning) if the fused kernels fail to compile.
+        Top-k selection per tile. ``"warp"`` (k <= 32): GEMM into ``Q R^T`` then one raw kernel,
+        a warp per query row keeping its k best in registers, starting from the running best.
+        ``"fused"`` (k <= 256): GEMM into ``R Q^T`` then two small raw kernels (per-thread
+        insertion top-k over reference segments, then a merge with the running best). Both read
+        the product matrix once. ``"threshold"``: the path shared with the NumPy reference (key
+        pass, ``cupy.partition`` threshold, atomic compaction, stable sorts), several passes.
+        ``"auto"``: ``"warp"`` for ``k <= WARP_MAX_K``, ``"fused"`` up to ``FUSED_MAX_K``, else
+        ``"threshold"``; ``"threshold"`` (with a warning) if the raw kernels fail to compile.
 
     Notes
     -----
@@ -480,12 +605,14 @@ class CupyIndex:
         if self.select == "threshold" or (self.select == "auto" and k > FUSED_MAX_K):
             self.last_select = "threshold"
             return _threshold_step(_keys_cupy, _compact_cupy)
-        if self.select == "fused" and k > FUSED_MAX_K:
-            raise CellMapperInputError(f"select='fused' supports k <= {FUSED_MAX_K}, got k={k}.")
+        limits = {"fused": FUSED_MAX_K, "warp": WARP_MAX_K}
+        limit = limits.get(self.select, k)
+        if k > limit:
+            raise CellMapperInputError(f"select={self.select!r} supports k <= {limit}, got k={k}.")
         try:
             _fused_kernels(k, self.device)
         except Exception as err:  # noqa: BLE001 - NVRTC/driver errors: the generic path still works
-            if self.select == "fused":
+            if self.select != "auto":
                 raise
             warnings.warn(
                 f"cupy fused top-k kernels unavailable ({err}); using the slower threshold selection.",
@@ -494,5 +621,8 @@ class CupyIndex:
             )
             self.select = "threshold"
             return self._step(k)
-        self.last_select = "fused"
-        return _fused_step
+        if self.select == "fused" or (self.select == "auto" and k > WARP_MAX_K):
+            self.last_select = "fused"
+            return _fused_step
+        self.last_select = "warp"
+        return _warp_step

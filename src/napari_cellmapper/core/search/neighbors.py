@@ -12,11 +12,12 @@ Backends (``backend=``):
     GPU brute force in tiles (matrix product plus top-k), see :mod:`.cupy_index`.
 ``"cupy-ivf"``
     GPU inverted file (k-means lists, nprobe calibrated to recall@k >= 0.99), see
-    :mod:`.cupy_ivf`; not yet measured on a GPU, so ``"auto"`` does not pick it.
+    :mod:`.cupy_ivf`.
 ``"dask"``
     query chunks searched in parallel on a dask cluster, see :mod:`.dask_map`.
 ``"auto"``
-    the GPU when one is present, else exact search for small problems and IVF for large ones.
+    the GPU when cupy finds one, else the CPU; on either, exact search for small problems and
+    the inverted file for large ones (``AUTO_GPU_EXACT_MAX_PAIRS``, ``AUTO_EXACT_MAX_PAIRS``).
 
 Distances are always true distances: Euclidean, or cosine distance ``1 - cos``; never squared.
 The query is searched in chunks, so memory beyond the (n_query, k) result stays bounded.
@@ -43,6 +44,9 @@ from napari_cellmapper.core.validation import (
 
 #: above this many query x reference pairs, ``backend="auto"`` uses IVF instead of exact search
 AUTO_EXACT_MAX_PAIRS = 2_000_000_000
+#: the same on a GPU: measured on an H200 (benchmarks/README.md, "GPU"), exact search takes 0.12 s
+#: at 100k x 100k and 5.9 s at 1M x 1M, the inverted file 0.34 s and 1.8 s (recall@30 >= 0.993)
+AUTO_GPU_EXACT_MAX_PAIRS = 100_000_000_000
 #: query rows per search call: progress (and cancel) every second or so at a million cells; the
 #: IVF scan takes a chunk's queries grouped by list, and in chunks of 65k rather than 16k it finds
 #: more of a 1M reference's lists in cache (20% faster there)
@@ -156,7 +160,7 @@ def resolve_backend(backend: str, n_query: int, n_reference: int) -> str:
     if backend != "auto":
         return backend
     if gpu_available():
-        return "cupy"
+        return "cupy-ivf" if n_query * n_reference > AUTO_GPU_EXACT_MAX_PAIRS else "cupy"
     if n_query * n_reference > AUTO_EXACT_MAX_PAIRS:
         return "faiss-ivf"
     return "faiss-exact"

@@ -256,3 +256,12 @@ def test_locality_order_groups_rows_by_the_cell_of_their_nearest_neighbour():
     nbrs5 = nb.Neighbors(np.array([[4], [1], [2]]), np.zeros((3, 1), np.float32), "euclidean", "test", 5)
     np.testing.assert_array_equal(nb.locality_order(nbrs5, Cells(), np.array([1, 2, 3, 4])), [0, 2, 1])
     assert nb.locality_order(nbrs, object()) is None  # exact search: no cells
+
+
+def test_preload_imports_faiss_on_the_calling_thread():
+    import sys
+
+    from napari_cellmapper.core.search import neighbors
+
+    assert neighbors.preload() is True
+    assert "faiss" in sys.modules

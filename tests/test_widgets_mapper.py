@@ -891,3 +891,50 @@ def test_open_failure_in_a_worker_changes_nothing(demo, qtbot, tmp_path, errors)
     assert any("broken.h5ad" in e for e in errors) and any("no table annotating cells" in e for e in errors)
     assert widget.reference is reference and widget.query is query and list(viewer.layers) == layers
     assert widget.open_reference_button.isEnabled() and widget.open_query_button.isEnabled()
+
+
+def test_a_large_result_is_coloured_in_the_next_turn_and_painted_in_its_own(demo, qtbot, errors, monkeypatch):
+    """From DEFER_COLOURS_FROM cells the colouring runs after the rest of the application, with
+    napari's canvas not asking for a paint until a zero timer (issue 11's stall after a run)."""
+    from napari_cellmapper.widgets import mapper_widget
+    from napari_cellmapper.widgets.repaint import viewer_canvases
+
+    viewer, widget = demo
+    monkeypatch.setattr(mapper_widget, "DEFER_COLOURS_FROM", 1)
+    canvases = viewer_canvases(widget)
+    assert len(canvases) == 1  # napari's canvas, found through Qt (the reference view is a dock)
+    updates_during_colouring: list[list[bool]] = []
+    fill_colors = widget._fill_colors
+
+    def recording_fill_colors(prefer=None):
+        updates_during_colouring.append([c.updatesEnabled() for c in canvases])
+        fill_colors(prefer=prefer)
+
+    monkeypatch.setattr(widget, "_fill_colors", recording_fill_colors)
+    coloured_when_applied: list[int] = []
+    apply = widget.controller._apply
+
+    def recording_apply(result):
+        apply(result)
+        coloured_when_applied.append(len(updates_during_colouring))
+
+    monkeypatch.setattr(widget.controller, "_apply", recording_apply)
+    qtbot.mouseClick(widget.run_button, qtbot_button())
+    _wait_done(qtbot, widget)
+    qtbot.waitUntil(lambda: bool(updates_during_colouring), timeout=5000)
+    assert coloured_when_applied == [0]  # not coloured in the turn that applied the result
+    assert updates_during_colouring == [[False]]  # no paint asked while the colours changed
+    qtbot.waitUntil(lambda: all(c.updatesEnabled() for c in canvases), timeout=5000)
+    assert widget.color_combo.currentText() == "cell_type_pred"
+    cells = widget.scene.cells_layer
+    reference = widget.reference
+    palette = dict(
+        zip(reference.obs["cell_type"].cat.categories, reference.uns["cell_type_colors"], strict=True)
+    )
+    from matplotlib.colors import to_rgba
+
+    first = str(cells.features["cell_type_pred"].iloc[0])
+    np.testing.assert_allclose(cells.face_color[0][:3], to_rgba(palette[first])[:3], atol=1e-3)
+    widget._show_result_colours(object())  # a result no longer shown: nothing happens
+    assert len(updates_during_colouring) == 1
+    assert not [e for e in errors if not e.startswith("warning")], errors

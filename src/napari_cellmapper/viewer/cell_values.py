@@ -24,7 +24,7 @@ def dense_column(column: Any) -> np.ndarray:
 
 def value_choices(table: Any, reference: Any, result: Any) -> list[str]:
     """Every name :func:`cell_values` accepts: type probabilities, measured and imputable genes."""
-    names = [f"{PROBABILITY_PREFIX}{c})" for c in _probability_columns(table, result)]
+    names = [f"{PROBABILITY_PREFIX}{c})" for c in _probability_sources(table, result)]
     if table is not None:
         names += [f"{g}{MEASURED}" for g in table.var_names]
     if result is not None and (result.mapping is not None or result.imputed is not None):
@@ -43,9 +43,10 @@ def cell_values(name: str, table: Any, result: Any = None, reference: Any = None
     bare = name
     if name.startswith(PROBABILITY_PREFIX) and name.endswith(")"):
         bare = name[len(PROBABILITY_PREFIX) : -1]
-    probabilities = _probability_columns(table, result)
+    probabilities = _probability_sources(table, result)
     if bare in probabilities:
-        return f"{PROBABILITY_PREFIX}{bare})", probabilities[bare]
+        frame, column = probabilities[bare]
+        return f"{PROBABILITY_PREFIX}{bare})", frame[column].to_numpy(dtype=float)
     gene, source = bare, None
     for suffix in (MEASURED, IMPUTED):
         if bare.endswith(suffix):
@@ -66,9 +67,10 @@ def cell_values(name: str, table: Any, result: Any = None, reference: Any = None
     )
 
 
-def _probability_columns(table: Any, result: Any) -> dict[str, np.ndarray]:
-    """Each transferred type's probability per table row (from ``obsm["<key>_proba"]``)."""
-    out: dict[str, np.ndarray] = {}
+def _probability_sources(table: Any, result: Any) -> dict[str, tuple[pd.DataFrame, Any]]:
+    """Each transferred type: the frame ``obsm["<key>_proba"]`` and column of its probability
+    per table row (only the names are read: converting every column cost 20 ms at 100k cells)."""
+    out: dict[str, tuple[pd.DataFrame, Any]] = {}
     if table is None or result is None:
         return out
     for key in result.obs_keys:
@@ -80,5 +82,5 @@ def _probability_columns(table: Any, result: Any) -> dict[str, np.ndarray]:
         types = pred.cat.categories if pred is not None and hasattr(pred, "cat") else []
         named = {storable_name(t): str(t) for t in types}
         for column in frame.columns:
-            out.setdefault(named.get(str(column), str(column)), frame[column].to_numpy(dtype=float))
+            out.setdefault(named.get(str(column), str(column)), (frame, column))
     return out

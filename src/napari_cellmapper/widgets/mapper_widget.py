@@ -7,6 +7,7 @@ by :class:`~napari_cellmapper.viewer.scene.CellMapperScene`. No mapping logic li
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_cellmapper.core.pipeline import MappingParams
+from napari_cellmapper.core.search import neighbors
 from napari_cellmapper.viewer.cell_values import cell_values, value_choices
+from napari_cellmapper.viewer.points import LARGE_LAYER
 from napari_cellmapper.viewer.samples import Samples, side_by_side
 from napari_cellmapper.viewer.scene import CellMapperScene
 from napari_cellmapper.viewer.selection import cell_info
@@ -54,6 +57,7 @@ from napari_cellmapper.widgets.background import (
 from napari_cellmapper.widgets.controller import MappingController, error_message
 from napari_cellmapper.widgets.job import BACKENDS, BUILD_FROM_GENES, KERNELS, MappingJob, MappingResult
 from napari_cellmapper.widgets.legend import ColorKey
+from napari_cellmapper.widgets.repaint import deferred_repaint
 from napari_cellmapper.widgets.rows import row as _row
 from napari_cellmapper.widgets.sources import (
     QuerySource,
@@ -80,6 +84,9 @@ REFERENCE_COLOR_TIP = "What colours the reference embedding (e.g. presence_score
 BACKGROUND_CELLS = 100_000
 #: fit_view fits again after these delays (ms): docks added in the same turn lay out meanwhile
 FIT_AGAIN_MS = (0, 150, 500)
+#: from this many cells a result's colouring (which repaints the canvas: about 80 ms at 100k
+#: points in software OpenGL) runs in the event-loop turn after the rest of its application
+DEFER_COLOURS_FROM = LARGE_LAYER
 NO_EMBEDDING = (
     "The reference has no 2-D embedding (obsm such as X_umap): it is not drawn. Mapping works; "
     "presence scores are written to the reference's obs."
@@ -149,6 +156,8 @@ class CellMapperWidget(QWidget):
 
     #: the result shown changed (a run applied, or another table chosen): MappingResult or None
     resultChanged = Signal(object)
+    #: (queued) colour the cells of a result applied in an earlier event-loop turn
+    _coloursDue = Signal(object)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -156,6 +165,7 @@ class CellMapperWidget(QWidget):
         self.scene = CellMapperScene(napari_viewer)
         self.controller = MappingController(self._apply_result, parent=self)
         QTimer.singleShot(0, self.controller.prepare_activity_bar)
+        neighbors.preload()  # not inside the first run's worker, where it freezes the interface
         self.controller.running.connect(self._set_running)
         self.controller.progressed.connect(self._on_progress)
         self.controller.failed.connect(lambda msg: self.status.setText(f"Failed: {msg}"))
@@ -181,6 +191,7 @@ class CellMapperWidget(QWidget):
         self._prepared: tuple[Any, str, str, str, Any] | None = None
         self._build()
         self.resultChanged.connect(self._update_value_choices)
+        self._coloursDue.connect(self._show_result_colours, Qt.ConnectionType.QueuedConnection)
         self._click = self.scene.click_callback(self.show_cell)
         self.viewer.mouse_drag_callbacks.append(self._click)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -898,25 +909,18 @@ class CellMapperWidget(QWidget):
         bar.setFormat(f"{stage} %p%")
 
     def _apply_result(self, result: MappingResult) -> None:
-        """Main thread: write the additions into the data, then update the layers in place."""
+        """Main thread: write the additions into the data and the layers' features, then colour
+        the cells by the result (for :data:`DEFER_COLOURS_FROM` cells or more, in the next
+        event-loop turn: the colouring repaints the canvas, and the interface answers between
+        the two instead of after both: see benchmarks/README.md, "Interface stalls")."""
         table, reference = self.table, self.reference
         result.apply_to(table)
         for column in result.reference_obs.columns:
             reference.obs[column] = result.reference_obs[column].to_numpy()
         self.result = result
         self._results = [(t, r) for t, r in self._results if t is not table] + [(table, result)]
-        self._sync(
-            lambda: (
-                self.scene.apply_result(result),
-                self.scene.highlight_cell(None),
-                self.scene.highlight_neighbors(None),
-            )
-        )
+        self._sync(lambda: self.scene.apply_result(result))
         self.cell_label.setText(CLICK_HINT)
-        self._fill_colors(prefer=result.color_keys[0] if result.color_keys else None)
-        self._fill_reference_colors(
-            prefer="presence_score" if "presence_score" in result.reference_obs else None
-        )
         self._update_enabled()
         n_mapped = len(result.rows)
         self.status.setText(f"Done: {n_mapped:,} cells mapped.")
@@ -925,6 +929,24 @@ class CellMapperWidget(QWidget):
 
             show_warning(warning)
         self.resultChanged.emit(result)
+        geometry = self.scene.geometry
+        if geometry is not None and len(geometry.rows) >= DEFER_COLOURS_FROM:
+            self._coloursDue.emit(result)
+        else:
+            self._show_result_colours(result, defer_frame=False)
+
+    def _show_result_colours(self, result: MappingResult, defer_frame: bool = True) -> None:
+        """Colour the cells and the reference by ``result`` (the cell highlights cleared), unless
+        another result or table is shown by now; ``defer_frame``: the canvas repaints in a turn
+        of its own (:func:`.repaint.deferred_repaint`)."""
+        if self._closed or self.result is not result or self._result_of(self.table) is not result:
+            return
+        with deferred_repaint(self) if defer_frame else contextlib.nullcontext():
+            self._sync(lambda: (self.scene.highlight_cell(None), self.scene.highlight_neighbors(None)))
+            self._fill_colors(prefer=result.color_keys[0] if result.color_keys else None)
+            self._fill_reference_colors(
+                prefer="presence_score" if "presence_score" in result.reference_obs else None
+            )
 
     def open_qc(self) -> Any:
         """Dock the Label QC panel (at the bottom; raised if already docked) and return it."""

@@ -145,6 +145,21 @@ def gpu_available() -> bool:
         return False
 
 
+def preload() -> bool:
+    """Import faiss now, on the calling thread; whether it is installed.
+
+    Imported for the first time inside a mapping's worker thread, faiss' SWIG module kept the
+    interface thread from running for 0.25-0.3 s of a napari session's first run
+    (``benchmarks/widget_stall.py``: 243-360 ms, 45-50 ms once faiss was imported before); on the
+    interface thread while the widget is built it costs about 40 ms.
+    """
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 #: backends that run on an NVIDIA GPU through cupy
 GPU_BACKENDS = ("cupy", "cupy-ivf")
 

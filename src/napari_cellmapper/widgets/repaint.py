@@ -27,10 +27,12 @@ def viewer_canvases(widget: QWidget) -> list[QWidget]:
 
 
 @contextlib.contextmanager
-def deferred_repaint(widget: QWidget) -> Iterator[None]:
-    """Inside: napari's canvas ignores update requests. After: a zero timer turns updates back
-    on, which schedules one paint (Qt's ``setUpdatesEnabled(True)`` calls ``update()``)."""
-    canvases = [c for c in viewer_canvases(widget) if c.updatesEnabled()]
+def deferred_repaint(widget: QWidget, canvases: list[QWidget] | None = None) -> Iterator[None]:
+    """Inside: napari's canvas (or ``canvases``) ignores update requests. After: a zero timer
+    turns updates back on, which schedules one paint (``setUpdatesEnabled(True)`` calls
+    ``update()``)."""
+    canvases = viewer_canvases(widget) if canvases is None else canvases
+    canvases = [c for c in canvases if c.updatesEnabled()]
     for canvas in canvases:
         canvas.setUpdatesEnabled(False)
     try:

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidge
 from napari_cellmapper.viewer.linked import mapped_into, neighbours_of, valid_counts
 from napari_cellmapper.viewer.points import LARGE_LAYER, discs_only
 from napari_cellmapper.viewer.selection import cells_in_selection, selection_layer
+from napari_cellmapper.widgets.repaint import deferred_repaint
 
 if TYPE_CHECKING:
     from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
@@ -94,8 +95,13 @@ class EmbeddingView(QWidget):
 
     # ------------------------------------------------------------------ drawing
     def refresh(self) -> None:
-        """Redraw from the main widget's reference (positions) and its current colouring."""
+        """Redraw from the main widget's reference (positions) and its current colouring; the
+        frame follows in an event-loop turn of its own (:func:`.repaint.deferred_repaint`)."""
         self._refresh_timer.stop()
+        with deferred_repaint(self, [self.canvas.native]):
+            self._refresh()
+
+    def _refresh(self) -> None:
         from napari_cellmapper.viewer.scene import reference_embedding
 
         reference = self.main.reference

@@ -1,6 +1,6 @@
-# ruff: noqa: F821  (run by _exp_h10.py in its namespace: main is defined there)
+# ruff: noqa: F821  (run by quality_variants.py in its namespace: main is defined there)
 # Issue 10 variants; run:
-#   PYTHONPATH=src .venv-bench/bin/python benchmarks/_exp_h10.py benchmarks/issue10/configs.py
+#   PYTHONPATH=src .venv-bench/bin/python benchmarks/quality_variants.py benchmarks/quality_variant_configs.py
 # approximate query graph; 2-hop through the reference graph
 A = dict(approx=(3, None), cmh_part="ref")
 CANDIDATE = dict(A, cmh=(10, "0.75"), smooth=(10, 0.5, "bilateral"))

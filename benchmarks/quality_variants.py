@@ -7,7 +7,7 @@ approximate graph from shared reference neighbours), cellmapper's Jaccard² kern
 2-hop Jaccard² through the reference graph ("ref2hop"), query-adapted LDA means, Ledoit-Wolf
 shrinkage, gene weighting. Its ``default`` row reproduces ``quality.py``'s default to the digit.
 
-    PYTHONPATH=src .venv-bench/bin/python benchmarks/_exp_h10.py CONFIGS.py
+    PYTHONPATH=src .venv-bench/bin/python benchmarks/quality_variants.py CONFIGS.py
 
 ``CONFIGS.py`` is Python run in this module's namespace, e.g.
 ``main({"default": {}, "ref2hop": dict(cmh=(10, "0.75"), cmh_part="ref", shrink="lw")})``;

@@ -83,3 +83,21 @@ def test_raw_value_comes_from_the_blocks_napari_read_for_display():
     assert kept == {1}
     codes.raw = [None, codes.raw[1]]  # level 0 unreadable: the answer must come from what was kept
     assert codes.raw_value((12, 20), level=1) == raster[24, 40] == 1_000
+
+
+def test_coded_levels_are_named_by_their_table_without_dask_tokenising():
+    raster = np.zeros((32, 32), dtype=np.int32)
+    raster[:16] = 7
+    raster[16:] = 1_000
+    codes = LC.LabelCodes([raster, raster[::2, ::2]], np.array([7, 1_000]))
+    codes.set_codes(np.array([1, 2]))
+    first = [level.name for level in codes.levels()]
+    assert first == [level.name for level in codes.levels()]  # same table: same keys
+    assert first[0] != first[1]  # one name per level
+    codes.set_codes(np.array([2, 1]))
+    second = codes.levels()
+    assert not {level.name for level in second} & set(first)  # a new colouring: new keys
+    np.testing.assert_array_equal(np.asarray(second[0])[0, 0], 2)
+    other = LC.LabelCodes([raster], np.array([7, 1_000]))
+    other.set_codes(np.array([2, 1]))
+    assert other.levels()[0].name != second[0].name  # another layer's codes never share keys

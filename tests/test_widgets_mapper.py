@@ -919,6 +919,15 @@ def test_a_large_result_is_coloured_in_the_next_turn_and_painted_in_its_own(demo
         coloured_when_applied.append(len(updates_during_colouring))
 
     monkeypatch.setattr(widget.controller, "_apply", recording_apply)
+    view, refreshes = widget.embedding_view, []
+    assert view is not None  # the demo's reference is drawn in its own view
+    refresh_later = widget._refresh_embedding_later
+
+    def recording_refresh_later():
+        refreshes.append(canvases[0].updatesEnabled())
+        refresh_later()
+
+    monkeypatch.setattr(widget, "_refresh_embedding_later", recording_refresh_later)
     qtbot.mouseClick(widget.run_button, qtbot_button())
     _wait_done(qtbot, widget)
     qtbot.waitUntil(lambda: bool(updates_during_colouring), timeout=5000)
@@ -935,6 +944,9 @@ def test_a_large_result_is_coloured_in_the_next_turn_and_painted_in_its_own(demo
 
     first = str(cells.features["cell_type_pred"].iloc[0])
     np.testing.assert_allclose(cells.face_color[0][:3], to_rgba(palette[first])[:3], atol=1e-3)
+    # the reference view was asked to redraw once, after the tissue's canvas could paint again
+    qtbot.waitUntil(lambda: bool(refreshes) and not view.refresh_pending, timeout=5000)
+    assert refreshes == [True]
     widget._show_result_colours(object())  # a result no longer shown: nothing happens
     assert len(updates_during_colouring) == 1
     assert not [e for e in errors if not e.startswith("warning")], errors

@@ -185,6 +185,8 @@ class CellMapperWidget(QWidget):
         self.open_reference_view = True
         self._syncing = False
         self._closed = False
+        #: while a large result is coloured, the reference view waits for the tissue's frame
+        self._hold_embedding = False
         #: reads and exports running in the background (see widgets.background)
         self.tasks: list[BackgroundTask] = []
         #: cells' geometry computed by a background read, taken by the next _on_cs_changed
@@ -941,12 +943,22 @@ class CellMapperWidget(QWidget):
         of its own (:func:`.repaint.deferred_repaint`)."""
         if self._closed or self.result is not result or self._result_of(self.table) is not result:
             return
-        with deferred_repaint(self) if defer_frame else contextlib.nullcontext():
-            self._sync(lambda: (self.scene.highlight_cell(None), self.scene.highlight_neighbors(None)))
-            self._fill_colors(prefer=result.color_keys[0] if result.color_keys else None)
-            self._fill_reference_colors(
-                prefer="presence_score" if "presence_score" in result.reference_obs else None
-            )
+        # the reference view redraws after the tissue's frame, not composed with it
+        deferred = deferred_repaint(self, then=self._refresh_embedding_later) if defer_frame else None
+        self._hold_embedding = defer_frame
+        try:
+            with deferred or contextlib.nullcontext():
+                self._sync(lambda: (self.scene.highlight_cell(None), self.scene.highlight_neighbors(None)))
+                self._fill_colors(prefer=result.color_keys[0] if result.color_keys else None)
+                self._fill_reference_colors(
+                    prefer="presence_score" if "presence_score" in result.reference_obs else None
+                )
+        finally:
+            self._hold_embedding = False
+
+    def _refresh_embedding_later(self) -> None:
+        if self.embedding_view is not None and not self._closed:
+            self.embedding_view.refresh_later()
 
     def open_qc(self) -> Any:
         """Dock the Label QC panel (at the bottom; raised if already docked) and return it."""
@@ -1064,8 +1076,8 @@ class CellMapperWidget(QWidget):
     def _on_reference_color_changed(self, key: str) -> None:
         info = self.scene.color_reference(key) if key else None
         self.reference_color_key.show_info(info)
-        if self.embedding_view is not None:
-            self.embedding_view.refresh_later()
+        if not self._hold_embedding:  # a result's colouring refreshes it after the tissue's frame
+            self._refresh_embedding_later()
 
     def show_gene(self, name: str) -> bool:
         """Colour the cells by a gene or a type's probability (see ``viewer.cell_values``): adds

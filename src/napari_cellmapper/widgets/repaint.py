@@ -10,7 +10,7 @@ the timers already due: the interface answers between the change and the frame.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QMainWindow, QWidget
@@ -27,10 +27,13 @@ def viewer_canvases(widget: QWidget) -> list[QWidget]:
 
 
 @contextlib.contextmanager
-def deferred_repaint(widget: QWidget, canvases: list[QWidget] | None = None) -> Iterator[None]:
+def deferred_repaint(
+    widget: QWidget, canvases: list[QWidget] | None = None, then: Callable[[], object] | None = None
+) -> Iterator[None]:
     """Inside: napari's canvas (or ``canvases``) ignores update requests. After: a zero timer
     turns updates back on, which schedules one paint (``setUpdatesEnabled(True)`` calls
-    ``update()``)."""
+    ``update()``), and ``then`` runs from another zero timer, after that paint's turn (another
+    canvas of the same window that repaints then is not composed in the same frame)."""
     canvases = viewer_canvases(widget) if canvases is None else canvases
     canvases = [c for c in canvases if c.updatesEnabled()]
     for canvas in canvases:
@@ -43,5 +46,7 @@ def deferred_repaint(widget: QWidget, canvases: list[QWidget] | None = None) -> 
             for canvas in canvases:
                 with contextlib.suppress(RuntimeError):  # the window closed meanwhile
                     canvas.setUpdatesEnabled(True)
+            if then is not None:
+                QTimer.singleShot(0, then)
 
         QTimer.singleShot(0, enable)

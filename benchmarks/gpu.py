@@ -177,6 +177,8 @@ def main() -> None:
 
         device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     rows = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for n in args.sizes:
         start = time.perf_counter()
         reference, query = make_pair(n, n, dim=args.dim, n_types=args.types, seed=n % 9973)
@@ -184,12 +186,19 @@ def main() -> None:
         for backend in args.backends:
             rows.append(measure(n, backend, data, args))
             print(markdown(rows[-1:], device, args), flush=True)
-    table = markdown(rows, device, args)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.md").write_text(table)
-    (out / "gpu.json").write_text(json.dumps({"device": device, "args": vars(args), "rows": rows}, indent=1))
+            write_tables(out, rows, device, args)  # after every row: a run cut short keeps them
+    print(markdown(rows, device, args))
+
+
+def write_tables(out: Path, rows: list[dict], device: str, args) -> None:
+    """``gpu.md`` and ``gpu.json`` in ``out`` (each written whole, then renamed into place)."""
+    for name, text in (
+        ("gpu.md", markdown(rows, device, args)),
+        ("gpu.json", json.dumps({"device": device, "args": vars(args), "rows": rows}, indent=1)),
+    ):
+        partial = out / f".{name}.partial"
+        partial.write_text(text)
+        os.replace(partial, out / name)
 
 
 if __name__ == "__main__":

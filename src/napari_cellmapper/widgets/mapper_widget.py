@@ -84,7 +84,7 @@ REFERENCE_COLOR_TIP = "What colours the reference embedding (e.g. presence_score
 BACKGROUND_CELLS = 100_000
 #: fit_view fits again after these delays (ms): docks added in the same turn lay out meanwhile
 FIT_AGAIN_MS = (0, 150, 500)
-#: from this many cells a result's colouring (which repaints the canvas: about 80 ms at 100k
+#: from this many cells a result's colouring (which repaints the canvas: 80-140 ms at 100k
 #: points in software OpenGL) runs in the event-loop turn after the rest of its application
 DEFER_COLOURS_FROM = LARGE_LAYER
 NO_EMBEDDING = (

@@ -322,14 +322,7 @@ def run_case(case, emb_cache, cfg):
 
 def adapt_lda(xr, codes, n_c, xq, pq, lam, shrinkage, cov_q):
     """LDA with class means moved towards the query's soft class means (weights pq)."""
-    xs = np.asarray(xr, np.float64)
-    counts = np.bincount(codes, minlength=n_c).astype(float)
-    means = np.zeros((n_c, xs.shape[1]))
-    np.add.at(means, codes, xs)
-    present = counts > 0
-    means[present] /= counts[present, None]
-    centred = xs - means[codes]
-    cov = centred.T @ centred / max(codes.size - present.sum(), 1)
+    means, present, cov = LH.class_statistics(xr, codes, n_c)
     xq = np.asarray(xq, np.float64)
     mass = pq.sum(0)
     qmeans = (pq.T @ xq) / np.maximum(mass, 1e-12)[:, None]

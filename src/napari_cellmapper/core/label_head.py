@@ -46,6 +46,20 @@ class LinearHead:
         return scores
 
 
+def class_statistics(x: np.ndarray, codes: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
+    """Class means ``(n_classes, dims)``, which classes have rows, and the pooled within-class
+    covariance of the rows of ``x`` (every code ``>= 0``), float64."""
+    xs = np.asarray(x, np.float64)
+    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    means = np.zeros((n_classes, xs.shape[1]))
+    np.add.at(means, codes, xs)
+    present = counts > 0
+    means[present] /= counts[present, None]
+    centred = xs - means[codes]
+    cov = centred.T @ centred / max(codes.size - present.sum(), 1)
+    return means, present, cov
+
+
 def fit_lda(
     x: np.ndarray, codes: np.ndarray, n_classes: int, *, shrinkage: float = SHRINKAGE, seed: int = 0
 ) -> LinearHead:
@@ -53,15 +67,7 @@ def fit_lda(
     rows = np.flatnonzero(codes >= 0)
     if rows.size > MAX_CELLS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_CELLS, replace=False))
-    xs = np.asarray(x[rows], np.float64)
-    c = codes[rows]
-    counts = np.bincount(c, minlength=n_classes).astype(np.float64)
-    means = np.zeros((n_classes, xs.shape[1]))
-    np.add.at(means, c, xs)
-    present = counts > 0
-    means[present] /= counts[present, None]
-    centred = xs - means[c]
-    cov = centred.T @ centred / max(rows.size - present.sum(), 1)
+    means, present, cov = class_statistics(x[rows], codes[rows], n_classes)
     ridge = float(np.trace(cov)) / cov.shape[0] if cov.shape[0] else 0.0
     cov = (1 - shrinkage) * cov + shrinkage * max(ridge, 1e-12) * np.eye(cov.shape[0])
     solved = np.linalg.solve(cov, means.T)  # (dims, classes)

@@ -185,8 +185,6 @@ class CellMapperWidget(QWidget):
         self.open_reference_view = True
         self._syncing = False
         self._closed = False
-        #: while a large result is coloured, the reference view waits for the tissue's frame
-        self._hold_embedding = False
         #: reads and exports running in the background (see widgets.background)
         self.tasks: list[BackgroundTask] = []
         #: cells' geometry computed by a background read, taken by the next _on_cs_changed
@@ -945,16 +943,13 @@ class CellMapperWidget(QWidget):
             return
         # the reference view redraws after the tissue's frame, not composed with it
         deferred = deferred_repaint(self, then=self._refresh_embedding_later) if defer_frame else None
-        self._hold_embedding = defer_frame
-        try:
-            with deferred or contextlib.nullcontext():
-                self._sync(lambda: (self.scene.highlight_cell(None), self.scene.highlight_neighbors(None)))
-                self._fill_colors(prefer=result.color_keys[0] if result.color_keys else None)
-                self._fill_reference_colors(
-                    prefer="presence_score" if "presence_score" in result.reference_obs else None
-                )
-        finally:
-            self._hold_embedding = False
+        with deferred or contextlib.nullcontext():
+            self._sync(lambda: (self.scene.highlight_cell(None), self.scene.highlight_neighbors(None)))
+            self._fill_colors(prefer=result.color_keys[0] if result.color_keys else None)
+            self._fill_reference_colors(
+                prefer="presence_score" if "presence_score" in result.reference_obs else None,
+                refresh_view=not defer_frame,
+            )
 
     def _refresh_embedding_later(self) -> None:
         if self.embedding_view is not None and not self._closed:
@@ -1051,7 +1046,7 @@ class CellMapperWidget(QWidget):
     def _on_size_changed(self, factor: float) -> None:
         self.size_spin.setEnabled(self.scene.set_cell_size(factor) or self.scene.cells_layer is None)
 
-    def _fill_reference_colors(self, prefer: str | None = None) -> None:
+    def _fill_reference_colors(self, prefer: str | None = None, refresh_view: bool = True) -> None:
         layer = self.scene.reference_layer
         keys = [str(c) for c in layer.features.columns] if layer is not None else []
         self.reference_color_combo.setEnabled(layer is not None)
@@ -1071,12 +1066,14 @@ class CellMapperWidget(QWidget):
             if default in keys:
                 self.reference_color_combo.setCurrentText(default)
         self.reference_color_combo.blockSignals(False)
-        self._on_reference_color_changed(self.reference_color_combo.currentText())
+        self._on_reference_color_changed(self.reference_color_combo.currentText(), refresh_view)
 
-    def _on_reference_color_changed(self, key: str) -> None:
+    def _on_reference_color_changed(self, key: str, refresh_view: bool = True) -> None:
+        """Recolour the reference; ``refresh_view=False``: the caller refreshes the reference
+        view itself (a large result's colouring, after the tissue's frame)."""
         info = self.scene.color_reference(key) if key else None
         self.reference_color_key.show_info(info)
-        if not self._hold_embedding:  # a result's colouring refreshes it after the tissue's frame
+        if refresh_view:
             self._refresh_embedding_later()
 
     def show_gene(self, name: str) -> bool:

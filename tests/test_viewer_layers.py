@@ -53,6 +53,38 @@ def test_spacing_is_the_median_nearest_neighbour_distance():
     assert one.spacing == 1.0
 
 
+def test_display_obs_prepared_once_per_obs_and_columns(monkeypatch):
+    """The cells' hover features (text made categorical) are kept with the geometry for the same
+    obs and columns, so a background reader can prepare them; a change of either recomputes."""
+    import pandas as pd
+
+    from napari_cellmapper.viewer import spatial_layers
+    from napari_cellmapper.viewer.spatial_layers import CellGeometry
+
+    made = []
+    display = spatial_layers.display_features
+    monkeypatch.setattr(spatial_layers, "display_features", lambda obs: made.append(1) or display(obs))
+    obs = pd.DataFrame(
+        {"cell_id": [f"c{i}" for i in range(4)], "n": [1.0, 2.0, 3.0, 4.0], "region": ["r"] * 4},
+        index=[f"i{i}" for i in range(4)],
+    )
+    geometry = CellGeometry("points", "e", "global", np.array([3, 1]), np.arange(2), np.zeros((2, 2)))
+    features = geometry.display_obs(obs)
+    assert list(features["cell_id"]) == ["c3", "c1"] and list(features["n"]) == [4.0, 2.0]
+    assert isinstance(features["cell_id"].dtype, pd.CategoricalDtype)
+    assert isinstance(features.index, pd.RangeIndex)
+    features["extra"] = 1  # a caller's change stays its own
+    again = geometry.display_obs(obs)
+    assert "extra" not in again.columns
+    assert len(made) == 1  # not computed again
+    obs["score"] = [0.1, 0.2, 0.3, 0.4]  # a new column: computed again
+    assert list(geometry.display_obs(obs)["score"]) == [0.4, 0.2]
+    other = obs.copy()
+    other["n"] = [9.0, 9.0, 9.0, 9.0]  # another obs with the same columns: computed again
+    assert list(geometry.display_obs(other)["n"]) == [9.0, 9.0]
+    assert len(made) == 3
+
+
 def test_polygons_points_labels_geometry(io_toy, io_apply):
     polys = cell_geometry(io_toy, "t_polygons", "polygons", "global")
     assert polys.kind == "polygons" and len(polys.polygons) == 2

@@ -413,6 +413,43 @@ def test_small_cells_keep_their_colour_at_whole_tissue_zoom(make_napari_viewer, 
 
 
 @pytest.mark.gui
+def test_gl_points_draw_clamped_cells_one_pixel_wide(make_napari_viewer, monkeypatch):
+    """Cells clamped at the 1 px minimum are 1 px on the canvas (vispy's edge floor widened them to
+    3 px: 9 fragments each), in their face colour; cells above the minimum keep their size."""
+    monkeypatch.setattr(P, "LARGE_LAYER", 100)
+    viewer = make_napari_viewer(show=True)
+    side = 20
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 1000.0
+    feats = pd.DataFrame({"t": pd.Categorical(["a"] * len(grid))})
+    layer = P.add_cell_points(viewer, grid, feats, "t", colors={"t": ["#ff0000"]}, size=5.0)
+    (markers,) = _markers_of(layer)
+    assert markers._method == "points" and P._EDGE_FLOOR not in markers.shared_program._vcode
+    lit, red = _red_fraction_of_drawn_cells(viewer)
+    img = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
+    assert viewer.scene.camera.zoom * 5.0 < 1.0  # every cell is clamped
+    n_lit = int((img.sum(-1) > 60).sum())
+    assert 0.8 * len(grid) <= n_lit <= 1.5 * len(grid), n_lit  # one pixel per cell (9 before)
+    assert red > 0.95
+    viewer.scene.camera.center = (10_000.0, 10_000.0)  # on a cell
+    viewer.scene.camera.zoom = 40.0 / 5.0  # cells of 40 px: not clamped, drawn at their size
+    img = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
+    assert 0.5 * np.pi * 20**2 < (img.sum(-1) > 60).sum() < 2 * np.pi * 20**2
+
+
+def test_edge_floor_left_alone_where_vispy_has_none():
+    class Program:
+        vert = None
+
+    class Other:
+        shared_program = Program()
+        _shaders = {"vertex": "void main() { gl_PointSize = 1.0; }"}
+
+    assert not P._without_edge_floor(Other())
+    assert Program.vert is None
+    assert not P._without_edge_floor(object())
+
+
+@pytest.mark.gui
 def test_disc_only_marker_draws_the_same_pixels_and_follows_the_symbols(make_napari_viewer, monkeypatch):
     """Large layers of discs get a fragment shader with the disc alone; another symbol puts
     vispy's own back, and discs again the disc-only one."""

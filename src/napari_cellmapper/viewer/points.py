@@ -82,6 +82,9 @@ Private napari/vispy attributes used (each guarded, each with a public fallback;
 ``Markers._symbol_func`` / ``._v_size_var`` and the fragment hook ``marker``  replaced by vispy's
     own disc function alone while every symbol of the layer is a disc (``discs_only``), put back
     when the public ``layer.events.symbol`` says otherwise.
+``Markers._shaders["vertex"]`` and the setter of ``shared_program.vert``  for GL_POINTS layers,
+    vispy's own vertex shader less one line (``_without_edge_floor``); left as it is when the line
+    is not found.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ __all__ = [
     "default_palette",
     "is_categorical_values",
     "legend_entries",
+    "prepare_features",
 ]
 
 #: Colour of cells whose value is missing (NaN / not a category); scanpy's ``na_color``.
@@ -358,7 +362,7 @@ def _rgba_for(
 # --------------------------------------------------------------------------------------------
 # napari side
 # --------------------------------------------------------------------------------------------
-def _prepare_features(features: pd.DataFrame | Mapping[str, Any] | None, n: int) -> pd.DataFrame:
+def prepare_features(features: pd.DataFrame | Mapping[str, Any] | None, n: int) -> pd.DataFrame:
     """A DataFrame of n rows, RangeIndex, string/object columns made categorical (once)."""
     if features is None:
         return pd.DataFrame(index=pd.RangeIndex(n))
@@ -451,6 +455,11 @@ def _upload_face_colors(vis: Any, layer: Any) -> bool:
     return True
 
 
+#: The line of vispy's marker vertex shader that widens a marker clamped at the canvas minimum by
+#: an edge of half that minimum on each side: a cell clamped to 1 px is drawn as a 3 px square
+#: (9 fragments, each through the edge's branch of the fragment shader) instead of 1 px.
+_EDGE_FLOOR = "v_edgewidth = max(v_edgewidth, u_canvas_size_min * 0.5);"
+
 _POINTS_SETUP_TEXCOORD = "void setup_texcoord() {}"
 _POINTS_APPLY_OFFSET = "vec4 apply_offset(vec4 fb_pos, float total_size) { return fb_pos; }"
 
@@ -481,12 +490,28 @@ def _use_gl_points(markers: Any) -> bool:
     program.frag["pointcoord"] = None  # drop the varying that replaced gl_PointCoord
     program.frag["pointcoord"] = "gl_PointCoord"
     markers._method, markers._draw_mode = "points", "points"
+    _without_edge_floor(markers)
     data = getattr(markers, "_data", None)
     if data is not None and data.dtype.names:  # already uploaded: one vertex per cell, no divisor
         for name in data.dtype.names:
             view = markers._vbo[name]
             view.divisor = None
             program[name] = view
+    markers.update()
+    return True
+
+
+def _without_edge_floor(markers: Any) -> bool:
+    """Give a GL_POINTS ``Markers`` visual vispy's vertex shader without its edge floor
+    (``_EDGE_FLOOR``). The floor exists to keep a border visible on a clamped marker; the cells'
+    borders follow their faces, so it only made every clamped cell 3 px wide. At whole-tissue zoom,
+    where every cell is clamped, a frame of 100k cells in llvmpipe takes about a third less
+    (``benchmarks/README.md``). Markers above the minimum are drawn as before. Returns False where
+    vispy's shader has no such line (then nothing changes)."""
+    code = getattr(markers, "_shaders", {}).get("vertex") if hasattr(markers, "shared_program") else None
+    if not isinstance(code, str) or _EDGE_FLOOR not in code:
+        return False
+    markers.shared_program.vert = code.replace(_EDGE_FLOOR, "")
     markers.update()
     return True
 
@@ -690,7 +715,7 @@ def add_cell_points(
         raise ValueError(f"size must be one value or one per cell ({n:,}), got {len(sizes):,} values")
     if sizes.ndim and (not n or np.allclose(sizes, sizes[0])):
         sizes = sizes[0] if n else np.float32(5.0)  # one size for all
-    feats = _prepare_features(features, n)
+    feats = prepare_features(features, n)
     if color_by is not None and color_by not in feats.columns:
         raise KeyError(f"color_by={color_by!r} is not a feature column ({list(feats.columns)})")
 

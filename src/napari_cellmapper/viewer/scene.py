@@ -182,7 +182,7 @@ class CellMapperScene:
         else:
             for layer in reuse:
                 self.viewer.layers.remove(layer)
-            features = display_features(self.table.obs.iloc[geometry.rows])
+            features = geometry.display_obs(self.table.obs)
             data, kwargs, kind = cells_layer_data(sdata, geometry, features, CELLS)
             kwargs["metadata"] = meta
             self.cells_layer = self._add_cells(data, kwargs, kind)

@@ -15,7 +15,6 @@ from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     cell_geometry,
     cells_layer_data,
-    display_features,
     image_layer_data,
     image_names,
 )
@@ -80,7 +79,7 @@ def spatial_layers(
             m["path"] = path
         layers.append((data, meta, kind))
     geometry = cell_geometry(sdata, table, element, cs)
-    features = display_features(sdata.tables[table].obs.iloc[geometry.rows])
+    features = geometry.display_obs(sdata.tables[table].obs)
     data, meta, kind = cells_layer_data(sdata, geometry, features, name)
     meta["metadata"] = {
         ROLE: "cells",

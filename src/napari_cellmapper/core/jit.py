@@ -1,13 +1,13 @@
 """When the numba kernels run: once they are compiled, so that a fresh install never waits for them.
 
 numba compiles a kernel the first time a machine runs it and caches it on disk (see
-:mod:`.numba_cache`). For the two kernels of the default pipeline, the IVF scan and the expression
-product, that took about 15 s of a fresh install's first 100k-cell mapping (20 s against 4 s for
-the next ones, ``benchmarks/cold_start.py``). So under the default policy the kernels are used
-once they are in the cache; until then the same steps run on faiss and scipy (same neighbours up to
-ties, same products; a little slower) and the first mapping starts a separate, low-priority
-process that compiles the kernels once that mapping's process has ended (or after two minutes
-in a long-lived one such as napari).
+:mod:`.numba_cache`). For the kernels of the default pipeline (the IVF scan and the expression
+product; the label kernels came later), that took about 15 s of a fresh install's first 100k-cell
+mapping (20 s against 4 s for the next ones, ``benchmarks/cold_start.py``). So under the default
+policy the kernels are used once they are in the cache; until then the same steps run on faiss,
+scipy and NumPy (same neighbours up to ties, same products and labels; a little slower) and the
+first mapping starts a separate, low-priority process that compiles the kernels once that mapping's
+process has ended (or after two minutes in a long-lived one such as napari).
 
 ``NAPARI_CELLMAPPER_JIT`` sets the policy:
 
@@ -38,7 +38,11 @@ from pathlib import Path
 POLICY_ENV = "NAPARI_CELLMAPPER_JIT"
 POLICIES = ("auto", "always", "never")
 #: modules whose kernels the background process compiles (their sources key the marker)
-KERNEL_MODULES = ("napari_cellmapper.core.search.ivf_scan", "napari_cellmapper.core.sparse_product")
+KERNEL_MODULES = (
+    "napari_cellmapper.core.search.ivf_scan",
+    "napari_cellmapper.core.sparse_product",
+    "napari_cellmapper.core.label_kernels",
+)
 #: a compile lock older than this (seconds) is taken for one left by a killed process
 STALE_LOCK_S = 900
 #: the compiling process waits this long (seconds) for the process that started it to end, so it
@@ -124,11 +128,12 @@ def start_background_compile() -> bool:
 
 def compile_kernels() -> Path:
     """Compile (or load) the kernels into the cache and write the marker; returns the marker."""
-    from napari_cellmapper.core import sparse_product
+    from napari_cellmapper.core import label_kernels, sparse_product
     from napari_cellmapper.core.search import ivf_scan
 
     ivf_scan.load_kernels()
     sparse_product.load_kernels()
+    label_kernels.load_kernels()
     target = marker()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}")

@@ -28,7 +28,7 @@ DEFAULT_WEIGHT = 0.25
 #: what a class without any k-NN vote counts as in the pool (a 30-NN vote is about 0.033)
 KNN_FLOOR = 1e-3
 #: the head's probabilities are float32 softmaxes: underflowed zeros are not vetoes
-_HEAD_FLOOR = 1e-12
+HEAD_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def pool(knn: np.ndarray, head: np.ndarray, weight: float) -> np.ndarray:
     if weight <= 0:
         return knn.copy()
     head = np.asarray(head, np.float64)
-    log_v = (1 - weight) * np.log(knn + KNN_FLOOR) + weight * np.log(np.maximum(head, _HEAD_FLOOR))
+    log_v = (1 - weight) * np.log(knn + KNN_FLOOR) + weight * np.log(np.maximum(head, HEAD_FLOOR))
     log_v -= log_v.max(axis=1, keepdims=True)
     v = np.exp(log_v)
     v[(knn <= 0) & (head <= 0)] = 0

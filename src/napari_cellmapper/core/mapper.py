@@ -26,7 +26,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from napari_cellmapper.core import calibration, label_head, sparse_product
+from napari_cellmapper.core import calibration, label_head, label_kernels, sparse_product
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.joint_embedding import (
     DEFAULT_N_COMPS,
@@ -95,6 +95,8 @@ def h5_safe(d: dict[str, Any]) -> dict[str, Any]:
 #: work on (reference graph, mapping matrix) run where the graph was searched (see ``iter_fit``)
 ReferenceGraphTask = Callable[[Neighbors, sparse.csr_matrix], Any]
 
+#: classes assumed when deciding, before the labels are read, whether to load the label kernels
+_MANY_CLASSES = 40
 #: Neighbours per cell in the reference's own k-NN graph (presence scores, mapping quality).
 #: HNOCA-tools gives that graph its own k, independent of the mapping's; 15 is scanpy's default,
 #: the graph a reference usually ships with. The hnoca kernel uses the mapping's k instead.
@@ -742,6 +744,8 @@ class CellMapper:
             val.check_expression_finite(expression, layer_key)
         if expression is not None and sparse_product.uses_kernels(self.query.n_obs * n_neighbors, expression):
             sparse_product.warm_up()  # loads the product's kernels while the search runs
+        if obs_keys and self.query.n_obs * _MANY_CLASSES >= label_kernels.SMALL:
+            label_kernels.warm_up()  # and the labels' (used from label_kernels.SMALL probabilities)
         yield from self.iter_compute_neighbors(
             use_rep,
             n_neighbors,

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from napari_cellmapper.core.label_head import pool
+from napari_cellmapper.core import label_kernels
+from napari_cellmapper.core.label_head import HEAD_FLOOR, KNN_FLOOR, pool
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 from napari_cellmapper.core.sparse_product import iter_product
 
@@ -110,10 +111,13 @@ def iter_transfer_labels(
     n_query, n_cat = matrix.shape[0], len(categories)
     proba = np.zeros((n_query, n_cat), dtype=np.float32)
     codes = np.asarray(codes, dtype=np.int64)
+    vote = (
+        label_kernels.class_probabilities
+        if label_kernels.use_kernels(n_query, n_cat)
+        else _class_probabilities
+    )
     for start, stop in chunk_bounds(n_query, chunk_size):
-        _class_probabilities(
-            matrix.indptr[start : stop + 1], matrix.indices, matrix.data, codes, proba[start:stop]
-        )
+        vote(matrix.indptr[start : stop + 1], matrix.indices, matrix.data, codes, proba[start:stop])
         yield Progress(stage, stop, n_query)
     return summarise_probabilities(proba, categories)
 
@@ -160,11 +164,14 @@ def mix_probabilities(
     n, n_cat = knn.shape
     if head is None:
         head, weight = knn, 0.0
-    proba = np.empty((n, n_cat), np.float32)
-    confidence = np.empty(n, np.float32)
-    codes = np.empty(n, np.int64)
-    entropy = np.empty(n, np.float32)
+    proba, confidence, codes, entropy = label_kernels.summary_arrays(n, n_cat)
     log_norm = float(np.log(n_cat)) if n_cat > 1 else 1.0
+    if label_kernels.use_kernels(n, n_cat):  # one pass per row, in parallel
+        label_kernels.mix_rows(
+            knn, head, float(weight), 1.0 / float(temperature), 1e-6, log_norm, KNN_FLOOR, HEAD_FLOOR,
+            proba, confidence, codes, entropy,
+        )  # fmt: skip
+        return LabelTransfer(codes, confidence, entropy, proba, categories)
     for start, stop in chunk_bounds(n, _MIX_ROWS):  # bounded float64 temporaries
         rows = slice(start, stop)
         _mix_rows(

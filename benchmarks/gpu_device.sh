@@ -9,6 +9,9 @@ mkdir -p "$OUT"
 site=$(mktemp -d)
 python3 -m pip install -q --no-index --no-deps --target "$site" .gpu-wheels/*.whl || exit 1
 export PYTHONPATH="$site:$PWD/src:$PWD/benchmarks"
+# the numba kernels (labels) compile in run 0, beside the CUDA kernels, instead of running on NumPy
+# while a background process compiles them (the default policy for a fresh install, core/jit.py)
+export NAPARI_CELLMAPPER_JIT=${NAPARI_CELLMAPPER_JIT:-always}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
 python3 -c "import cupy; print('cupy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion())" \
   | tee -a "$OUT/device.txt"

@@ -85,6 +85,32 @@ def test_raw_value_comes_from_the_blocks_napari_read_for_display():
     assert codes.raw_value((12, 20), level=1) == raster[24, 40] == 1_000
 
 
+def test_a_recolouring_reads_the_raw_blocks_of_the_view_once():
+    """The raw blocks napari read for display are kept: the next colouring of the same view
+    encodes them again without reading the raster."""
+    import dask.array as da
+
+    raster = _raster()
+    reads = []
+
+    def counted(block, block_info=None):
+        reads.append(tuple(lo for lo, _ in block_info[0]["array-location"]))
+        return block
+
+    level0 = da.from_array(raster, chunks=(16, 16)).map_blocks(counted, dtype=raster.dtype)
+    codes = LC.LabelCodes([level0], np.array([7, 1_000]))
+    codes.set_codes(np.array([1, 2]))
+    first = np.asarray(codes.levels()[0][0:20, 0:20])  # napari reads the tiles in view
+    assert len(reads) == 4
+    codes.set_codes(np.array([3, 4]))  # another colouring, the same view
+    second = np.asarray(codes.levels()[0][0:20, 0:20])
+    assert len(reads) == 4  # nothing read again
+    np.testing.assert_array_equal(second, np.select([first == 1, first == 2], [3, 4], 0))
+    whole = np.asarray(codes.levels()[0])  # the whole level (12 blocks): the cache stays bounded
+    assert len(reads) >= 4 + 8 and len(codes._blocks) <= LC._BLOCK_CACHE
+    np.testing.assert_array_equal(whole, np.select([raster == 7, raster == 1_000], [3, 4], 0))
+
+
 def test_coded_levels_are_named_by_their_table_without_dask_tokenising():
     raster = np.zeros((32, 32), dtype=np.int32)
     raster[:16] = 7

@@ -84,23 +84,41 @@ class LabelCodes:
         digest = hashlib.blake2b(table.tobytes(), digest_size=8)
         digest.update(str(table.dtype).encode())
         key = f"cellmapper-codes-{self._token}-{digest.hexdigest()}"
+        import dask.array as da
+
         return [
-            lvl.map_blocks(self._encode_block, level=i, table=table, dtype=table.dtype, name=f"{key}-{i}")
+            da.map_blocks(
+                self._encode_block,
+                level=i,
+                table=table,
+                dtype=table.dtype,
+                chunks=lvl.chunks,
+                name=f"{key}-{i}",
+                meta=np.empty((0,) * lvl.ndim, dtype=table.dtype),
+            )
             for i, lvl in enumerate(self.raw)
         ]
 
-    def _encode_block(
-        self, block: np.ndarray, level: int, table: np.ndarray, block_info: Any = None
-    ) -> np.ndarray:
-        """``encode`` for dask, keeping the raw block napari just had read (for ``raw_value``)."""
-        if block_info and 0 in block_info:
-            starts = tuple(int(lo) for lo, _ in block_info[0]["array-location"])
-            self._keep(level, starts, np.asarray(block))
-        return self.encode(block, table)
+    def _encode_block(self, level: int, table: np.ndarray, block_info: Any = None) -> np.ndarray:
+        """``encode`` of one block of raw labels, for dask: the raw block comes from those kept
+        (a recolouring of the same view reads nothing again: 0.06-0.5 s of zarr reads at 300k-1M
+        cells), else from the raster, and is kept (for ``raw_value`` too)."""
+        info = block_info[None]
+        starts = tuple(int(lo) for lo, _ in info["array-location"])
+        return self.encode(self._raw_block(level, tuple(info["chunk-location"]), starts), table)
+
+    def _raw_block(self, level: int, index: tuple[int, ...], starts: tuple[int, ...]) -> np.ndarray:
+        """The raw block ``index`` of ``level`` (its first pixel at ``starts``), kept or read."""
+        with self._lock:
+            block = self._blocks.get((level, starts))
+        if block is None:
+            block = np.asarray(self.raw[level].blocks[index])
+        self._keep(level, starts, block)
+        return block
 
     def _keep(self, level: int, starts: tuple[int, ...], block: np.ndarray) -> None:
         with self._lock:
-            self._blocks.pop((level, starts), None)
+            self._blocks.pop((level, starts), None)  # the latest used last: dropped last
             self._blocks[(level, starts)] = block
             while len(self._blocks) > _BLOCK_CACHE:
                 self._blocks.pop(next(iter(self._blocks)))
@@ -125,8 +143,7 @@ class LabelCodes:
             for i, chunks in zip(index, array.chunks, strict=True)
         )
         starts = tuple(int(np.sum(chunks[:b])) for b, chunks in zip(block_index, array.chunks, strict=True))
-        block = np.asarray(array.blocks[block_index])
-        self._keep(level, starts, block)
+        block = self._raw_block(level, block_index, starts)
         return int(block[tuple(i - s for i, s in zip(index, starts, strict=True))])
 
 

@@ -31,6 +31,16 @@ def test_codes_follow_the_cells_and_hide_the_rest(monkeypatch, dense_limit):
     np.testing.assert_array_equal(np.asarray(codes.levels()[0]), (expected > 0).astype(int))
 
 
+@pytest.mark.parametrize("dense_limit", [LC.DENSE_LIMIT, 10])
+def test_labels_outside_the_table_get_no_code(monkeypatch, dense_limit):
+    monkeypatch.setattr(LC, "DENSE_LIMIT", dense_limit)
+    codes = LC.LabelCodes([np.zeros((2, 2), np.int32)], np.array([7, 1_000]))
+    codes.set_codes(np.array([2, 5]))
+    block = np.array([[0, 7, 1_000, 1_001], [5_000, -1, 3, 2**31 - 1]], dtype=np.int32)
+    np.testing.assert_array_equal(codes.encode(block), [[0, 2, 5, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(codes.encode(block.astype(np.uint32)), [[0, 2, 5, 0], [0, 0, 0, 0]])
+
+
 def test_raw_value_reads_the_raw_raster_block_by_block():
     import dask.array as da
 

@@ -54,8 +54,8 @@ class LabelCodes:
         """One code per cell (the order of ``ids``; 0 hides a cell)."""
         codes = np.asarray(codes)
         dtype = np.uint8 if codes.max(initial=0) < 256 else np.uint16 if codes.max() < 65536 else np.uint32
-        if self._dense:
-            table = np.zeros(int(self.ids.max(initial=0)) + 1, dtype=dtype)
+        if self._dense:  # one more entry, 0: labels above every cell's id are clipped to it
+            table = np.zeros(int(self.ids.max(initial=0)) + 2, dtype=dtype)
             table[self.ids] = codes
         else:
             table = np.asarray(codes, dtype=dtype)[self._order]
@@ -66,7 +66,10 @@ class LabelCodes:
         (uint8 for up to 255 colours: a quarter of the raw int32 labels in napari's caches)."""
         block = np.asarray(block)
         table = self.table if table is None else table
-        if self._dense:
+        if self._dense and (table[0] == 0 or block.dtype.kind == "u"):  # one gather, in place of five
+            # passes: labels above the table clip to its last entry (0); below 0 to entry 0 (no cell)
+            codes = np.take(table, block, mode="clip")
+        elif self._dense:
             inside = (block >= 0) & (block < len(table))
             codes = np.where(inside, table[np.where(inside, block, 0)], 0)
         else:

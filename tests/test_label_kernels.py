@@ -47,24 +47,12 @@ def test_mix_rows_equal_numpy(weight, temperature):
     knn[7, :2] = 0  # ... and neither votes for two of them
     out = {}
     for name, mix in (("numpy", T._mix_rows), ("kernel", K.mix_rows)):
-        arrays = (
-            np.empty((n, c), np.float32),
-            np.empty(n, np.float32),
-            np.empty(n, np.int64),
-            np.empty(n, np.float32),
-        )
-        mix(knn, head, weight, 1 / temperature, 1e-6, float(np.log(c)), *_floors(mix), *arrays)
+        arrays = K.summary_arrays(n, c)
+        mix(knn, head, weight, 1 / temperature, 1e-6, float(np.log(c)), *arrays)
         out[name] = arrays
     for want, got in zip(out["numpy"], out["kernel"], strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-7)
     assert out["kernel"][2][3] == -1 and out["kernel"][3][3] == 1 and np.all(out["kernel"][0][7, :2] == 0)
-
-
-def _floors(mix) -> tuple:
-    """The kernel takes the pool's floors as arguments; the NumPy step reads them itself."""
-    from napari_cellmapper.core.label_head import HEAD_FLOOR, KNN_FLOOR
-
-    return (KNN_FLOOR, HEAD_FLOOR) if mix is K.mix_rows else ()
 
 
 def test_transfer_uses_the_kernels_above_small_only(monkeypatch):

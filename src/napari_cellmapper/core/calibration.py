@@ -15,7 +15,7 @@ import numpy as np
 #: summed ECE from 0.42 to 0.63 (seqFISH and the cross-platform cases need sharpening)
 TEMPERATURES = np.geomspace(0.25, 4.0, 49)
 SAMPLE = 1000
-_FLOOR = 1e-6
+FLOOR = 1e-6
 
 
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -24,7 +24,7 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
         return proba
     mapped = proba.sum(axis=1) > 0
     out = np.zeros_like(proba)
-    p = np.power(np.maximum(proba[mapped], _FLOOR), 1.0 / temperature) * (proba[mapped] > 0)
+    p = np.power(np.maximum(proba[mapped], FLOOR), 1.0 / temperature) * (proba[mapped] > 0)
     totals = p.sum(axis=1, keepdims=True)
     out[mapped] = np.divide(p, totals, out=np.zeros_like(p), where=totals > 0)
     return out
@@ -36,7 +36,7 @@ def fit_temperature(proba: np.ndarray, codes: np.ndarray) -> float:
     keep = (codes >= 0) & (proba.sum(axis=1) > 0)
     if keep.sum() < 10:
         return 1.0
-    logp = np.log(np.maximum(proba[keep], _FLOOR))
+    logp = np.log(np.maximum(proba[keep], FLOOR))
     truth = codes[keep]
     best, best_nll = 1.0, np.inf
     for t in TEMPERATURES:

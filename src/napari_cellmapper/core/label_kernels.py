@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from napari_cellmapper.core import jit
+from napari_cellmapper.core.label_head import HEAD_FLOOR, KNN_FLOOR
 from napari_cellmapper.core.numba_threads import in_background, launch_lock
 
 #: below this many probabilities (rows x classes) NumPy finishes before the kernels would load in a
@@ -129,17 +130,15 @@ def _mix_rows(
             entropy[r] = min(max(h / log_norm, 0.0), 1.0)
 
 
-def mix_rows(
-    knn, head, weight, inv_t, floor, log_norm, knn_floor, head_floor, proba, confidence, codes, entropy
-):
-    """``transfer._mix_rows`` (the pooled, calibrated probabilities and their summary) in one pass
-    per row; ``head`` may be ``knn`` itself when ``weight`` is 0."""
+def mix_rows(knn, head, weight, inv_t, floor, log_norm, proba, confidence, codes, entropy) -> None:
+    """``transfer._mix_rows`` (same arguments: the pooled, calibrated probabilities and their
+    summary) in one pass per row; ``head`` may be ``knn`` itself when ``weight`` is 0."""
     knn = np.ascontiguousarray(knn, np.float32)
     head = np.ascontiguousarray(head, np.float32)
     with launch_lock():
         _mix_rows(
-            knn, head, float(weight), float(inv_t), float(floor), float(log_norm), float(knn_floor),
-            float(head_floor), proba, confidence, codes, entropy,
+            knn, head, float(weight), float(inv_t), float(floor), float(log_norm), KNN_FLOOR, HEAD_FLOOR,
+            proba, confidence, codes, entropy,
         )  # fmt: skip
 
 
@@ -159,13 +158,7 @@ def load_kernels() -> None:
     for itype in (np.int32, np.int64):
         indptr, indices = np.array([0, 1, 2], itype), np.array([0, 1], itype)
         class_probabilities(indptr, indices, np.ones(2, np.float32), np.array([0, 1]), out)
-    summary = (
-        np.empty((2, 2), np.float32),
-        np.empty(2, np.float32),
-        np.empty(2, np.int64),
-        np.empty(2, np.float32),
-    )
-    mix_rows(out, out, 0.5, 0.5, 1e-6, np.log(2.0), 1e-3, 1e-12, *summary)
+    mix_rows(out, out, 0.5, 0.5, 1e-6, np.log(2.0), *summary_arrays(2, 2))
 
 
 def warm_up() -> threading.Thread | None:

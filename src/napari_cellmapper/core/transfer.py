@@ -13,7 +13,8 @@ import pandas as pd
 from scipy import sparse
 
 from napari_cellmapper.core import label_kernels
-from napari_cellmapper.core.label_head import HEAD_FLOOR, KNN_FLOOR, pool
+from napari_cellmapper.core.calibration import FLOOR
+from napari_cellmapper.core.label_head import pool
 from napari_cellmapper.core.progress import Progress, Steps, chunk_bounds
 from napari_cellmapper.core.sparse_product import iter_product
 
@@ -159,23 +160,20 @@ def mix_probabilities(
     knn: np.ndarray, head: np.ndarray | None, weight: float, temperature: float, categories: pd.Index
 ) -> LabelTransfer:
     """:class:`LabelTransfer` of the k-NN and head probabilities pooled (:func:`.label_head.pool`)
-    and calibrated by ``temperature`` (see :mod:`.calibration`), in blocks of rows (bounded
-    temporaries)."""
+    and calibrated by ``temperature`` (see :mod:`.calibration`): by the label kernels, or in NumPy
+    in blocks of rows (bounded temporaries)."""
     n, n_cat = knn.shape
     if head is None:
         head, weight = knn, 0.0
     proba, confidence, codes, entropy = label_kernels.summary_arrays(n, n_cat)
     log_norm = float(np.log(n_cat)) if n_cat > 1 else 1.0
-    if label_kernels.use_kernels(n, n_cat):  # one pass per row, in parallel
-        label_kernels.mix_rows(
-            knn, head, float(weight), 1.0 / float(temperature), 1e-6, log_norm, KNN_FLOOR, HEAD_FLOOR,
-            proba, confidence, codes, entropy,
-        )  # fmt: skip
-        return LabelTransfer(codes, confidence, entropy, proba, categories)
-    for start, stop in chunk_bounds(n, _MIX_ROWS):  # bounded float64 temporaries
+    kernels = label_kernels.use_kernels(n, n_cat)  # one pass per row, in parallel, no temporaries
+    mix = label_kernels.mix_rows if kernels else _mix_rows
+    # the kernels take all rows at once; NumPy blocks of rows keep its float64 temporaries bounded
+    for start, stop in chunk_bounds(n, max(n, 1) if kernels else _MIX_ROWS):
         rows = slice(start, stop)
-        _mix_rows(
-            knn[rows], head[rows], float(weight), 1.0 / float(temperature), 1e-6, log_norm,
+        mix(
+            knn[rows], head[rows], float(weight), 1.0 / float(temperature), FLOOR, log_norm,
             proba[rows], confidence[rows], codes[rows], entropy[rows],
         )  # fmt: skip
     return LabelTransfer(codes, confidence, entropy, proba, categories)

@@ -421,7 +421,7 @@ def test_gl_points_draw_clamped_cells_one_pixel_wide(make_napari_viewer, monkeyp
     side = 20
     grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 1000.0
     feats = pd.DataFrame({"t": pd.Categorical(["a"] * len(grid))})
-    layer = P.add_cell_points(viewer, grid, feats, "t", colors={"t": ["#ff0000"]}, size=5.0)
+    layer = P.add_cell_points(viewer, grid, feats, "t", colors={"t": ["#ff0000"]}, size=5.0, overview=False)
     (markers,) = _markers_of(layer)
     assert markers._method == "points" and P._EDGE_FLOOR not in markers.shared_program._vcode
     lit, red = _red_fraction_of_drawn_cells(viewer)

@@ -181,3 +181,32 @@ def test_reference_cells_are_drawn_at_scanpys_density():
     # the discs cover about 1.45 times the canvas, as scanpy's 120000 / n pt² does
     assert np.isclose(20_000 * np.pi * middle**2 / 4, 1.45 * 1000 * 260, rtol=1e-6)
     assert _point_size(20_000, (2000, 520)) > middle  # a larger view, larger discs
+
+
+def test_many_reference_cells_are_drawn_as_a_raster_until_zoomed_in(shown_demo, qtbot, monkeypatch):
+    """The embedding's cells are one textured quad (viewer.overview) in their colours while the
+    raster stays within its size; zoomed far in (the cells keep their size on screen), points."""
+    viewer, widget = _mapped(shown_demo, qtbot)
+    view = widget.open_embedding()
+    qtbot.wait(200)
+    monkeypatch.setattr(view, "_refresh", lambda: None)  # keep the cells below
+    # more cells than the demo's, a few pixels each (grey: not the reference's)
+    many = np.random.default_rng(0).uniform(0, 10, (4_000, 2)).astype(np.float32)
+    view.xy, view.selected = many, np.zeros(len(many), bool)
+    view._draw_marked(moved=True)
+    (x0, y0), (x1, y1) = many.min(0), many.max(0)
+    view.view.camera.set_range(x=(x0, x1), y=(y0, y1))
+    qtbot.wait(50)
+    assert view.overview.shown and not view.points.visible
+    raster = (view.canvas.render()[..., :3].astype(int).sum(-1) > 100).sum()
+    monkeypatch.setattr(view.overview.source, "screen_per_data", lambda: None)
+    view.overview.update()
+    assert view.points.visible
+    points = (view.canvas.render()[..., :3].astype(int).sum(-1) > 100).sum()
+    assert 0.7 * points < raster < 2.5 * points  # the grey cells cover the view alike
+    monkeypatch.undo()
+    view.overview.update()
+    assert view.overview.shown
+    view.view.camera.zoom(0.01)  # 100 times closer: a raster would be too large, points again
+    qtbot.wait(50)
+    assert not view.overview.shown and view.points.visible

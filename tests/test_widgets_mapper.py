@@ -950,3 +950,59 @@ def test_a_large_result_is_coloured_in_the_next_turn_and_painted_in_its_own(demo
     widget._show_result_colours(object())  # a result no longer shown: nothing happens
     assert len(updates_during_colouring) == 1
     assert not [e for e in errors if not e.startswith("warning")], errors
+
+
+def test_progress_is_painted_later_never_at_once_nor_animated(make_napari_viewer, qtbot, monkeypatch):
+    """A repaint of any widget recomposes the window with its OpenGL canvas (30-40 ms each in
+    software OpenGL): QProgressBar.setValue repaints at once unless updates are held, and its
+    busy mode animates."""
+    from qtpy.QtCore import QEvent, QObject
+
+    from napari_cellmapper.widgets.demo import open_demo
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 1000)
+    viewer, widget = open_demo(viewer)
+    bar = widget.progress_bar
+
+    class Paints(QObject):
+        count = 0
+
+        def eventFilter(self, obj, event):
+            if obj is bar and event.type() == QEvent.Type.Paint:
+                Paints.count += 1
+            return False
+
+    counter = Paints()
+    bar.installEventFilter(counter)
+    widget._set_running(True)
+    assert not bar.isHidden() and (bar.minimum(), bar.maximum()) == (0, 100)  # not Qt's busy mode
+    held = []
+    set_value = bar.setValue
+    monkeypatch.setattr(bar, "setValue", lambda value: (held.append(bar.updatesEnabled()), set_value(value)))
+    qtbot.waitUntil(bar.isVisible, timeout=2000)
+    scroll = bar.parent()
+    while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
+        scroll = scroll.parent()
+    if scroll is not None:  # the dock scrolls: bring the bar into view, else nothing paints it
+        scroll.ensureWidgetVisible(bar)
+    qtbot.waitUntil(lambda: not bar.visibleRegion().isEmpty(), timeout=2000)
+    before = Paints.count
+    for done in (10, 20, 35, 50):
+        widget._on_progress("neighbour search", done, 100)
+    assert held == [False] * 4  # no repaint inside the call
+    assert bar.value() == 50 and bar.updatesEnabled() and widget.updatesEnabled()
+    qtbot.waitUntil(lambda: Paints.count > before, timeout=2000)  # painted afterwards
+    widget._set_running(False)
+    assert widget.updatesEnabled() and bar.isHidden()
+    bar.removeEventFilter(counter)
+
+
+def test_the_widget_loads_the_kernels_when_it_opens(make_napari_viewer, monkeypatch):
+    from napari_cellmapper.core import jit
+    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+
+    started = []
+    monkeypatch.setattr(jit, "warm_up", lambda: started.append(True))
+    CellMapperWidget(make_napari_viewer())
+    assert started == [True]

@@ -31,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from functools import cache
 from pathlib import Path
@@ -126,14 +127,31 @@ def start_background_compile() -> bool:
     return True
 
 
-def compile_kernels() -> Path:
-    """Compile (or load) the kernels into the cache and write the marker; returns the marker."""
+def load_kernels() -> None:
+    """Load every kernel module's kernels (compiling those not in the cache)."""
     from napari_cellmapper.core import label_kernels, sparse_product
     from napari_cellmapper.core.search import ivf_scan
 
     ivf_scan.load_kernels()
     sparse_product.load_kernels()
     label_kernels.load_kernels()
+
+
+def warm_up() -> threading.Thread | None:
+    """:func:`load_kernels` in a background thread, when the kernels may run (:func:`kernels_ready`).
+    An interactive session calls it when it starts: loading holds Python's interpreter lock for
+    tens of milliseconds at a time, which a first run's worker would otherwise do while the
+    interface waits (``benchmarks/widget_stall.py``)."""
+    if not kernels_ready():
+        return None
+    from napari_cellmapper.core.numba_threads import in_background
+
+    return in_background(load_kernels, "cellmapper-kernels-warm-up")
+
+
+def compile_kernels() -> Path:
+    """Compile (or load) the kernels into the cache and write the marker; returns the marker."""
+    load_kernels()
     target = marker()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}")

@@ -53,7 +53,10 @@ public ``face_color`` setter triggers twice, and drawing 2-3 frames per add. Her
   Intel GPUs: 255 px, most others 2047+), so a cell zoomed to more than that is drawn at that
   size. ``add_cell_points(..., gl_points=False)`` keeps napari's quads.
 
-What remains is the GL frame itself (see ``benchmarks/bench_points_layer.py``).
+What remains is the GL frame itself (see ``benchmarks/bench_points_layer.py``). While the cells
+are a few pixels wide on screen, large layers draw a coloured raster of them instead of their
+points (``draw_overview``, ``viewer.overview``): a frame of 100k cells then takes about 10 ms in
+software OpenGL instead of 50-80 ms.
 
 Private napari/vispy attributes used (each guarded, each with a public fallback; see the tests)
 --------------------------------------------------------------------------------------------
@@ -100,6 +103,8 @@ import numpy as np
 import pandas as pd
 
 from napari_cellmapper.core.palettes import DEFAULT_20, DEFAULT_102, UNMAPPED_COLOR, default_palette
+from napari_cellmapper.viewer.overview import CellOverview
+from napari_cellmapper.viewer.transforms import mean_scale, viewer_camera
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -647,6 +652,79 @@ def _set_face_rgba(layer: Any, rgba: np.ndarray) -> None:
             ok = False
         if not ok:
             vis._on_data_change()
+    overview = _OVERVIEWS.get(layer)
+    if overview is not None:
+        overview.recolor()
+
+
+#: the raster standing for each large layer's points at whole-tissue zoom (``viewer.overview``)
+_OVERVIEWS: weakref.WeakKeyDictionary[Any, CellOverview] = weakref.WeakKeyDictionary()
+
+
+def _data_scale(layer: Any) -> float:
+    """World units per data unit of a 2-D layer (its scale and affine; rotation and shear keep areas)."""
+    linear = np.asarray(layer.affine.affine_matrix, dtype=float)[-3:-1, -3:-1]
+    return mean_scale(linear) * float(np.sqrt(abs(np.prod(np.asarray(layer.scale, dtype=float)[-2:]))))
+
+
+class _LayerCells:
+    """A napari Points layer as the cells of a :class:`~napari_cellmapper.viewer.overview.CellOverview`."""
+
+    def __init__(self, viewer: Any, layer: Any) -> None:
+        self._viewer, self._layer = weakref.ref(viewer), weakref.ref(layer)
+
+    def coords_yx(self) -> np.ndarray:
+        layer = self._layer()
+        return np.asarray(layer.data) if layer is not None else np.empty((0, 2))
+
+    def sizes(self, screen_per_data: float) -> np.ndarray:
+        layer = self._layer()
+        return np.asarray(layer.size, dtype=np.float64) if layer is not None else np.empty(0)
+
+    def colors(self) -> np.ndarray:
+        layer = self._layer()
+        colors = np.array(layer.face_color, dtype=np.float32)
+        if colors.ndim == 2 and colors.shape[1] == 4:
+            colors[:, 3] *= float(layer.opacity)
+        return colors
+
+    def screen_per_data(self) -> float | None:
+        viewer, layer = self._viewer(), self._layer()
+        if viewer is None or layer is None or not layer.visible or int(viewer.dims.ndisplay) != 2:
+            return None
+        camera = viewer_camera(viewer)
+        zoom = float(camera.zoom) if camera is not None else 1.0
+        return zoom * _data_scale(layer)
+
+    def targets(self) -> list[tuple[Any, Any]]:
+        layer = self._layer()
+        nodes = [vis.node for vis in _vispy_points_of(layer)] if layer is not None else []
+        return [(node, node.points_markers) for node in nodes]
+
+
+def refresh_overview(layer: Any) -> bool:
+    """Redraw ``layer``'s raster after its sizes changed (napari's ``size`` setter emits no event);
+    returns whether the raster is shown."""
+    overview = _OVERVIEWS.get(layer)
+    return overview.update() if overview is not None else False
+
+
+def draw_overview(viewer: Any, layer: Any) -> CellOverview:
+    """Draw ``layer``'s cells as a coloured raster while the zoom lets it stand for the points
+    (``viewer.overview``: whole-tissue frames of 100k+ cells in a few ms); returns its keeper."""
+    overview = _OVERVIEWS.get(layer)
+    if overview is None:
+        overview = _OVERVIEWS[layer] = CellOverview(_LayerCells(viewer, layer))
+        layer.events.data.connect(overview.invalidate)
+        layer.events.current_size.connect(overview.update)  # napari's size setter emits nothing
+        layer.events.opacity.connect(overview.recolor)
+        layer.events.visible.connect(overview.update)
+        camera = viewer_camera(viewer)
+        if camera is not None:
+            camera.events.zoom.connect(overview.update)
+        viewer.dims.events.ndisplay.connect(overview.update)
+    overview.update()
+    return overview
 
 
 def _thumbnail(layer: Any, rgba: np.ndarray, size: int = 32, max_points: int = 1024) -> None:
@@ -685,6 +763,7 @@ def add_cell_points(
     scale: Any = None,
     translate: Any = None,
     gl_points: bool | None = None,
+    overview: bool | None = None,
     **kwargs: Any,
 ) -> napari.layers.Points:
     """Add ``n`` cells as one Points layer coloured by ``features[color_by]``; return the layer.
@@ -701,6 +780,8 @@ def add_cell_points(
     the face colour (napari blends edges with it: small cells would turn grey). ``gl_points`` draws the cells
     as ``GL_POINTS`` rather than napari's instanced quads (about 2x faster frames; a cell is at
     most the GL point-size limit wide, see the module docstring); default: for large layers.
+    ``overview`` draws the cells as a coloured raster instead of points while the zoom allows
+    (``draw_overview``); default: for large layers.
     """
     from napari.layers import Points
 
@@ -778,6 +859,8 @@ def add_cell_points(
         draw_as_gl_points(layer)
     if visible:
         layer.visible = True
+    if large if overview is None else bool(overview):
+        draw_overview(viewer, layer)
     return layer
 
 

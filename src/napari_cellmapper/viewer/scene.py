@@ -22,7 +22,13 @@ from napari_cellmapper.viewer.colors import (
     rgba_for,
     visible_on_dark,
 )
-from napari_cellmapper.viewer.points import LARGE_LAYER, UNIFORM_COLOR, draw_as_gl_points, replace_points
+from napari_cellmapper.viewer.points import (
+    LARGE_LAYER,
+    UNIFORM_COLOR,
+    draw_as_gl_points,
+    refresh_overview,
+    replace_points,
+)
 from napari_cellmapper.viewer.spatial_layers import (
     ROLE,
     CellGeometry,
@@ -33,6 +39,7 @@ from napari_cellmapper.viewer.spatial_layers import (
     image_layer_data,
     image_names,
 )
+from napari_cellmapper.viewer.transforms import viewer_camera
 
 CELLS = "cellmapper cells"
 REFERENCE = "cellmapper reference"
@@ -208,7 +215,7 @@ class CellMapperScene:
             self._outline_timer.setSingleShot(True)
             self._outline_timer.setInterval(OUTLINE_DELAY_MS)
             self._outline_timer.timeout.connect(self.update_outlines)
-            camera = _camera(self.viewer)
+            camera = viewer_camera(self.viewer)
             camera.events.center.connect(self._camera_moved)
             camera.events.zoom.connect(self._camera_moved)
         self._outline_timer.start()
@@ -471,6 +478,7 @@ class CellMapperScene:
         sizes = base * np.float32(factor)
         if not np.array_equal(np.asarray(layer.size), sizes):  # napari's setter re-uploads every
             layer.size = sizes  # point (0.1 s at 300k), so only when the sizes change
+            refresh_overview(layer)
         return True
 
     def set_cell_values(self, name: str, table_values: Any) -> None:
@@ -697,16 +705,9 @@ class CellMapperScene:
         return _callback
 
 
-def _camera(viewer: Any) -> Any:
-    """``viewer.scene.camera`` (napari >= 0.9), else ``viewer.camera`` (napari < 0.9), or None."""
-    scene = getattr(viewer, "scene", None)
-    camera = getattr(scene, "camera", None) if scene is not None else None
-    return camera if camera is not None else getattr(viewer, "camera", None)
-
-
 def camera_zoom(viewer: Any) -> float:
     """Screen pixels per world unit."""
-    camera = _camera(viewer)
+    camera = viewer_camera(viewer)
     return float(camera.zoom) if camera is not None else 1.0
 
 

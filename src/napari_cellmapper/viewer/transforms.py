@@ -1,4 +1,5 @@
-"""SpatialData coordinate transformations as napari ``affine`` matrices (2D, y/x order)."""
+"""SpatialData coordinate transformations as napari ``affine`` matrices (2D, y/x order), and the
+viewer's camera."""
 
 from __future__ import annotations
 
@@ -42,3 +43,10 @@ def apply_affine_yx(matrix: np.ndarray, yx: np.ndarray) -> np.ndarray:
 def mean_scale(matrix: np.ndarray) -> float:
     """Isotropic scale factor of an affine matrix (square root of the area scale)."""
     return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix)[:2, :2]))))
+
+
+def viewer_camera(viewer: Any) -> Any:
+    """``viewer.scene.camera`` (napari >= 0.9), else ``viewer.camera`` (napari < 0.9), or None."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None) if scene is not None else None
+    return camera if camera is not None else getattr(viewer, "camera", None)

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_cellmapper.core import jit
 from napari_cellmapper.core.pipeline import MappingParams
 from napari_cellmapper.core.search import neighbors
 from napari_cellmapper.viewer.cell_values import cell_values, value_choices
@@ -166,6 +167,7 @@ class CellMapperWidget(QWidget):
         self.controller = MappingController(self._apply_result, parent=self)
         QTimer.singleShot(0, self.controller.prepare_activity_bar)
         neighbors.preload()  # not inside the first run's worker, where it freezes the interface
+        jit.warm_up()  # the numba kernels too, in the background while the user picks the data
         self.controller.running.connect(self._set_running)
         self.controller.progressed.connect(self._on_progress)
         self.controller.failed.connect(lambda msg: self.status.setText(f"Failed: {msg}"))
@@ -859,10 +861,22 @@ class CellMapperWidget(QWidget):
         return next((result for t, result in self._results if t is table), None)
 
     def _set_running(self, running: bool) -> None:
+        # every control changes at once: one repaint of the dock, not one per control (each
+        # recomposes the window in software OpenGL)
+        self.setUpdatesEnabled(False)
+        try:
+            self._show_running(running)
+        finally:
+            self.setUpdatesEnabled(True)
+
+    def _show_running(self, running: bool) -> None:
         self.progress_bar.setVisible(running)
         if running:
             self._progress_shown = None
-            self.progress_bar.setRange(0, 0)  # busy until the first stage reports
+            # not Qt's busy mode: its animation repaints the window many times a second
+            self.progress_bar.setRange(0, 100)
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("starting…")
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         for widget in (
@@ -904,9 +918,16 @@ class CellMapperWidget(QWidget):
             return
         self._progress_shown = shown
         bar = self.progress_bar
-        bar.setRange(0, 100)
-        bar.setValue(shown[1])
-        bar.setFormat(f"{stage} %p%")
+        # QProgressBar.setValue repaints at once, and a repaint of any widget recomposes the whole
+        # window with its OpenGL canvases (30-40 ms each in software OpenGL): three in one turn
+        # were the longest stalls of a run. With updates held, the bar is painted once, later.
+        bar.setUpdatesEnabled(False)
+        try:
+            bar.setRange(0, 100)
+            bar.setValue(shown[1])
+            bar.setFormat(f"{stage} %p%")
+        finally:
+            bar.setUpdatesEnabled(True)
 
     def _apply_result(self, result: MappingResult) -> None:
         """Main thread: write the additions into the data and the layers' features, then colour

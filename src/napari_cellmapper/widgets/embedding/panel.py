@@ -13,6 +13,7 @@ the embedding is no longer drawn beside the tissue in the same world coordinates
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_cellmapper.viewer.linked import mapped_into, neighbours_of, valid_counts
+from napari_cellmapper.viewer.overview import CellOverview
 from napari_cellmapper.viewer.points import LARGE_LAYER, discs_only
 from napari_cellmapper.viewer.selection import cells_in_selection, selection_layer
 from napari_cellmapper.widgets.repaint import deferred_repaint
@@ -48,9 +50,12 @@ class EmbeddingView(QWidget):
         self._watched: Any = None  # the tissue selection layer followed
         self._valid: tuple[Any, Any] | None = None  # (result, its valid neighbours per query cell)
 
+        self._drawn = (np.empty((0, 4), np.float32), 2.0)  # the colours and size drawn
+        # many cells are drawn as a raster while they are small on screen (viewer.overview)
+        self.overview = CellOverview(_EmbeddingCells(self))
         self.canvas = vscene.SceneCanvas(keys=None, bgcolor="black", size=(360, 360))
         self.view = self.canvas.central_widget.add_view()
-        self.view.camera = vscene.PanZoomCamera(aspect=1)
+        self.view.camera = _camera(self.overview.update, aspect=1)
         self.points = vscene.visuals.Markers(parent=self.view.scene)
         self.marked = vscene.visuals.Markers(parent=self.view.scene)
         self.marked.order = 1
@@ -121,7 +126,7 @@ class EmbeddingView(QWidget):
         # as on the tissue (viewer.points): from LARGE_LAYER cells on, no antialiasing, which
         # grows every marker by 6 px and so about doubles the frame of the software renderer
         self.points.antialias = 0 if len(self.xy) >= LARGE_LAYER else 1
-        self._draw_marked()
+        self._draw_marked(moved)
         if len(self.xy) and moved:  # a recolouring keeps the user's zoom
             (x0, y0), (x1, y1) = self.xy.min(0), self.xy.max(0)
             pad = 0.05 * max(x1 - x0, y1 - y0, 1e-9)
@@ -145,8 +150,9 @@ class EmbeddingView(QWidget):
             return np.tile(np.asarray(_GREY, dtype=np.float32), (len(self.xy), 1))
         return colors.astype(np.float32)
 
-    def _draw_marked(self) -> None:
-        """Ring the selected reference cells and dim the others (all at full colour without one)."""
+    def _draw_marked(self, moved: bool = False) -> None:
+        """Ring the selected reference cells and dim the others (all at full colour without one);
+        ``moved``: the cells' positions changed."""
         size = _point_size(len(self.xy), self.canvas.size)
         selected = self.selected if len(self.selected) == len(self.xy) else np.zeros(len(self.xy), bool)
         if len(self.xy):
@@ -154,6 +160,12 @@ class EmbeddingView(QWidget):
             if selected.any():
                 colors[~selected, 3] *= 0.25
             self.points.set_data(self.xy, face_color=colors, edge_width=0, size=size)
+        resized = size != self._drawn[1]
+        self._drawn = (colors if len(self.xy) else np.empty((0, 4), np.float32), size)
+        if resized or moved:
+            self.overview.invalidate()
+        else:
+            self.overview.recolor()
         marked = self.xy[selected]
         if len(marked):
             self.marked.set_data(
@@ -285,6 +297,53 @@ class EmbeddingView(QWidget):
         value = reference.obs[key].iloc[row] if key and key in reference.obs else None
         text = f"{reference.obs_names[row]}" + (f" · {key}: {value}" if value is not None else "")
         self.hover.setText(text)
+
+
+class _EmbeddingCells:
+    """The embedding view's cells as the source of its raster (:class:`CellOverview`)."""
+
+    def __init__(self, view: EmbeddingView) -> None:
+        self._view = weakref.ref(view)
+
+    def coords_yx(self) -> np.ndarray:
+        view = self._view()
+        return view.xy[:, ::-1] if view is not None else np.empty((0, 2))
+
+    def sizes(self, screen_per_data: float) -> float:
+        view = self._view()
+        return view._drawn[1] / screen_per_data if view is not None else 0.0  # drawn in screen pixels
+
+    def colors(self) -> np.ndarray:
+        view = self._view()
+        return view._drawn[0] if view is not None else np.empty((0, 4), np.float32)
+
+    def screen_per_data(self) -> float | None:
+        view = self._view()
+        if view is None or not len(view.xy):
+            return None
+        ends = np.asarray(view.view.scene.transform.map([[0.0, 0.0], [1.0, 0.0]]), dtype=float)
+        scale = float(np.hypot(*(ends[1, :2] - ends[0, :2])))  # screen pixels per unit along x
+        return scale if np.isfinite(scale) and scale > 0 else None
+
+    def targets(self) -> list[tuple[Any, Any]]:
+        view = self._view()
+        markers = getattr(view, "points", None)  # None while the view is being built
+        return [(view.view.scene, markers)] if markers is not None else []
+
+
+def _camera(moved: Any, **kwargs: Any) -> Any:
+    """A vispy ``PanZoomCamera`` that calls ``moved()`` after every pan or zoom."""
+    from vispy.scene import PanZoomCamera
+
+    class _Camera(PanZoomCamera):
+        def view_changed(self) -> None:
+            super().view_changed()
+            if getattr(self, "_moved", None) is not None:
+                self._moved()
+
+    camera = _Camera(**kwargs)
+    camera._moved = moved
+    return camera
 
 
 def _point_size(n: int, canvas_size: tuple[int, int] = (360, 360)) -> float:

@@ -190,6 +190,9 @@ def test_many_reference_cells_are_drawn_as_a_raster_until_zoomed_in(shown_demo, 
     view = widget.open_embedding()
     qtbot.wait(200)
     monkeypatch.setattr(view, "_refresh", lambda: None)  # keep the cells below
+    from napari_cellmapper.widgets.embedding import panel
+
+    monkeypatch.setattr(panel, "LARGE_LAYER", 1000)  # the raster is for large references
     # more cells than the demo's, a few pixels each (grey: not the reference's)
     many = np.random.default_rng(0).uniform(0, 10, (4_000, 2)).astype(np.float32)
     view.xy, view.selected = many, np.zeros(len(many), bool)
@@ -199,12 +202,12 @@ def test_many_reference_cells_are_drawn_as_a_raster_until_zoomed_in(shown_demo, 
     qtbot.wait(50)
     assert view.overview.shown and not view.points.visible
     raster = (view.canvas.render()[..., :3].astype(int).sum(-1) > 100).sum()
-    monkeypatch.setattr(view.overview.source, "screen_per_data", lambda: None)
+    view.overview.source.screen_per_data = lambda: None  # as drawn without the raster
     view.overview.update()
     assert view.points.visible
     points = (view.canvas.render()[..., :3].astype(int).sum(-1) > 100).sum()
     assert 0.7 * points < raster < 2.5 * points  # the grey cells cover the view alike
-    monkeypatch.undo()
+    del view.overview.source.screen_per_data  # the class's method again
     view.overview.update()
     assert view.overview.shown
     view.view.camera.zoom(0.01)  # 100 times closer: a raster would be too large, points again

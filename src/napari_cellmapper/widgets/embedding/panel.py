@@ -319,7 +319,7 @@ class _EmbeddingCells:
 
     def screen_per_data(self) -> float | None:
         view = self._view()
-        if view is None or not len(view.xy):
+        if view is None or len(view.xy) < LARGE_LAYER:  # fewer: smooth points cost little
             return None
         ends = np.asarray(view.view.scene.transform.map([[0.0, 0.0], [1.0, 0.0]]), dtype=float)
         scale = float(np.hypot(*(ends[1, :2] - ends[0, :2])))  # screen pixels per unit along x

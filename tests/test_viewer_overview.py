@@ -11,15 +11,12 @@ from napari_cellmapper.viewer import points as P
 
 
 @pytest.mark.parametrize("zoom", [0.003, 0.03, 0.07, 0.5, 1.0, 3.7])
-def test_a_raster_pixel_is_one_screen_pixel_or_a_little_more(zoom):
-    per_pixel = zoom * O.level_pixel(zoom)
-    assert 1.0 - 1e-9 <= per_pixel < 2**0.5 + 1e-9
-    half_octaves = 2 * np.log2(O.level_pixel(zoom))  # levels: powers of sqrt(2), few rebuilds
-    assert abs(half_octaves - round(half_octaves)) < 1e-9
+def test_a_raster_pixel_is_one_screen_pixel(zoom):
+    assert zoom * O.raster_pixel(zoom) == pytest.approx(1.0)
 
 
-def test_level_of_no_zoom_is_none():
-    assert np.isnan(O.level_pixel(0.0)) and np.isnan(O.level_pixel(float("nan")))
+def test_no_raster_pixel_without_a_zoom():
+    assert np.isnan(O.raster_pixel(0.0)) and np.isnan(O.raster_pixel(float("nan")))
 
 
 def test_each_cell_paints_its_own_disc_in_its_colour():
@@ -91,7 +88,7 @@ def _lit(viewer) -> np.ndarray:
 
 
 @pytest.mark.gui
-def test_the_raster_stands_for_the_points_at_whole_tissue_zoom_only(make_napari_viewer):
+def test_the_raster_stands_for_the_points_at_whole_tissue_zoom_only(make_napari_viewer, qtbot):
     """Zoomed out, the raster is drawn instead of the points, with the same colours where the
     points are; zoomed in, the points again; a recolouring repaints the raster; an affine places
     it with the points."""
@@ -108,7 +105,8 @@ def test_the_raster_stands_for_the_points_at_whole_tissue_zoom_only(make_napari_
     )
     overview = P._OVERVIEWS[layer]
     viewer.reset_view()
-    assert overview.shown
+    qtbot.waitUntil(lambda: overview.shown, timeout=2000)  # built once the camera rests
+    assert overview._grid.pixel * viewer.scene.camera.zoom * 2 == pytest.approx(1.0)  # 1 px
     (node,) = [vis.node for vis in P._vispy_points_of(layer)]
     assert not node.points_markers.visible
     raster = _lit(viewer)
@@ -144,7 +142,12 @@ def test_the_raster_stands_for_the_points_at_whole_tissue_zoom_only(make_napari_
     viewer.scene.camera.zoom *= 8  # cells of tens of pixels: points
     assert not overview.shown and node.points_markers.visible
     viewer.scene.camera.zoom /= 8
-    assert overview.shown
+    assert overview.shown  # the zoom's raster is kept
+    viewer.scene.camera.zoom *= 1.2  # the last raster stands in at once, the new one follows
+    assert overview.shown and overview._grid.pixel * viewer.scene.camera.zoom * 2 == pytest.approx(1.2)
+    qtbot.waitUntil(
+        lambda: overview._grid.pixel * viewer.scene.camera.zoom * 2 == pytest.approx(1.0), timeout=2000
+    )
     layer.visible = False
     assert not overview.shown
     layer.visible = True
@@ -152,12 +155,13 @@ def test_the_raster_stands_for_the_points_at_whole_tissue_zoom_only(make_napari_
 
 
 @pytest.mark.gui
-def test_moved_or_resized_cells_rebuild_the_raster(make_napari_viewer):
+def test_moved_or_resized_cells_rebuild_the_raster(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     coords = np.random.default_rng(1).uniform(0, 1000, (2000, 2)).astype(np.float32)
     layer = P.add_cell_points(viewer, coords, None, None, size=4.0, gl_points=True, overview=True)
     viewer.reset_view()
     overview = P._OVERVIEWS[layer]
+    qtbot.waitUntil(lambda: overview.shown, timeout=2000)
     first = overview._grid
     assert overview.shown and first is not None
     P.replace_points(layer, coords + 500)

@@ -199,8 +199,8 @@ def test_many_reference_cells_are_drawn_as_a_raster_until_zoomed_in(shown_demo, 
     view._draw_marked(moved=True)
     (x0, y0), (x1, y1) = many.min(0), many.max(0)
     view.view.camera.set_range(x=(x0, x1), y=(y0, y1))
-    qtbot.wait(50)
-    assert view.overview.shown and not view.points.visible
+    qtbot.waitUntil(lambda: view.overview.shown, timeout=2000)  # built once the camera rests
+    assert not view.points.visible
     raster = (view.canvas.render()[..., :3].astype(int).sum(-1) > 100).sum()
     view.overview.source.screen_per_data = lambda: None  # as drawn without the raster
     view.overview.update()

@@ -3,8 +3,9 @@
 At whole-tissue zoom a 100k-1M-cell sample's cells are a few screen pixels wide, and a frame of
 that many points is the slowest thing the canvas does in software OpenGL (llvmpipe: 50-80 ms per
 100k points, whatever the shader; ``benchmarks/README.md``). At that zoom the same picture is a
-texture: each cell a small disc of its colour in an RGBA raster whose pixel is 1-1.41 screen
-pixels (:func:`level_pixel`), drawn as one textured quad in place of the points.
+texture: each cell a small disc of its colour in an RGBA raster whose pixel is one screen pixel
+(:func:`raster_pixel`; rebuilt once the camera rests at a new zoom), drawn as one textured quad
+in place of the points.
 
 The raster is a vispy ``Image`` child of the points layer's own canvas node, so it is placed by
 the layer's transformation (pixel scale, affine, coordinate system) and drawn where the points
@@ -23,6 +24,7 @@ Pure NumPy here except :class:`CellOverview`, which imports vispy when it first 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,20 +32,49 @@ import numpy as np
 
 #: the raster's longest side, in pixels (a texture of at most 4096 x 4096 x 4 bytes)
 MAX_SIDE = 4096
-#: the narrowest disc drawn, in raster pixels: a raster pixel is at least one screen pixel at
-#: every level (:func:`level_pixel`), so no cell falls between the screen's samples
+#: the narrowest disc drawn, in raster pixels: a raster pixel is one screen pixel
+#: (:func:`raster_pixel`), so no cell falls between the screen's samples
 MIN_STAMP = 1
 #: the widest disc: the points are drawn instead when the median cell is wider on screen
 MAX_STAMP = 7
 
 
-def level_pixel(screen_per_data: float) -> float:
-    """Data units per raster pixel at this zoom: a power of sqrt(2), so that a raster pixel is
-    1-1.41 screen pixels (never less: every raster pixel is drawn) and the raster is rebuilt only
-    when the zoom crosses a level."""
+#: milliseconds the camera must rest before the raster is rebuilt at its new zoom
+SETTLE_MS = 150
+
+
+def raster_pixel(screen_per_data: float) -> float:
+    """Data units per raster pixel at this zoom: one screen pixel, so that every raster pixel is
+    drawn exactly once (a raster pixel of 1.07 screen pixels, say, doubles every fourteenth
+    column and row: a visible lattice over a slide of cells). NaN for no zoom."""
     if not np.isfinite(screen_per_data) or screen_per_data <= 0:
         return float("nan")
-    return float(2.0 ** (np.ceil(2 * np.log2(1.0 / screen_per_data) - 1e-9) / 2))
+    return 1.0 / float(screen_per_data)
+
+
+def debounced(milliseconds: int = SETTLE_MS) -> Callable[[Callable[[], object]], None]:
+    """``defer(callback)``: run ``callback`` once the calls have stopped for ``milliseconds``
+    (a Qt single-shot timer, restarted by every call; the callback is held weakly if a method)."""
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.setSingleShot(True)
+    timer.setInterval(milliseconds)
+    pending: list[Any] = [None]
+
+    def fire() -> None:
+        callback = pending[0]() if isinstance(pending[0], weakref.WeakMethod) else pending[0]
+        if callback is not None:
+            callback()
+
+    timer.timeout.connect(fire)
+
+    def defer(callback: Callable[[], object]) -> None:
+        pending[0] = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else callback
+        timer.start()
+
+    defer.timer = timer  # type: ignore[attr-defined] - kept alive with the function
+    return defer
 
 
 @dataclass(frozen=True)
@@ -164,10 +195,16 @@ class CellOverview:
 
     Call :meth:`recolor` when the colours change, :meth:`invalidate` when the cells move or
     change size, and :meth:`update` when the camera (or anything else of the view) changes.
+    ``defer`` (see :func:`debounced`): a zoom's raster is built once the camera rests, the last
+    raster standing in meanwhile (scaled); without it, at once.
     """
 
-    def __init__(self, source: OverviewSource) -> None:
+    def __init__(
+        self, source: OverviewSource, defer: Callable[[Callable[[], object]], None] | None = None
+    ) -> None:
         self.source = source
+        self._defer = defer
+        self._building = False
         self._grids: dict[tuple[float, ...], OverviewGrid | None] = {}
         self._grid: OverviewGrid | None = None  # the grid of the raster painted
         self._raster: np.ndarray | None = None
@@ -177,24 +214,30 @@ class CellOverview:
         self._images: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
         self.shown = False
 
-    def grid(self, screen_per_data: float) -> OverviewGrid | None:
-        """The grid of the level for this zoom (None: the points are drawn), kept for the last
-        two levels used."""
-        pixel = level_pixel(screen_per_data)
+    def _key(self, screen_per_data: float) -> tuple[tuple[float, ...], np.ndarray]:
         sizes = np.asarray(self.source.sizes(screen_per_data), dtype=np.float64)
         # napari's size setter emits no event: a resize is seen by a few sizes sampled
-        key = (pixel, *sizes.ravel()[:: max(sizes.size // 7, 1)][:8].tolist(), sizes.size)
+        key = (
+            raster_pixel(screen_per_data),
+            *sizes.ravel()[:: max(sizes.size // 7, 1)][:8].tolist(),
+            sizes.size,
+        )
+        return key, sizes
+
+    def grid(self, screen_per_data: float) -> OverviewGrid | None:
+        """The grid for this zoom (None: the points are drawn), built now; the last two kept."""
+        key, sizes = self._key(screen_per_data)
         if key not in self._grids:
-            self._grids[key] = overview_grid(self.source.coords_yx(), sizes, pixel)
+            self._grids[key] = overview_grid(self.source.coords_yx(), sizes, key[0])
             while len(self._grids) > 2:
                 self._grids.pop(next(iter(self._grids)))
         return self._grids[key]
 
     def invalidate(self, event: Any = None) -> None:
-        """The cells moved or changed size: the grids are rebuilt when next drawn."""
+        """The cells moved or changed size: the raster is rebuilt now (the camera did not move)."""
         self._grids.clear()
         self._grid = None
-        self.update()
+        self._settle()
 
     def recolor(self, event: Any = None) -> None:
         """The colours (or opacity) changed: repainted now if shown, else when next shown."""
@@ -205,7 +248,25 @@ class CellOverview:
     def wanted(self) -> OverviewGrid | None:
         """The grid of the raster that should stand for the points now (None: the points)."""
         scale = self.source.screen_per_data()
-        return None if scale is None else self.grid(scale)
+        if scale is None or not np.isfinite(scale) or scale <= 0:
+            return None
+        key, _ = self._key(scale)
+        moved = self._grid is not None and self._grid.pixel != key[0]  # the camera zoomed: defer
+        if key in self._grids or self._defer is None or self._building or not moved:
+            return self.grid(scale)
+        self._defer(self._settle)  # built once the camera rests; the last raster meanwhile
+        current = self._grid
+        same_cells = current is not None and any(
+            grid is current and k[1:] == key[1:] for k, grid in self._grids.items()
+        )
+        return current if same_cells and 0.5 <= scale * current.pixel <= 2.0 else None
+
+    def _settle(self) -> None:
+        self._building = True
+        try:
+            self.update()
+        finally:
+            self._building = False
 
     def update(self, event: Any = None) -> bool:
         """Show the raster or the points, whichever the zoom calls for; True: the raster is shown."""

@@ -103,7 +103,7 @@ import numpy as np
 import pandas as pd
 
 from napari_cellmapper.core.palettes import DEFAULT_20, DEFAULT_102, UNMAPPED_COLOR, default_palette
-from napari_cellmapper.viewer.overview import CellOverview
+from napari_cellmapper.viewer.overview import CellOverview, debounced
 from napari_cellmapper.viewer.transforms import mean_scale, viewer_camera
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -714,7 +714,7 @@ def draw_overview(viewer: Any, layer: Any) -> CellOverview:
     (``viewer.overview``: whole-tissue frames of 100k+ cells in a few ms); returns its keeper."""
     overview = _OVERVIEWS.get(layer)
     if overview is None:
-        overview = _OVERVIEWS[layer] = CellOverview(_LayerCells(viewer, layer))
+        overview = _OVERVIEWS[layer] = CellOverview(_LayerCells(viewer, layer), defer=debounced())
         layer.events.data.connect(overview.invalidate)
         layer.events.current_size.connect(overview.update)  # napari's size setter emits nothing
         layer.events.opacity.connect(overview.recolor)

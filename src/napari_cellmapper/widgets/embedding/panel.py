@@ -22,7 +22,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_cellmapper.viewer.linked import mapped_into, neighbours_of, valid_counts
-from napari_cellmapper.viewer.overview import CellOverview
+from napari_cellmapper.viewer.overview import CellOverview, debounced
 from napari_cellmapper.viewer.points import LARGE_LAYER, discs_only
 from napari_cellmapper.viewer.selection import cells_in_selection, selection_layer
 from napari_cellmapper.widgets.repaint import deferred_repaint
@@ -52,7 +52,7 @@ class EmbeddingView(QWidget):
 
         self._drawn = (np.empty((0, 4), np.float32), 2.0)  # the colours and size drawn
         # many cells are drawn as a raster while they are small on screen (viewer.overview)
-        self.overview = CellOverview(_EmbeddingCells(self))
+        self.overview = CellOverview(_EmbeddingCells(self), defer=debounced())
         self.canvas = vscene.SceneCanvas(keys=None, bgcolor="black", size=(360, 360))
         self.view = self.canvas.central_widget.add_view()
         self.view.camera = _camera(self.overview.update, aspect=1)

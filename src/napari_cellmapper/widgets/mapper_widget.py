@@ -962,15 +962,18 @@ class CellMapperWidget(QWidget):
         of its own (:func:`.repaint.deferred_repaint`)."""
         if self._closed or self.result is not result or self._result_of(self.table) is not result:
             return
-        # the reference view redraws after the tissue's frame, not composed with it
-        deferred = deferred_repaint(self, then=self._refresh_embedding_later) if defer_frame else None
+        prefer = "presence_score" if "presence_score" in result.reference_obs else None
+
+        def reference_colours() -> None:  # after the tissue's frame, in a turn of its own
+            if not self._closed and self.result is result:
+                self._fill_reference_colors(prefer=prefer)
+
+        deferred = deferred_repaint(self, then=reference_colours) if defer_frame else None
         with deferred or contextlib.nullcontext():
             self._sync(lambda: (self.scene.highlight_cell(None), self.scene.highlight_neighbors(None)))
             self._fill_colors(prefer=result.color_keys[0] if result.color_keys else None)
-            self._fill_reference_colors(
-                prefer="presence_score" if "presence_score" in result.reference_obs else None,
-                refresh_view=not defer_frame,
-            )
+            if not defer_frame:
+                self._fill_reference_colors(prefer=prefer)
 
     def _refresh_embedding_later(self) -> None:
         if self.embedding_view is not None and not self._closed:

@@ -83,8 +83,8 @@ class OverviewGrid:
 
     ``origin``: (y, x) of the raster's corner in the layer's data coordinates; ``shape``: (rows,
     columns); ``flat``: the raster pixels (flat indices) painted, ``cell``: the cell painting
-    each (in the cells' order, so later cells cover earlier ones as points do); ``stamp``: the
-    median cell's disc, in pixels.
+    each (cells of one disc size in their order, so later cells cover earlier ones as points do);
+    ``stamp``: the median cell's disc, in pixels.
     """
 
     origin: np.ndarray
@@ -116,39 +116,43 @@ def overview_grid(
     coords = np.asarray(coords_yx)
     if coords.ndim != 2 or coords.shape[1] != 2 or not len(coords) or not (np.isfinite(pixel) and pixel > 0):
         return None
-    finite = np.isfinite(coords).all(axis=1)
+    finite = np.isfinite(coords[:, 0]) & np.isfinite(coords[:, 1])  # per column: 10x faster at 1M
     if not finite.any():
         return None
     sizes = np.broadcast_to(np.asarray(sizes, dtype=np.float64), (len(coords),))[finite]
     discs = np.floor(np.nan_to_num(sizes) / pixel + 0.5)
-    discs = np.clip(discs, MIN_STAMP, MAX_STAMP + 1).astype(np.int64)
-    stamp = int(np.median(discs))
+    discs = np.clip(discs, MIN_STAMP, MAX_STAMP + 1, out=discs).astype(np.int8)
+    counts = np.bincount(discs, minlength=MAX_STAMP + 2)
+    stamp = int(np.searchsorted(np.cumsum(counts), (len(discs) + 1) // 2))  # the median, no sort
     if stamp > MAX_STAMP:
         return None
-    discs = np.minimum(discs, MAX_STAMP)
-    yx = coords[finite].astype(np.float64, copy=False)
-    low, high = yx.min(axis=0), yx.max(axis=0)
+    discs = np.minimum(discs, MAX_STAMP, out=discs)
+    yx = coords if finite.all() else coords[finite]
+    low = np.array([yx[:, 0].min(), yx[:, 1].min()], dtype=np.float64)
+    high = np.array([yx[:, 0].max(), yx[:, 1].max()], dtype=np.float64)
     margin = (MAX_STAMP + 1) * pixel
     origin = low - margin
     shape = np.ceil((high + margin - origin) / pixel).astype(np.int64) + 1
     if shape.max() > max_side:
         return None
-    cells = np.flatnonzero(finite)
-    ij = np.floor((yx - origin) / pixel).astype(np.int64)
+    cells = np.flatnonzero(finite).astype(np.int32 if len(coords) < 2**31 else np.int64)
+    ij = ((yx - origin) / pixel).astype(np.int32)  # positive: truncation is the floor
+    base = ij[:, 0] * np.int32(shape[1]) + ij[:, 1]  # flat pixel of each cell (< 4096^2)
     flats, owners = [], []
-    for diameter in np.unique(discs):
-        which = np.flatnonzero(discs == diameter)
-        at = ij[which, None, :] + _disc(int(diameter))[None, :, :]  # (cells, disc, 2)
-        flats.append((at[..., 0] * shape[1] + at[..., 1]).ravel())
-        owners.append(np.repeat(cells[which], at.shape[1]))
-    flat, owner = np.concatenate(flats), np.concatenate(owners)
-    order = np.argsort(owner, kind="stable")
+    diameters = np.flatnonzero(np.bincount(discs))  # a few sizes
+    for diameter in diameters:
+        which = None if len(diameters) == 1 else np.flatnonzero(discs == diameter)
+        disc = _disc(int(diameter))
+        offsets = (disc[:, 0] * shape[1] + disc[:, 1]).astype(np.int32)
+        at = base if which is None else base[which]
+        flats.append((at[:, None] + offsets[None, :]).ravel())
+        owners.append(np.repeat(cells if which is None else cells[which], len(offsets)))
     return OverviewGrid(
         origin=origin,
         pixel=float(pixel),
         shape=(int(shape[0]), int(shape[1])),
-        flat=flat[order].astype(np.int32),  # shape <= MAX_SIDE^2 < 2^31
-        cell=owner[order].astype(np.int32 if len(coords) < 2**31 else np.int64),
+        flat=np.concatenate(flats),
+        cell=np.concatenate(owners),
         stamp=stamp,
         n_cells=len(coords),
     )

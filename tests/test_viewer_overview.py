@@ -152,6 +152,10 @@ def test_the_raster_stands_for_the_points_at_whole_tissue_zoom_only(make_napari_
     assert not overview.shown
     layer.visible = True
     assert overview.shown
+    layer.symbol = "square"  # the raster draws discs: the points show the user's symbol
+    assert not overview.shown and node.points_markers.visible
+    layer.symbol = "disc"
+    assert overview.shown
 
 
 @pytest.mark.gui

@@ -672,6 +672,12 @@ class _LayerCells:
 
     def __init__(self, viewer: Any, layer: Any) -> None:
         self._viewer, self._layer = weakref.ref(viewer), weakref.ref(layer)
+        #: the raster draws discs: another symbol (the layer controls) keeps the points
+        self.discs = _all_discs(layer)
+
+    def follow_symbols(self, event: Any = None) -> None:
+        layer = self._layer()
+        self.discs = layer is not None and _all_discs(layer)
 
     def coords_yx(self) -> np.ndarray:
         layer = self._layer()
@@ -691,6 +697,8 @@ class _LayerCells:
     def screen_per_data(self) -> float | None:
         viewer, layer = self._viewer(), self._layer()
         if viewer is None or layer is None or not layer.visible or int(viewer.dims.ndisplay) != 2:
+            return None
+        if not self.discs:
             return None
         camera = viewer_camera(viewer)
         zoom = float(camera.zoom) if camera is not None else 1.0
@@ -714,7 +722,9 @@ def draw_overview(viewer: Any, layer: Any) -> CellOverview:
     (``viewer.overview``: whole-tissue frames of 100k+ cells in a few ms); returns its keeper."""
     overview = _OVERVIEWS.get(layer)
     if overview is None:
-        overview = _OVERVIEWS[layer] = CellOverview(_LayerCells(viewer, layer), defer=debounced())
+        cells = _LayerCells(viewer, layer)
+        overview = _OVERVIEWS[layer] = CellOverview(cells, defer=debounced())
+        layer.events.symbol.connect(lambda _: (cells.follow_symbols(), overview.update()))
         layer.events.data.connect(overview.invalidate)
         layer.events.current_size.connect(overview.update)  # napari's size setter emits nothing
         layer.events.opacity.connect(overview.recolor)

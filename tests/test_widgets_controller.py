@@ -104,7 +104,7 @@ def test_the_reading_worker_warms_up_what_napari_loads_lazily(monkeypatch):
 
     monkeypatch.setattr(background, "_WARM", False)
     background.warm_up()
-    assert "PIL.Image" in sys.modules and background._WARM
+    assert "PIL.Image" in sys.modules and "sklearn.cluster" in sys.modules and background._WARM
     calls = []
     monkeypatch.setattr(background, "importlib", None, raising=False)  # a second call does nothing
     monkeypatch.setattr(background.log, "debug", lambda *a, **k: calls.append(a))

@@ -157,8 +157,10 @@ def read_query(path: str | Path) -> OpenedQuery:
 
 
 #: modules napari imports when it draws a sample's first layers (dask's distributed scheduler
-#: module, PIL, vispy's OpenGL arrays): imported by the reading worker instead (0.3-0.5 s)
-WARM_MODULES = ("distributed", "PIL.Image", "OpenGL.arrays", "matplotlib.backends")
+#: module, PIL, vispy's OpenGL arrays): imported by the reading worker instead (0.3-0.5 s); and
+#: scikit-learn's k-means, which the first run with niches imported in its worker, holding the
+#: interpreter lock for 0.1-0.3 s (a 0.28 s stall of a 300k run)
+WARM_MODULES = ("distributed", "PIL.Image", "OpenGL.arrays", "matplotlib.backends", "sklearn.cluster")
 
 
 def warm_up() -> None:

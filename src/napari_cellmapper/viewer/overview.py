@@ -230,7 +230,9 @@ class CellOverview:
 
     def grid(self, screen_per_data: float) -> OverviewGrid | None:
         """The grid for this zoom (None: the points are drawn), built now; the last two kept."""
-        key, sizes = self._key(screen_per_data)
+        return self._grid_for(*self._key(screen_per_data))
+
+    def _grid_for(self, key: tuple[float, ...], sizes: np.ndarray) -> OverviewGrid | None:
         if key not in self._grids:
             self._grids[key] = overview_grid(self.source.coords_yx(), sizes, key[0])
             while len(self._grids) > 2:
@@ -254,10 +256,10 @@ class CellOverview:
         scale = self.source.screen_per_data()
         if scale is None or not np.isfinite(scale) or scale <= 0:
             return None
-        key, _ = self._key(scale)
+        key, sizes = self._key(scale)
         moved = self._grid is not None and self._grid.pixel != key[0]  # the camera zoomed: defer
         if key in self._grids or self._defer is None or self._building or not moved:
-            return self.grid(scale)
+            return self._grid_for(key, sizes)
         self._defer(self._settle)  # built once the camera rests; the last raster meanwhile
         current = self._grid
         same_cells = current is not None and any(

@@ -104,7 +104,7 @@ import pandas as pd
 
 from napari_cellmapper.core.palettes import DEFAULT_20, DEFAULT_102, UNMAPPED_COLOR, default_palette
 from napari_cellmapper.viewer.overview import CellOverview, debounced
-from napari_cellmapper.viewer.transforms import mean_scale, viewer_camera
+from napari_cellmapper.viewer.transforms import camera_zoom, mean_scale, viewer_camera
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -700,9 +700,7 @@ class _LayerCells:
             return None
         if not self.discs:
             return None
-        camera = viewer_camera(viewer)
-        zoom = float(camera.zoom) if camera is not None else 1.0
-        return zoom * _data_scale(layer)
+        return camera_zoom(viewer) * _data_scale(layer)
 
     def targets(self) -> list[tuple[Any, Any]]:
         layer = self._layer()

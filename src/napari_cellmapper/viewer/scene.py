@@ -39,7 +39,7 @@ from napari_cellmapper.viewer.spatial_layers import (
     image_layer_data,
     image_names,
 )
-from napari_cellmapper.viewer.transforms import viewer_camera
+from napari_cellmapper.viewer.transforms import camera_zoom, viewer_camera
 
 CELLS = "cellmapper cells"
 REFERENCE = "cellmapper reference"
@@ -703,12 +703,6 @@ class CellMapperScene:
                 on_cell(index)
 
         return _callback
-
-
-def camera_zoom(viewer: Any) -> float:
-    """Screen pixels per world unit."""
-    camera = viewer_camera(viewer)
-    return float(camera.zoom) if camera is not None else 1.0
 
 
 def layer_kind(layer: Any) -> str:

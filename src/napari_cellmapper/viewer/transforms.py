@@ -50,3 +50,9 @@ def viewer_camera(viewer: Any) -> Any:
     scene = getattr(viewer, "scene", None)
     camera = getattr(scene, "camera", None) if scene is not None else None
     return camera if camera is not None else getattr(viewer, "camera", None)
+
+
+def camera_zoom(viewer: Any) -> float:
+    """Screen pixels per world unit (1 without a camera)."""
+    camera = viewer_camera(viewer)
+    return float(camera.zoom) if camera is not None else 1.0

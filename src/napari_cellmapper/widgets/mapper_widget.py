@@ -58,7 +58,7 @@ from napari_cellmapper.widgets.background import (
 from napari_cellmapper.widgets.controller import MappingController, error_message
 from napari_cellmapper.widgets.job import BACKENDS, BUILD_FROM_GENES, KERNELS, MappingJob, MappingResult
 from napari_cellmapper.widgets.legend import ColorKey
-from napari_cellmapper.widgets.repaint import deferred_repaint
+from napari_cellmapper.widgets.repaint import deferred_repaint, updates_held
 from napari_cellmapper.widgets.rows import row as _row
 from napari_cellmapper.widgets.sources import (
     QuerySource,
@@ -861,13 +861,8 @@ class CellMapperWidget(QWidget):
         return next((result for t, result in self._results if t is table), None)
 
     def _set_running(self, running: bool) -> None:
-        # every control changes at once: one repaint of the dock, not one per control (each
-        # recomposes the window in software OpenGL)
-        self.setUpdatesEnabled(False)
-        try:
+        with updates_held(self):  # every control changes at once: one repaint of the dock
             self._show_running(running)
-        finally:
-            self.setUpdatesEnabled(True)
 
     def _show_running(self, running: bool) -> None:
         self.progress_bar.setVisible(running)
@@ -918,16 +913,12 @@ class CellMapperWidget(QWidget):
             return
         self._progress_shown = shown
         bar = self.progress_bar
-        # QProgressBar.setValue repaints at once, and a repaint of any widget recomposes the whole
-        # window with its OpenGL canvases (30-40 ms each in software OpenGL): three in one turn
-        # were the longest stalls of a run. With updates held, the bar is painted once, later.
-        bar.setUpdatesEnabled(False)
-        try:
+        # QProgressBar.setValue repaints at once: three such repaints in one turn were the
+        # longest stalls of a run. With updates held, the bar is painted once, later.
+        with updates_held(bar):
             bar.setRange(0, 100)
             bar.setValue(shown[1])
             bar.setFormat(f"{stage} %p%")
-        finally:
-            bar.setUpdatesEnabled(True)
 
     def _apply_result(self, result: MappingResult) -> None:
         """Main thread: write the additions into the data and the layers' features, then colour
@@ -1070,7 +1061,7 @@ class CellMapperWidget(QWidget):
     def _on_size_changed(self, factor: float) -> None:
         self.size_spin.setEnabled(self.scene.set_cell_size(factor) or self.scene.cells_layer is None)
 
-    def _fill_reference_colors(self, prefer: str | None = None, refresh_view: bool = True) -> None:
+    def _fill_reference_colors(self, prefer: str | None = None) -> None:
         layer = self.scene.reference_layer
         keys = [str(c) for c in layer.features.columns] if layer is not None else []
         self.reference_color_combo.setEnabled(layer is not None)
@@ -1090,15 +1081,13 @@ class CellMapperWidget(QWidget):
             if default in keys:
                 self.reference_color_combo.setCurrentText(default)
         self.reference_color_combo.blockSignals(False)
-        self._on_reference_color_changed(self.reference_color_combo.currentText(), refresh_view)
+        self._on_reference_color_changed(self.reference_color_combo.currentText())
 
-    def _on_reference_color_changed(self, key: str, refresh_view: bool = True) -> None:
-        """Recolour the reference; ``refresh_view=False``: the caller refreshes the reference
-        view itself (a large result's colouring, after the tissue's frame)."""
+    def _on_reference_color_changed(self, key: str) -> None:
+        """Recolour the reference; its view redraws a moment later."""
         info = self.scene.color_reference(key) if key else None
         self.reference_color_key.show_info(info)
-        if refresh_view:
-            self._refresh_embedding_later()
+        self._refresh_embedding_later()
 
     def show_gene(self, name: str) -> bool:
         """Colour the cells by a gene or a type's probability (see ``viewer.cell_values``): adds

@@ -50,3 +50,15 @@ def deferred_repaint(
                 QTimer.singleShot(0, then)
 
         QTimer.singleShot(0, enable)
+
+
+@contextlib.contextmanager
+def updates_held(widget: QWidget) -> Iterator[None]:
+    """Inside: ``widget`` (and its children) is not repainted, not even by a call that repaints at
+    once (``QProgressBar.setValue``); after: one paint, in a later turn. Every repaint of a widget
+    recomposes the window with its OpenGL canvases (30-40 ms each in software OpenGL)."""
+    widget.setUpdatesEnabled(False)
+    try:
+        yield
+    finally:
+        widget.setUpdatesEnabled(True)

@@ -249,3 +249,73 @@ def test_linked_cells_ringed_in_one_layer_updated_in_place(make_napari_viewer, m
         assert all(type(s) is str for s in layer._symbol)
     scene.highlight_cells(None)
     assert LINKED not in viewer.layers
+
+
+def _drain(scene, timeout: float = 10.0) -> None:
+    """Let the event loop run the scene's staged drawing steps."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout
+    while scene.drawing and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.005)
+    assert not scene.drawing
+
+
+@pytest.mark.parametrize("cells", ["circles", "labels"])
+def test_large_query_drawn_over_several_turns(make_napari_viewer, cells):
+    """Staged drawing (issue 15): the cells layer at once, hidden; then, one event-loop turn
+    each, the images (below the cells), the cells shown, the empty selected-cell ring layer."""
+    from napari_cellmapper.datasets import pbmc_example, spatial_example
+    from napari_cellmapper.viewer.scene import SELECTED, CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    scene.show_reference(pbmc_example()[0])
+    sdata = spatial_example(cells)
+    layer = scene.show_query(sdata, "table", "cells", "global", staged=True)
+    assert scene.drawing and not layer.visible
+    assert "tissue" not in viewer.layers and SELECTED not in viewer.layers
+    _drain(scene)
+    assert layer.visible and layer is scene.cells_layer
+    names = [lay.name for lay in viewer.layers]
+    assert names.index("tissue") < names.index(layer.name) < names.index(SELECTED)
+    # the reference was placed again beside the tissue with its image, not over the image
+    image_right = np.asarray(viewer.layers["tissue"].extent.world)[1, -1]
+    assert scene.reference_layer.extent.world[0][1] > image_right
+
+
+def test_staged_steps_of_an_earlier_query_are_dropped(make_napari_viewer):
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer.scene import CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    first = spatial_example("circles", seed=1)
+    scene.show_query(first, "table", "cells", "global", staged=True)
+    second = spatial_example("circles", seed=2)
+    layer = scene.show_query(second, "table", "cells", "global", staged=True)
+    _drain(scene)
+    images = [lay for lay in viewer.layers if lay.metadata.get("cellmapper_role") == "image"]
+    assert [im.metadata["sdata"] for im in images] == [second]  # none of the first sample's
+    assert layer.visible
+    # stopped (the widget closes): nothing more is drawn
+    n_layers = len(viewer.layers)
+    hidden = scene.show_query(first, "table", "cells", "global", staged=True)
+    scene.stop_drawing()
+    assert not scene.drawing
+    _drain(scene)
+    assert not hidden.visible and len(viewer.layers) == n_layers  # the new cells replaced the old
+
+
+def test_finish_drawing_runs_the_steps_now(make_napari_viewer):
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer.scene import SELECTED, CellMapperScene
+
+    viewer = make_napari_viewer()
+    scene = CellMapperScene(viewer)
+    layer = scene.show_query(spatial_example(), "table", "cells", "global", staged=True)
+    scene.finish_drawing()
+    assert not scene.drawing and layer.visible and "tissue" in viewer.layers and SELECTED in viewer.layers

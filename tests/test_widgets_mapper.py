@@ -791,6 +791,44 @@ def test_failed_export_is_reported_and_writes_nothing(demo, qtbot, tmp_path, mon
     assert "failed" in widget.status.text()
 
 
+def test_large_query_opened_in_stages_fits_the_view_and_counts_as_busy(
+    demo, qtbot, tmp_path, monkeypatch, errors
+):
+    """Issue 15: a large query's layers are added over several event-loop turns (the scene's
+    staged drawing); the widget is busy until the last one, and the view is fitted to the
+    cells even while they are still hidden (not to the reference beside them)."""
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.viewer import scene as scene_module
+    from napari_cellmapper.viewer.transforms import viewer_camera
+
+    viewer, widget = demo
+    monkeypatch.setattr(scene_module, "STAGE_FROM", 1)  # every query counts as large
+    path = tmp_path / "staged.zarr"
+    spatial_example("circles", seed=3).write(path)
+    busy_while_drawing: list[bool] = []
+    real_show_images = scene_module.CellMapperScene._show_images
+
+    def show_images(scene, *args, **kwargs):  # a step with another one after it
+        busy_while_drawing.append(widget.busy())
+        real_show_images(scene, *args, **kwargs)
+
+    monkeypatch.setattr(scene_module.CellMapperScene, "_show_images", show_images)
+    assert widget.open_query(path, wait=True)
+    layer = widget.scene.cells_layer
+    assert widget.busy() and not layer.visible  # the query's read is done, its drawing is not
+    widget.wait_idle(timeout=RUN_TIMEOUT_MS / 1000)
+    assert not widget.busy() and layer.visible and busy_while_drawing == [True]
+    sdata = widget.query.sdata
+    images = [lay for lay in viewer.layers if lay.metadata.get("sdata") is sdata and lay is not layer]
+    assert images and viewer.layers.index(images[0]) < viewer.layers.index(layer)
+    # fitted to the cells: their centre is the camera's (the reference lies beside them)
+    centre = np.asarray(viewer_camera(viewer).center)[-2:]
+    yx = widget.scene.geometry.coords_yx
+    lo, hi = np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+    assert np.all(centre >= lo) and np.all(centre <= hi)
+    assert not [e for e in errors if not e.startswith("warning")], errors
+
+
 def test_open_reads_and_computes_geometry_in_a_worker(demo, qtbot, tmp_path, monkeypatch, errors):
     """Issue 15: the files are read, and the query's cells placed, by workers; only the layers are
     built on the interface thread, after the read; the Open buttons are off meanwhile."""

@@ -144,7 +144,8 @@ def check_spatialdata_path(path: str | os.PathLike[str]) -> Path:
 
 
 def open_spatial(path: str | os.PathLike[str], *, selection: tuple[str, ...] | None = None) -> Any:
-    """Open a SpatialData zarr store as the query (images and labels stay lazy).
+    """Open a SpatialData zarr store as the query (images and labels stay lazy; shapes are read
+    in steps that leave the interface responsive, ``io.shapes``).
 
     Parameters
     ----------
@@ -157,14 +158,14 @@ def open_spatial(path: str | os.PathLike[str], *, selection: tuple[str, ...] | N
     -------
     spatialdata.SpatialData
     """
-    import spatialdata
+    from napari_cellmapper.io.shapes import read_spatialdata
 
     p = check_spatialdata_path(path)
     try:
         with warnings.catch_warnings():
             if selection is not None:  # the annotated elements are simply not read
                 warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
-            return spatialdata.read_zarr(p, selection=selection)
+            return read_spatialdata(p, selection=selection)
     except Exception as err:  # noqa: BLE001 - any reader failure means an unreadable store
         raise CellMapperInputError(
             f"{str(p)!r} looks like SpatialData but could not be read ({type(err).__name__}: {err}). "

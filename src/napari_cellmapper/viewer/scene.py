@@ -54,6 +54,12 @@ OUTLINES = "cellmapper cell outlines"
 OUTLINE_LIMIT = 1_000
 #: ms after the camera stops before the outlines in view are redrawn
 OUTLINE_DELAY_MS = 250
+#: queries of this many cells or more are drawn over several event-loop turns (``show_query``)
+STAGE_FROM = LARGE_LAYER
+#: ms between two of those turns: the interface (input, timers, a frame) answers in between
+STAGE_MS = 10
+#: metadata flag of a cells layer added hidden, to be shown by a later step
+_HIDDEN_UNTIL_DRAWN = "cellmapper_hidden_until_drawn"
 
 
 def reference_embedding(adata: Any, basis: str | None = None) -> tuple[str, np.ndarray] | None:
@@ -125,6 +131,8 @@ class CellMapperScene:
         self._label_rows: dict[int, int] = {}
         self.color: ColorInfo | None = None
         self._outline_timer: Any = None
+        self._steps: list[Callable[[], object]] = []  # drawing steps left for later turns
+        self._step_timer: Any = None
 
     # ------------------------------------------------------------------ query
     @property
@@ -153,11 +161,22 @@ class CellMapperScene:
         path: str | None = None,
         images: bool = True,
         geometry: CellGeometry | None = None,
+        staged: bool | None = None,
     ) -> Any:
         """Draw the tissue images and the cells of ``element`` (reusing matching layers);
-        ``geometry``: the cells' geometry if already computed (e.g. by a background reader)."""
+        ``geometry``: the cells' geometry if already computed (e.g. by a background reader).
+
+        ``staged`` (default: for ``STAGE_FROM`` cells or more) adds the cells layer now, hidden,
+        and does the rest in later event-loop turns, one step each: the images added (a larger
+        extent makes napari re-slice every visible layer), the cells shown, the empty
+        selected-cell ring layer made. napari takes 0.1-0.4 s of the interface
+        thread for each of them at 300k cells; the interface answers in between. ``drawing``
+        says whether steps are left, ``finish_drawing`` runs them at once; the steps of an
+        earlier call that are still left are dropped."""
         if geometry is None:
             geometry = cell_geometry(sdata, table_name, element, coordinate_system)
+        staged = len(geometry.rows) >= STAGE_FROM if staged is None else bool(staged)
+        self._steps.clear()
         self.sdata, self.table_name, self.geometry = sdata, table_name, geometry
         self._ring = None
         self._label_rows = (
@@ -181,25 +200,88 @@ class CellMapperScene:
                 "cells", sdata=sdata, table=table_name, element=element, coordinate_system=coordinate_system
             )
         ]
-        if images:
+        if images and not staged:
             self._show_images(sdata, coordinate_system)
         if reuse and self._layer_fits(reuse[0], geometry):
             self.cells_layer = reuse[0]
             self.cells_layer.metadata.update(meta)
+            if self.cells_layer.metadata.pop(_HIDDEN_UNTIL_DRAWN, False):  # its step was dropped
+                self.cells_layer.visible = True
         else:
             for layer in reuse:
                 self.viewer.layers.remove(layer)
             features = geometry.display_obs(self.table.obs)
             data, kwargs, kind = cells_layer_data(sdata, geometry, features, CELLS)
             kwargs["metadata"] = meta
+            if staged:
+                kwargs["visible"] = False
+                meta[_HIDDEN_UNTIL_DRAWN] = True
             self.cells_layer = self._add_cells(data, kwargs, kind)
+        if images and staged:  # while the cells are hidden: napari re-slices no hidden layer
+            self._later(lambda: self._show_images(sdata, coordinate_system, then_place=True))
+        if staged:
+            self._later(self._show_cells)
         ring = self._layer(SELECTED)
-        if ring is None:  # made now, empty: the first click then only fills it
-            self._upsert_points(SELECTED, np.empty((0, 2)), size=1.0, role="selected", scale=None)
+        if ring is None:  # made ahead, empty: the first click then only fills it
+            if staged:
+                self._later(self._make_ring)
+            else:
+                self._make_ring()
         elif (layers := self.viewer.layers).index(ring) < layers.index(self.cells_layer):
             layers.move(layers.index(ring), layers.index(self.cells_layer) + 1)  # above new cells
         self._watch_outlines()
         return self.cells_layer
+
+    # ---------------------------------------------------------- staged drawing
+    @property
+    def drawing(self) -> bool:
+        """Whether steps of the last ``show_query`` are left for later event-loop turns."""
+        return bool(self._steps)
+
+    def finish_drawing(self) -> None:
+        """Run the drawing steps left by ``show_query`` now."""
+        while self._steps:
+            self._steps.pop(0)()
+
+    def stop_drawing(self) -> None:
+        """Drop the drawing steps left (the viewer or the widget closes)."""
+        self._steps.clear()
+        if self._step_timer is not None:
+            self._step_timer.stop()
+
+    def _later(self, step: Callable[[], object]) -> None:
+        """Run ``step`` in a later event-loop turn of its own (after the steps already left)."""
+        self._steps.append(step)
+        if self._step_timer is None:
+            from qtpy.QtCore import QTimer
+
+            self._step_timer = QTimer()
+            self._step_timer.setSingleShot(True)
+            self._step_timer.setInterval(STAGE_MS)
+            self._step_timer.timeout.connect(self._next_step)
+        if not self._step_timer.isActive():
+            self._step_timer.start()
+
+    def _next_step(self) -> None:
+        if not self._steps:
+            return
+        step = self._steps.pop(0)
+        try:
+            step()
+        finally:
+            if self._steps:
+                self._step_timer.start()
+
+    def _show_cells(self) -> None:
+        layer = self.cells_layer
+        shown = layer is not None and layer in self.viewer.layers
+        if shown and layer.metadata.pop(_HIDDEN_UNTIL_DRAWN, False):
+            layer.visible = True
+            self._camera_moved()  # polygons drawn as points: their outlines in view follow
+
+    def _make_ring(self) -> None:
+        if self._layer(SELECTED) is None:
+            self._upsert_points(SELECTED, np.empty((0, 2)), size=1.0, role="selected", scale=None)
 
     # ------------------------------------------------------------ outlines in view
     def _watch_outlines(self) -> None:
@@ -318,6 +400,7 @@ class CellMapperScene:
                     name=kwargs["name"],
                     metadata=kwargs["metadata"],
                     opacity=kwargs.get("opacity", 1.0),
+                    visible=kwargs.get("visible", True),
                 )
         if kind == "labels":  # coloured through a table of colour codes (viewer.label_codes)
             from matplotlib.colors import to_rgba
@@ -339,11 +422,12 @@ class CellMapperScene:
             layer.editable = False
         return layer
 
-    def _show_images(self, sdata: Any, coordinate_system: str) -> None:
+    def _show_images(self, sdata: Any, coordinate_system: str, then_place: bool = False) -> None:
         """Images of ``sdata`` in ``coordinate_system``; other samples' or systems' images go.
 
         Images this scene added are removed; those opened by the reader are hidden (and shown
-        again when their sample and coordinate system come back).
+        again when their sample and coordinate system come back). ``then_place``: the reference
+        is placed again beside the tissue with its images (a staged step, after the placing).
         """
         existing = set()
         for layer in self._find("image"):
@@ -370,6 +454,8 @@ class CellMapperScene:
                 index = self.viewer.layers.index(layer)
                 if index > 0:
                     self.viewer.layers.move(index, 0)
+        if then_place:
+            self.place_reference()
 
     # -------------------------------------------------------------- reference
     def tissue_bounds(self) -> tuple[np.ndarray, np.ndarray]:

@@ -579,12 +579,16 @@ class CellMapperWidget(QWidget):
             self._update_enabled()
 
     def busy(self, kind: str | None = None) -> bool:
-        """Whether a background task (of ``kind``: reference, query, geometry, export) runs."""
+        """Whether a background task (of ``kind``: reference, query, geometry, export) runs; with
+        no ``kind``, also while a large query's layers are still being added (``scene.drawing``)."""
+        if kind is None and self.scene.drawing:
+            return True
         return any(kind is None or task.kind == kind for task in self.tasks)
 
     def wait_idle(self, timeout: float | None = None) -> None:
-        """Process interface events until no background read or export runs (tests, scripts)."""
-        wait_until(lambda: not self.tasks, timeout)
+        """Process interface events until no background read or export runs and the query's
+        layers are all drawn (tests, scripts)."""
+        wait_until(lambda: not self.tasks and not self.scene.drawing, timeout)
 
     def _update_enabled(self) -> None:
         """Open and Export buttons: off while their own background task or a mapping runs."""
@@ -1010,7 +1014,8 @@ class CellMapperWidget(QWidget):
         def fit() -> None:
             if self._closed:
                 return
-            shown = [layer for layer in self.viewer.layers if layer.visible]
+            drawn = self.scene.cells_layer if self.scene.drawing else None  # shown in a moment
+            shown = [layer for layer in self.viewer.layers if layer.visible or layer is drawn]
             try:
                 self.viewer.reset_view(layers=shown or None)
             except TypeError:  # napari < 0.6: no ``layers=``
@@ -1224,6 +1229,7 @@ class CellMapperWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         self._closed = True  # background reads still running are not applied; exports finish
         self.controller.cancel()
+        self.scene.stop_drawing()
         if self._click in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._click)
         super().closeEvent(event)

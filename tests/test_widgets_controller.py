@@ -104,9 +104,23 @@ def test_the_reading_worker_warms_up_what_napari_loads_lazily(monkeypatch):
 
     monkeypatch.setattr(background, "_WARM", False)
     background.warm_up()
-    assert "PIL.Image" in sys.modules and "sklearn.cluster" in sys.modules and background._WARM
+    assert "PIL.Image" in sys.modules and background._WARM
     calls = []
-    monkeypatch.setattr(background, "importlib", None, raising=False)  # a second call does nothing
-    monkeypatch.setattr(background.log, "debug", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(background, "_import", lambda names: calls.append(names))  # once only
     background.warm_up()
     assert calls == []
+
+
+def test_the_session_warm_up_loads_the_kernels_and_k_means(monkeypatch):
+    import sys
+
+    from napari_cellmapper.core import jit
+    from napari_cellmapper.widgets import background
+
+    loaded = []
+    monkeypatch.setattr(jit, "kernels_ready", lambda: True)
+    monkeypatch.setattr(jit, "load_kernels", lambda: loaded.append(True))
+    thread = background.warm_session()
+    thread.join(60)
+    assert not thread.is_alive() and loaded == [True]
+    assert {"sklearn.cluster", "spatialdata", "anndata"} <= set(sys.modules)

@@ -1037,10 +1037,17 @@ def test_progress_is_painted_later_never_at_once_nor_animated(make_napari_viewer
 
 
 def test_the_widget_loads_the_kernels_when_it_opens(make_napari_viewer, monkeypatch):
-    from napari_cellmapper.core import jit
+    from napari_cellmapper.widgets import mapper_widget
     from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
 
     started = []
-    monkeypatch.setattr(jit, "warm_up", lambda: started.append(True))
-    CellMapperWidget(make_napari_viewer())
+    monkeypatch.setattr(mapper_widget, "warm_session", lambda: started.append(True) or _Done())
+    CellMapperWidget(make_napari_viewer()).wait_idle(timeout=5)
     assert started == [True]
+
+
+class _Done:
+    """A finished thread, as far as the widget asks."""
+
+    def is_alive(self) -> bool:
+        return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,10 +158,40 @@ def read_query(path: str | Path) -> OpenedQuery:
 
 
 #: modules napari imports when it draws a sample's first layers (dask's distributed scheduler
-#: module, PIL, vispy's OpenGL arrays): imported by the reading worker instead (0.3-0.5 s); and
-#: scikit-learn's k-means, which the first run with niches imported in its worker, holding the
-#: interpreter lock for 0.1-0.3 s (a 0.28 s stall of a 300k run)
-WARM_MODULES = ("distributed", "PIL.Image", "OpenGL.arrays", "matplotlib.backends", "sklearn.cluster")
+#: module, PIL, vispy's OpenGL arrays): imported by the reading worker instead (0.3-0.5 s)
+WARM_MODULES = ("distributed", "PIL.Image", "OpenGL.arrays", "matplotlib.backends")
+#: modules a session imports sooner or later, imported when the widget opens (``warm_session``)
+#: while the user picks the data: spatialdata and anndata (about 1-2 s, which every first open
+#: paid on its reading path), and scikit-learn's k-means (niches: 1.2 s; the first run with
+#: niches imported it in its worker, holding the interpreter lock for 0.1-0.3 s, a 0.28 s stall
+#: of a 300k run)
+SESSION_MODULES = ("spatialdata", "anndata", "sklearn.cluster")
+
+
+def warm_session() -> threading.Thread:
+    """In one background thread, started when the widget opens: ``SESSION_MODULES`` imported and
+    the numba kernels loaded (``jit.warm_up``'s work, where they may run). Returns the thread."""
+    from napari_cellmapper.core import jit
+
+    def work() -> None:
+        _import(SESSION_MODULES[:2])  # what opening a file needs first
+        if jit.kernels_ready():
+            jit.load_kernels()
+        _import(SESSION_MODULES[2:])
+
+    thread = threading.Thread(target=work, name="cellmapper-session-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _import(names: tuple[str, ...]) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - an optional module, or one that fails to import
+            log.debug("warm-up import of %s failed", name, exc_info=True)
 
 
 def warm_up() -> None:
@@ -171,13 +202,7 @@ def warm_up() -> None:
     if _WARM:
         return
     _WARM = True
-    import importlib
-
-    for name in WARM_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - an optional module, or one that fails to import
-            log.debug("warm-up import of %s failed", name, exc_info=True)
+    _import(WARM_MODULES)
     try:
         import pint
 

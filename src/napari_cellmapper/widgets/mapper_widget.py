@@ -37,7 +37,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_cellmapper.core import jit
 from napari_cellmapper.core.pipeline import MappingParams
 from napari_cellmapper.core.search import neighbors
 from napari_cellmapper.viewer.cell_values import cell_values, value_choices
@@ -53,6 +52,7 @@ from napari_cellmapper.widgets.background import (
     place_cells,
     read_query,
     wait_until,
+    warm_session,
     write_export,
 )
 from napari_cellmapper.widgets.controller import MappingController, error_message
@@ -167,7 +167,7 @@ class CellMapperWidget(QWidget):
         self.controller = MappingController(self._apply_result, parent=self)
         QTimer.singleShot(0, self.controller.prepare_activity_bar)
         neighbors.preload()  # not inside the first run's worker, where it freezes the interface
-        jit.warm_up()  # the numba kernels too, in the background while the user picks the data
+        self._warming = warm_session()  # imports and kernels, while the user picks the data
         self.controller.running.connect(self._set_running)
         self.controller.progressed.connect(self._on_progress)
         self.controller.failed.connect(lambda msg: self.status.setText(f"Failed: {msg}"))
@@ -586,9 +586,11 @@ class CellMapperWidget(QWidget):
         return any(kind is None or task.kind == kind for task in self.tasks)
 
     def wait_idle(self, timeout: float | None = None) -> None:
-        """Process interface events until no background read or export runs and the query's
-        layers are all drawn (tests, scripts)."""
-        wait_until(lambda: not self.tasks and not self.scene.drawing, timeout)
+        """Process interface events until no background read or export runs, the query's layers
+        are all drawn and the start-up warm-up is done (tests, scripts, benchmarks)."""
+        wait_until(
+            lambda: not self.tasks and not self.scene.drawing and not self._warming.is_alive(), timeout
+        )
 
     def _update_enabled(self) -> None:
         """Open and Export buttons: off while their own background task or a mapping runs."""

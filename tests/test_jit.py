@@ -161,14 +161,3 @@ def test_background_compile_fills_the_cache_that_the_next_run_loads(tmp_path):
     out = subprocess.run([sys.executable, "-c", _CHILD], env=env, check=True, capture_output=True, text=True)
     stats = json.loads(out.stdout.strip().splitlines()[-1])
     assert stats["ready"] and stats["misses"] == [0, 0, 0, 0] and all(stats["hits"])
-
-
-def test_warm_up_loads_the_kernels_in_the_background_only_when_they_may_run(monkeypatch):
-    loaded = []
-    monkeypatch.setattr(jit, "load_kernels", lambda: loaded.append(True))
-    monkeypatch.setattr(jit, "kernels_ready", lambda: False)
-    assert jit.warm_up() is None and not loaded  # not compiled: the fallbacks run, nothing loads
-    monkeypatch.setattr(jit, "kernels_ready", lambda: True)
-    thread = jit.warm_up()
-    thread.join(10)
-    assert loaded == [True] and thread.daemon

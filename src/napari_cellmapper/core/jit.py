@@ -31,7 +31,6 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from functools import cache
 from pathlib import Path
@@ -135,18 +134,6 @@ def load_kernels() -> None:
     ivf_scan.load_kernels()
     sparse_product.load_kernels()
     label_kernels.load_kernels()
-
-
-def warm_up() -> threading.Thread | None:
-    """:func:`load_kernels` in a background thread, when the kernels may run (:func:`kernels_ready`).
-    An interactive session calls it when it starts: loading holds Python's interpreter lock for
-    tens of milliseconds at a time, which a first run's worker would otherwise do while the
-    interface waits (``benchmarks/widget_stall.py``)."""
-    if not kernels_ready():
-        return None
-    from napari_cellmapper.core.numba_threads import in_background
-
-    return in_background(load_kernels, "cellmapper-kernels-warm-up")
 
 
 def compile_kernels() -> Path:

@@ -170,7 +170,9 @@ SESSION_MODULES = ("spatialdata", "anndata", "sklearn.cluster")
 
 def warm_session() -> threading.Thread:
     """In one background thread, started when the widget opens: ``SESSION_MODULES`` imported and
-    the numba kernels loaded (``jit.warm_up``'s work, where they may run). Returns the thread."""
+    the numba kernels loaded (``jit.load_kernels``, where they may run: ``jit.kernels_ready``;
+    loading holds the interpreter lock for tens of milliseconds at a time, which a first run's
+    worker would otherwise do while the interface waits). Returns the thread."""
     from napari_cellmapper.core import jit
 
     def work() -> None:

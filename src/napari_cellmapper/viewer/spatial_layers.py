@@ -75,6 +75,10 @@ class CellGeometry:
             from napari_cellmapper.viewer.points import prepare_features
 
             features = prepare_features(display_features(obs.iloc[self.rows]), len(self.rows))
+            for column in features.columns:  # napari's features setter looks a category up:
+                dtype = features[column].dtype  # its lookup table is built here, not there (0.1 s
+                if isinstance(dtype, pd.CategoricalDtype) and len(dtype.categories):  # at 300k ids)
+                    dtype.categories.get_indexer(dtype.categories[:1])
             kept = (weakref.ref(obs), key, features)
             self.__dict__["_display_obs"] = kept  # frozen dataclass: as functools.cached_property does
         return kept[2].copy(deep=False)

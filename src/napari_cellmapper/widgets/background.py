@@ -161,11 +161,11 @@ def read_query(path: str | Path) -> OpenedQuery:
 #: module, PIL, vispy's OpenGL arrays): imported by the reading worker instead (0.3-0.5 s)
 WARM_MODULES = ("distributed", "PIL.Image", "OpenGL.arrays", "matplotlib.backends")
 #: modules a session imports sooner or later, imported when the widget opens (``warm_session``)
-#: while the user picks the data: spatialdata and anndata (about 1-2 s, which every first open
-#: paid on its reading path), and scikit-learn's k-means (niches: 1.2 s; the first run with
-#: niches imported it in its worker, holding the interpreter lock for 0.1-0.3 s, a 0.28 s stall
-#: of a 300k run)
-SESSION_MODULES = ("spatialdata", "anndata", "sklearn.cluster")
+#: while the user picks the data: those reading a file needs (spatialdata and anndata, about 1-2
+#: s, which every first open paid on its reading path), then those a run needs (scikit-learn's
+#: k-means for niches, 1.2 s; the first run with niches imported it in its worker, holding the
+#: interpreter lock for 0.1-0.3 s, a 0.28 s stall of a 300k run)
+SESSION_MODULES = {"reading": ("spatialdata", "anndata"), "running": ("sklearn.cluster",)}
 
 
 def warm_session() -> threading.Thread:
@@ -176,10 +176,10 @@ def warm_session() -> threading.Thread:
     from napari_cellmapper.core import jit
 
     def work() -> None:
-        _import(SESSION_MODULES[:2])  # what opening a file needs first
+        _import(SESSION_MODULES["reading"])  # what opening a file needs first
         if jit.kernels_ready():
             jit.load_kernels()
-        _import(SESSION_MODULES[2:])
+        _import(SESSION_MODULES["running"])
 
     thread = threading.Thread(target=work, name="cellmapper-session-warm-up", daemon=True)
     thread.start()

@@ -127,3 +127,17 @@ def test_the_session_warm_up_loads_the_kernels_and_k_means(monkeypatch):
     thread.join(60)
     assert not thread.is_alive() and thread.daemon and loaded == [True]
     assert {"sklearn.cluster", "spatialdata", "anndata"} <= set(sys.modules)
+
+
+def test_the_reading_worker_collects_garbage_after_reading(tmp_path, monkeypatch):
+    """The full collection that reading a large sample calls for runs in the worker, not in the
+    interface thread's turn that builds the layers (issue 15)."""
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.widgets import background
+
+    path = tmp_path / "circles.zarr"
+    spatial_example("circles").write(path)
+    calls = []
+    monkeypatch.setattr(background, "collect_garbage", lambda: calls.append(True))
+    opened = background.read_query(path)
+    assert calls == [True] and opened.geometry is not None

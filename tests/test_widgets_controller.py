@@ -118,6 +118,7 @@ def test_the_session_warm_up_loads_the_kernels_and_k_means(monkeypatch):
     from napari_cellmapper.widgets import background
 
     loaded = []
+    monkeypatch.setattr(background, "_WARM", False)
     monkeypatch.setattr(jit, "load_kernels", lambda: loaded.append(True))
     monkeypatch.setattr(jit, "kernels_ready", lambda: False)  # not compiled: the fallbacks run
     background.warm_session().join(60)
@@ -126,6 +127,7 @@ def test_the_session_warm_up_loads_the_kernels_and_k_means(monkeypatch):
     thread = background.warm_session()
     thread.join(60)
     assert not thread.is_alive() and thread.daemon and loaded == [True]
+    assert background._WARM  # the reader's warm-up done too: off the reader's path
     assert {"sklearn.cluster", "spatialdata", "anndata"} <= set(sys.modules)
 
 

@@ -180,14 +180,16 @@ SESSION_MODULES = {"reading": ("spatialdata", "anndata"), "running": ("sklearn.c
 
 
 def warm_session() -> threading.Thread:
-    """In one background thread, started when the widget opens: ``SESSION_MODULES`` imported and
-    the numba kernels loaded (``jit.load_kernels``, where they may run: ``jit.kernels_ready``;
-    loading holds the interpreter lock for tens of milliseconds at a time, which a first run's
-    worker would otherwise do while the interface waits). Returns the thread."""
+    """In one background thread, started when the widget opens: ``SESSION_MODULES`` imported,
+    :func:`warm_up` done (off the reader's path) and the numba kernels loaded
+    (``jit.load_kernels``, where they may run: ``jit.kernels_ready``; loading holds the
+    interpreter lock for tens of milliseconds at a time, which a first run's worker would
+    otherwise do while the interface waits). Returns the thread."""
     from napari_cellmapper.core import jit
 
     def work() -> None:
         _import(SESSION_MODULES["reading"])  # what opening a file needs first
+        warm_up()  # then what napari loads with a sample's first layers
         if jit.kernels_ready():
             jit.load_kernels()
         _import(SESSION_MODULES["running"])
@@ -210,21 +212,25 @@ def _import(names: tuple[str, ...]) -> None:
 def warm_up() -> None:
     """Worker: do ahead what napari does lazily on the interface thread when the first layers of
     a sample are built: those imports, and pint's unit registry (napari's layer transforms carry
-    units; loading its definitions takes 0.5 s). Once per process; every step optional."""
+    units; loading its definitions takes 0.5 s). Once per process (the session's warm-up does it
+    when the widget opens; the reader calls it too, and waits for a warm-up under way); every
+    step optional."""
     global _WARM
-    if _WARM:
-        return
-    _WARM = True
-    _import(WARM_MODULES)
-    try:
-        import pint
+    with _WARM_LOCK:
+        if _WARM:
+            return
+        _import(WARM_MODULES)
+        try:
+            import pint
 
-        pint.get_application_registry().pixel  # noqa: B018 - loads the unit definitions
-    except Exception:  # noqa: BLE001 - napari would load them itself
-        log.debug("pint warm-up failed", exc_info=True)
+            pint.get_application_registry().pixel  # noqa: B018 - loads the unit definitions
+        except Exception:  # noqa: BLE001 - napari would load them itself
+            log.debug("pint warm-up failed", exc_info=True)
+        _WARM = True
 
 
 _WARM = False
+_WARM_LOCK = threading.Lock()
 
 
 def place_cells(sdata: Any, table: str, element: str, coordinate_system: str) -> Any:

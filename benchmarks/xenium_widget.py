@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_cellmapper.viewer.transforms import viewer_camera
     from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
 
     viewer = napari.Viewer(show=True)
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         coords = widget.scene.geometry.coords_yx
         middle = np.nanmedian(coords, axis=0)
         target = coords[np.nanargmin(((coords - middle) ** 2).sum(axis=1))]
-        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
+        camera = viewer_camera(viewer)
         camera.center = tuple(float(v) for v in target)
         camera.zoom = viewer.window._qt_viewer.canvas.native.width() / (60 / PIXEL_SIZE_UM)
         for _ in range(3):

@@ -5,7 +5,9 @@ k-NN, gauss kernel, shrunk-LDA head, log-linear pool; the argmax is what calibra
 unchanged) and adds the variants measured for issue 10: query self-graph smoothing (exact or an
 approximate graph from shared reference neighbours), cellmapper's Jaccard² kernels, one-way
 2-hop Jaccard² through the reference graph ("ref2hop"), query-adapted LDA means, Ledoit-Wolf
-shrinkage, gene weighting. Its ``default`` row reproduces ``quality.py``'s default to the digit.
+shrinkage, gene weighting; joint spaces fitted differently, without per-dataset centring or
+without the L2 scaling (``norm``: k-NN and head each in their own), and a label-shift correction
+of the class priors by EM (``em``). Its ``default`` row reproduces ``quality.py``'s default to the digit.
 
     PYTHONPATH=src .venv-bench/bin/python benchmarks/quality_variants.py CONFIGS.py
 
@@ -68,7 +70,48 @@ def _scale_hook(x, usable, scaling):
 JE._scale = _scale_hook
 
 
+def _pca_fitted_on(which: str):
+    """``JE._pca`` fitted on the reference only, the query only, or both datasets weighted equally."""
+
+    def pca(zq, zr, n_comps, seed):
+        from sklearn.decomposition import PCA
+
+        fit = {
+            "refpca": lambda: zr,
+            "qpca": lambda: zq,
+            "balanced": lambda: np.vstack([zr / np.sqrt(zr.shape[0]), zq / np.sqrt(zq.shape[0])]),
+        }[which]()
+        model = PCA(n_components=n_comps, random_state=seed).fit(fit)
+        return model.transform(zq).astype(np.float32), model.transform(zr).astype(np.float32), {}
+
+    return pca
+
+
+def _embed_space(case, mode, **kw):
+    """Joint-space variants: PCA fitted differently, no per-dataset centring, no L2 scaling."""
+    parts = mode.split("+")
+    orig_pca, orig_l2 = JE._pca, JE.l2_normalise
+    if parts[0] in ("refpca", "qpca", "balanced"):
+        JE._pca = _pca_fitted_on(parts[0])
+    if parts[0] == "nocentre":
+
+        def keep(x, usable, scaling):
+            z = x.astype(np.float32).copy()
+            z[~usable] = 0
+            return z
+
+        JE._scale = keep
+    if "raw" in parts:  # coordinates before the L2 scaling (run_case applies cfg["norm"])
+        JE.l2_normalise = lambda a: a
+    try:
+        return JE.build_joint_embedding(case.query, case.reference, **kw)
+    finally:
+        JE._pca, JE.l2_normalise, JE._scale = orig_pca, orig_l2, _scale_hook
+
+
 def embed(case, mode="default", **kw):
+    if mode.split("+")[0] in ("refpca", "qpca", "balanced", "nocentre", "raw"):
+        return _embed_space(case, mode, **kw)
     STATE["mode"] = mode
     STATE["pending"] = []
     if mode.startswith("fw"):
@@ -158,6 +201,11 @@ def run_case(case, emb_cache, cfg):
     codes = codes_all[r_ok]
     if cfg.get("cosine"):
         xr, xq = JE.l2_normalise(np.asarray(xr, np.float32)), JE.l2_normalise(np.asarray(xq, np.float32))
+    xr_head, xq_head = xr, xq
+    if cfg.get("norm") and case.use_rep is None:  # rows divided by |x|^alpha: k-NN space, head space
+        a_knn, a_head = cfg["norm"]
+        xr_head, xq_head = _norm_power(xr, a_head), _norm_power(xq, a_head)
+        xr, xq = _norm_power(xr, a_knn), _norm_power(xq, a_knn)
     n_c = len(cats)
     k = cfg.get("k", 30)
     d, idx = knn(xr, xq, k)
@@ -196,7 +244,7 @@ def run_case(case, emb_cache, cfg):
         p_knn = (1 - beta) * p_knn + beta * p_g
     head = cfg.get("head", "lda")
     w = cfg.get("w", 0.25)
-    xr_h, xq_h = xr, xq
+    xr_h, xq_h = xr_head, xq_head
     if cfg.get("head_comps") and case.use_rep is None:
         hk = ("default", cfg["head_comps"])
         if hk not in emb_cache:
@@ -315,9 +363,35 @@ def run_case(case, emb_cache, cfg):
             col = np.asarray(M.sum(0)).ravel()
             p_ref = (M.T @ p) / np.maximum(col, 1e-12)[:, None]
             p = (1 - bip[0]) * p + bip[0] * (M @ p_ref)
+    if cfg.get("em"):  # label-shift correction (Saerens et al. 2002): the query's class priors by EM
+        p = em_priors(p, np.bincount(codes, minlength=n_c) / codes.size, *cfg["em"])
     pred = cats[p.argmax(axis=1)].astype(object)
     pred[~q_ok] = "unmapped"
     return pred.astype(str)
+
+
+def _norm_power(x, alpha):
+    x = np.asarray(x, np.float32)
+    if alpha == 0:
+        return x
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12) ** alpha
+
+
+def em_priors(p, source, iters, gamma):
+    """Posteriors re-weighted by (query prior / reference prior)^gamma, the query prior found by EM."""
+    mapped = p.sum(axis=1) > 0
+    prior, out = source.copy(), p
+    for _ in range(iters):
+        ratio = np.divide(prior, source, out=np.zeros_like(prior), where=source > 0) ** gamma
+        out = p * ratio
+        out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-300)
+        new = out[mapped].mean(axis=0)
+        done = np.abs(new - prior).max() < 1e-6
+        prior = new
+        if done:
+            break
+    return out
 
 
 def adapt_lda(xr, codes, n_c, xq, pq, lam, shrinkage, cov_q):

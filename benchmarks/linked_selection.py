@@ -69,7 +69,7 @@ def main() -> None:
 
     from napari_cellmapper.io.anndata_spatial import spatialdata_from_anndata
     from napari_cellmapper.widgets.job import MappingResult
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
     from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
 
     reference, query, neighbours, labels = _data(args.cells, args.reference, 30)

@@ -40,7 +40,7 @@ def main() -> None:
     from synthetic import make_pair
 
     from napari_cellmapper.io.anndata_spatial import spatialdata_from_anndata
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
     from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
 
     reference, query = make_pair(args.cells, args.cells)

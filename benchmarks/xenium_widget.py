@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_cellmapper.viewer.transforms import viewer_camera
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)  # benchmark only: a fixed window size

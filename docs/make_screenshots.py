@@ -162,7 +162,7 @@ def merfish() -> int:
     from _shared_data import merfish_hypothalamus
 
     from napari_cellmapper.io.anndata_spatial import spatialdata_from_anndata
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
     from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
 
     reference, query = merfish_hypothalamus(data)

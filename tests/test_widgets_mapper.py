@@ -72,7 +72,7 @@ def test_widget_lists_inputs(demo):
     assert widget.obs_list.checked() == ["cell_type"]
     assert widget.k_spin.value() == 30 and widget.kernel_combo.currentText() == "gauss"
     assert widget.backend_combo.currentData() == "auto" and widget.niches_spin.value() == 8
-    from napari_cellmapper.widgets.mapper_widget import _gpu_available
+    from napari_cellmapper.widgets.mapper.panel import _gpu_available
 
     gpu_index = widget.backend_combo.findData("cupy")
     assert widget.backend_combo.model().item(gpu_index).isEnabled() == _gpu_available()
@@ -370,7 +370,7 @@ def test_colour_by_measured_imputed_gene_and_type_probability(demo, qtbot, error
 
 def test_labels_query_maps_and_colours_labels(make_napari_viewer, qtbot, errors):
     from napari_cellmapper.datasets import pbmc_example, spatial_example
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
     from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
 
     viewer = make_napari_viewer()
@@ -509,7 +509,7 @@ def test_labels_cells_are_not_painted_and_ring_fits_one_cell(make_napari_viewer,
     from scipy.spatial import cKDTree
 
     from napari_cellmapper.datasets import pbmc_example, spatial_example
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
     from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
 
     viewer = make_napari_viewer()
@@ -528,7 +528,7 @@ def test_labels_cells_are_not_painted_and_ring_fits_one_cell(make_napari_viewer,
 def test_reference_without_embedding_is_explained(make_napari_viewer, errors):
     """Issue 11 defect 6: no 2-D embedding: say so, and grey out 'Colour reference by'."""
     from napari_cellmapper.datasets import pbmc_example, spatial_example
-    from napari_cellmapper.widgets.mapper_widget import NO_EMBEDDING, CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import NO_EMBEDDING, CellMapperWidget
     from napari_cellmapper.widgets.sources import QuerySource, ReferenceSource
 
     viewer = make_napari_viewer()
@@ -729,9 +729,9 @@ def _slowed(monkeypatch, name: str, delay: float = 0.5) -> list[bool]:
     """Slow down the widget's background function ``name``; records whether it ran on the main thread."""
     import threading
 
-    from napari_cellmapper.widgets import mapper_widget
+    from napari_cellmapper.widgets.mapper import panel as mapper_panel
 
-    real = getattr(mapper_widget, name)
+    real = getattr(mapper_panel, name)
     on_main: list[bool] = []
 
     def slow(*args, **kwargs):
@@ -739,7 +739,7 @@ def _slowed(monkeypatch, name: str, delay: float = 0.5) -> list[bool]:
         time.sleep(delay)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mapper_widget, name, slow)
+    monkeypatch.setattr(mapper_panel, name, slow)
     return on_main
 
 
@@ -774,7 +774,7 @@ def test_export_runs_in_a_worker_and_writes_the_table_as_frozen(demo, qtbot, tmp
 
 
 def test_failed_export_is_reported_and_writes_nothing(demo, qtbot, tmp_path, monkeypatch, errors):
-    from napari_cellmapper.widgets import mapper_widget
+    from napari_cellmapper.widgets.mapper import panel as mapper_panel
 
     viewer, widget = demo
     widget.run()
@@ -783,7 +783,7 @@ def test_failed_export_is_reported_and_writes_nothing(demo, qtbot, tmp_path, mon
     def broken(job):
         raise OSError("disk full")
 
-    monkeypatch.setattr(mapper_widget, "write_export", broken)
+    monkeypatch.setattr(mapper_panel, "write_export", broken)
     out = tmp_path / "broken.zarr"
     assert widget.export(out, confirm=False, wait=True) is None
     assert errors[-1] == "Export failed: OSError: disk full"
@@ -885,11 +885,11 @@ def test_large_elements_are_placed_in_a_worker_and_only_the_last_choice_is_drawn
     cells in a worker (label centroids over a big raster take seconds); Run waits for them; a
     choice overtaken by another one is not drawn."""
     from napari_cellmapper.datasets import spatial_example
-    from napari_cellmapper.widgets import mapper_widget
+    from napari_cellmapper.widgets.mapper import panel as mapper_panel
     from napari_cellmapper.widgets.sources import QuerySource
 
     viewer, widget = demo
-    monkeypatch.setattr(mapper_widget, "BACKGROUND_CELLS", 1)  # every table counts as large
+    monkeypatch.setattr(mapper_panel, "BACKGROUND_CELLS", 1)  # every table counts as large
     on_main = _slowed(monkeypatch, "place_cells", delay=0.3)
     old_cells = widget.scene.cells_layer
     ticks = _Ticks()
@@ -934,11 +934,11 @@ def test_open_failure_in_a_worker_changes_nothing(demo, qtbot, tmp_path, errors)
 def test_a_large_result_is_coloured_in_the_next_turn_and_painted_in_its_own(demo, qtbot, errors, monkeypatch):
     """From DEFER_COLOURS_FROM cells the colouring runs after the rest of the application, with
     napari's canvas not asking for a paint until a zero timer (issue 11's stall after a run)."""
-    from napari_cellmapper.widgets import mapper_widget
+    from napari_cellmapper.widgets.mapper import panel as mapper_panel
     from napari_cellmapper.widgets.repaint import viewer_canvases
 
     viewer, widget = demo
-    monkeypatch.setattr(mapper_widget, "DEFER_COLOURS_FROM", 1)
+    monkeypatch.setattr(mapper_panel, "DEFER_COLOURS_FROM", 1)
     canvases = viewer_canvases(widget)
     assert len(canvases) == 1  # napari's canvas, found through Qt (the reference view is a dock)
     updates_during_colouring: list[list[bool]] = []
@@ -1037,11 +1037,11 @@ def test_progress_is_painted_later_never_at_once_nor_animated(make_napari_viewer
 
 
 def test_the_widget_loads_the_kernels_when_it_opens(make_napari_viewer, monkeypatch):
-    from napari_cellmapper.widgets import mapper_widget
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper import panel as mapper_panel
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
 
     started = []
-    monkeypatch.setattr(mapper_widget, "warm_session", lambda: started.append(True) or _Done())
+    monkeypatch.setattr(mapper_panel, "warm_session", lambda: started.append(True) or _Done())
     CellMapperWidget(make_napari_viewer()).wait_idle(timeout=5)
     assert started == [True]
 

@@ -97,7 +97,7 @@ def test_writer_and_demo_run(make_napari_viewer, qtbot, example_paths, tmp_path,
     import spatialdata
 
     from napari_cellmapper.widgets._npe2 import get_reader, write_annotated
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
 
     monkeypatch.setattr(notifications, "show_info", lambda message: None)
     spatial, h5ad = example_paths

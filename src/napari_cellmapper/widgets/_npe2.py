@@ -206,6 +206,6 @@ def sample_both() -> list[LayerData]:
 # ------------------------------------------------------------------------------------ widget
 def mapper_widget(napari_viewer: Any) -> Any:
     """The CellMapper dock widget."""
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
 
     return CellMapperWidget(napari_viewer)

@@ -13,7 +13,7 @@ def open_demo(viewer: Any = None, *, run: bool = False) -> tuple[Any, Any]:
     import napari
 
     from napari_cellmapper.widgets._npe2 import sample_both
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
 
     own_window = viewer is None
     viewer = napari.Viewer(title="napari-cellmapper demo") if own_window else viewer

@@ -24,7 +24,7 @@ from napari_cellmapper.viewer.selection import SELECTION, cells_in_selection, se
 from napari_cellmapper.widgets.rows import row as _row
 
 if TYPE_CHECKING:
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
 
 
 class CurationWidget(QWidget):

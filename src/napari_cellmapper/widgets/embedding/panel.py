@@ -28,7 +28,7 @@ from napari_cellmapper.viewer.selection import cells_in_selection, selection_lay
 from napari_cellmapper.widgets.repaint import deferred_repaint
 
 if TYPE_CHECKING:
-    from napari_cellmapper.widgets.mapper_widget import CellMapperWidget
+    from napari_cellmapper.widgets.mapper.panel import CellMapperWidget
 
 _GREY = (0.55, 0.55, 0.55, 1.0)
 # after a recolouring, the tissue's canvas draws first; this view follows in a turn of its own

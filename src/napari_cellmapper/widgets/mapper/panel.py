@@ -44,7 +44,6 @@ from napari_cellmapper.viewer.points import LARGE_LAYER
 from napari_cellmapper.viewer.samples import Samples, side_by_side
 from napari_cellmapper.viewer.scene import CellMapperScene
 from napari_cellmapper.viewer.selection import cell_info
-from napari_cellmapper.widgets.advanced_options import AdvancedOptions
 from napari_cellmapper.widgets.background import (
     BackgroundTask,
     ExportJob,
@@ -57,7 +56,8 @@ from napari_cellmapper.widgets.background import (
 )
 from napari_cellmapper.widgets.controller import MappingController, error_message
 from napari_cellmapper.widgets.job import BACKENDS, BUILD_FROM_GENES, KERNELS, MappingJob, MappingResult
-from napari_cellmapper.widgets.legend import ColorKey
+from napari_cellmapper.widgets.mapper.advanced_options import AdvancedOptions
+from napari_cellmapper.widgets.mapper.legend import ColorKey
 from napari_cellmapper.widgets.repaint import deferred_repaint, updates_held
 from napari_cellmapper.widgets.rows import row as _row
 from napari_cellmapper.widgets.sources import (

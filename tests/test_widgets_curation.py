@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from test_widgets_mapper import _wait_done, demo, errors  # noqa: F401 - fixtures
@@ -100,10 +102,12 @@ def _canvas_point(viewer, y, x):
 
 def _mouse(viewer, kind, point, button, buttons):
     """One real Qt mouse event on the canvas widget (as the window system would send it)."""
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import QEvent, Qt
     from qtpy.QtGui import QMouseEvent
     from qtpy.QtWidgets import QApplication
 
+    if kind == QEvent.Type.MouseMove:
+        time.sleep(0.012)  # vispy drops a move within 10 ms of the last one (app/base.py)
     native = viewer.window._qt_viewer.canvas.native
     event = QMouseEvent(
         kind, point, native.mapToGlobal(point), button, buttons, Qt.KeyboardModifier.NoModifier

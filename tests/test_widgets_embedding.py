@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from test_widgets_mapper import _wait_done, demo, errors  # noqa: F401 - fixtures
@@ -19,6 +21,8 @@ def _drag(view, path_xy):
     left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
 
     def send(kind, xy, button, buttons):
+        if kind == QEvent.Type.MouseMove:
+            time.sleep(0.012)  # vispy drops a move within 10 ms of the last one (app/base.py)
         mapped = view.view.scene.transform.map([xy[0], xy[1], 0, 1])
         point = QPointF(float(mapped[0]), float(mapped[1]))
         event = QMouseEvent(

@@ -19,5 +19,10 @@ CFGS = {
     "label shift by EM (to convergence)": dict(em=(50, 1.0)),
     "label shift by EM, damped (ratio^0.5)": dict(em=(50, 0.5)),
     "label shift by EM, 3 steps": dict(em=(3, 1.0)),
+    # the first round's candidate (ref2hop + bilateral smoothing over an approximate query graph)
+    "candidate + k-NN without L2, head with": dict(
+        REF2HOP, smooth=(10, 0.5, "bilateral"), emb="raw", norm=(0, 1)
+    ),
+    "candidate + no L2": dict(REF2HOP, smooth=(10, 0.5, "bilateral"), emb="raw", norm=(0, 0)),
 }
 main(CFGS)

@@ -41,6 +41,18 @@ def test_centre_tree_skips_cells_without_a_position():
     assert tree.n == 2 and ids[tree.query([9.0, 9.0])[1]] == 2
 
 
+def test_row_of_instance_finds_each_cell_by_its_label():
+    from napari_cellmapper.viewer.spatial_layers import CellGeometry
+
+    labels = np.array([907, 3, 41, 12, 5000])  # table order, not sorted
+    geometry = CellGeometry("labels", "e", "global", np.arange(5), labels, np.zeros((5, 2)))
+    assert [geometry.row_of_instance(int(v)) for v in labels] == [0, 1, 2, 3, 4]
+    assert geometry.row_of_instance(0) is None and geometry.row_of_instance(6000) is None
+    assert geometry.row_of_instance(40) is None  # between two labels
+    empty = CellGeometry("labels", "e", "global", np.arange(0), np.arange(0), np.zeros((0, 2)))
+    assert empty.row_of_instance(1) is None
+
+
 def test_spacing_is_the_median_nearest_neighbour_distance():
     from napari_cellmapper.viewer.spatial_layers import CellGeometry
 

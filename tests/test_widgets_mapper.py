@@ -873,7 +873,8 @@ def test_open_reads_and_computes_geometry_in_a_worker(demo, qtbot, tmp_path, mon
     from napari_cellmapper.widgets.background import read_query
 
     opened = read_query(circles_path)  # the worker's function: the click's KD-tree built there too
-    assert {"centre_tree", "spacing", "_display_obs"} <= set(vars(opened.geometry))  # and the features
+    built = {"centre_tree", "spacing", "_instance_index", "_display_obs"}  # and the features
+    assert built <= set(vars(opened.geometry))
     assert widget.open_reference_button.isEnabled() and widget.open_query_button.isEnabled()
     assert not [e for e in errors if not e.startswith("warning")], errors
 

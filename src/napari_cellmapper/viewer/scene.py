@@ -128,7 +128,6 @@ class CellMapperScene:
         self.reference_layer: Any = None
         self.image_layers: list[Any] = []
         self._ring: float | None = None  # diameter of a linked cell's ring, computed once too
-        self._label_rows: dict[int, int] = {}
         self.color: ColorInfo | None = None
         self._outline_timer: Any = None
         self._steps: list[Callable[[], object]] = []  # drawing steps left for later turns
@@ -179,9 +178,6 @@ class CellMapperScene:
         self._steps.clear()
         self.sdata, self.table_name, self.geometry = sdata, table_name, geometry
         self._ring = None
-        self._label_rows = (
-            {int(v): i for i, v in enumerate(geometry.instance_ids)} if geometry.kind == "labels" else {}
-        )
         meta = {
             ROLE: "cells",
             "sdata": sdata,
@@ -625,7 +621,7 @@ class CellMapperScene:
             value = self.cells_layer.get_value(position, world=True)
             if isinstance(value, tuple):
                 value = value[-1]
-            return None if value in (None, 0) else self._label_rows.get(int(value))
+            return None if value in (None, 0) else self.geometry.row_of_instance(int(value))
         tree, ids = self.geometry.centre_tree
         distance, i = tree.query(position)
         sizes = self.geometry.sizes

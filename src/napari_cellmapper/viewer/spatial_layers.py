@@ -64,6 +64,20 @@ class CellGeometry:
         nearest = distances[:, 1][distances[:, 1] > 0]
         return float(np.median(nearest)) if len(nearest) else box_spacing(self.coords_yx)
 
+    @cached_property
+    def _instance_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """The instance ids sorted, and the cell index of each (built once; a background reader
+        builds it beside the geometry: a Python dict of 300k labels took 0.1-0.18 s of the
+        interface thread when the cells were drawn)."""
+        order = np.argsort(self.instance_ids, kind="stable")
+        return np.asarray(self.instance_ids)[order], order
+
+    def row_of_instance(self, instance_id: int) -> int | None:
+        """Index of the cell with this instance id (a label value for labels), or None."""
+        ids, order = self._instance_index
+        at = int(np.searchsorted(ids, instance_id))
+        return int(order[at]) if at < len(ids) and ids[at] == instance_id else None
+
     def display_obs(self, obs: pd.DataFrame) -> pd.DataFrame:
         """The hover features of these cells from their table's ``obs`` (``display_features`` of
         its rows, text columns made categorical, as the cells layer keeps them). Kept for this

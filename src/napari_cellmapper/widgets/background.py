@@ -236,12 +236,14 @@ _WARM_LOCK = threading.Lock()
 def place_cells(sdata: Any, table: str, element: str, coordinate_system: str) -> Any:
     """Worker: the cells' geometry (``spatial_layers.cell_geometry``: label centroids over a big
     raster take seconds), with the KD-tree of their centres and their spacing (a click finds and
-    rings a cell with them: 0.1 s at 300k, 0.35 s at 1M), and their hover features
+    rings a cell with them: 0.1 s at 300k, 0.35 s at 1M), the index of their instance ids (a
+    clicked label's cell), and their hover features
     (``CellGeometry.display_obs``: 0.4-0.5 s at 300k)."""
     from napari_cellmapper.viewer.spatial_layers import cell_geometry
 
     geometry = cell_geometry(sdata, table, element, coordinate_system)
     geometry.spacing  # noqa: B018 - with its KD-tree: built here, not on the first click
+    geometry.row_of_instance(0)  # its index of instance ids (a label clicked): built here too
     geometry.display_obs(sdata.tables[table].obs)
     return geometry
 

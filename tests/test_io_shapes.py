@@ -69,3 +69,57 @@ def test_selection_without_shapes_reads_no_shapes(io_toy_path):
         warnings.simplefilter("ignore")
         sdata = read_spatialdata(io_toy_path, selection=("tables",))
     assert not len(sdata.shapes) and "t_circles" in sdata.tables
+
+
+def test_collector_paused_resumes_once_and_only_if_it_was_on():
+    import gc
+    import threading
+
+    from napari_cellmapper.io.shapes import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():  # nested: still paused after the inner one ends
+            pass
+        assert not gc.isenabled()
+        inside = threading.Event()
+        leave = threading.Event()
+
+        def other() -> None:  # another thread's read ends first: the first one's keeps it paused
+            with collector_paused():
+                inside.set()
+                leave.wait(5)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        inside.wait(5)
+        leave.set()
+        thread.join(5)
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():  # resumed after an error too
+        raise RuntimeError("a broken store")
+    assert gc.isenabled()
+    gc.disable()  # paused by someone else before: left paused
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_read_spatialdata_pauses_the_collector(io_toy_path, monkeypatch):
+    import gc
+
+    seen = []
+    real = shapes_io.read_shapes
+
+    def spy(path):
+        seen.append(gc.isenabled())
+        return real(path)
+
+    monkeypatch.setattr(shapes_io, "read_shapes", spy)
+    read_spatialdata(io_toy_path)
+    assert seen and not any(seen) and gc.isenabled()

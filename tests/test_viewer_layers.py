@@ -51,6 +51,9 @@ def test_row_of_instance_finds_each_cell_by_its_label():
     assert geometry.row_of_instance(40) is None  # between two labels
     empty = CellGeometry("labels", "e", "global", np.arange(0), np.arange(0), np.zeros((0, 2)))
     assert empty.row_of_instance(1) is None
+    named = np.array(["b-1", "a-7", "c-2"], dtype=object)  # shapes' ids may be text (Xenium's)
+    circles = CellGeometry("circles", "e", "global", np.arange(3), named, np.zeros((3, 2)))
+    assert circles.row_of_instance("a-7") == 1 and circles.row_of_instance(0) is None
 
 
 def test_spacing_is_the_median_nearest_neighbour_distance():

@@ -131,15 +131,49 @@ def test_the_session_warm_up_loads_the_kernels_and_k_means(monkeypatch):
     assert {"sklearn.cluster", "spatialdata", "anndata"} <= set(sys.modules)
 
 
-def test_the_reading_worker_collects_garbage_after_reading(tmp_path, monkeypatch):
-    """The full collection that reading a large sample calls for runs in the worker, not in the
-    interface thread's turn that builds the layers (issue 15)."""
+def test_the_reading_worker_collects_garbage_once_after_reading(tmp_path, monkeypatch):
+    """While the worker reads and places the cells, the garbage collector is paused (no full
+    collections holding the interpreter lock as the objects pile up); then the one full
+    collection runs in the worker, not in the interface thread's turn that builds the layers
+    (issue 15)."""
+    import gc
+
     from napari_cellmapper.datasets import spatial_example
     from napari_cellmapper.widgets import background
 
     path = tmp_path / "circles.zarr"
     spatial_example("circles").write(path)
-    calls = []
-    monkeypatch.setattr(background, "collect_garbage", lambda: calls.append(True))
+    calls, enabled_while = [], []
+    real_place = background.place_cells
+
+    def place(*args):
+        enabled_while.append(gc.isenabled())
+        return real_place(*args)
+
+    monkeypatch.setattr(background, "place_cells", place)
+    monkeypatch.setattr(background, "collect_garbage", lambda: calls.append(gc.isenabled()))
+    assert gc.isenabled()
     opened = background.read_query(path)
-    assert calls == [True] and opened.geometry is not None
+    assert enabled_while == [False] and calls == [True] and opened.geometry is not None
+    assert gc.isenabled()
+
+
+def test_the_reading_worker_places_cells_with_text_ids(tmp_path):
+    """Xenium's shapes carry text cell ids ("aaaceima-1"): the worker places them and finds each
+    cell by its id, where a number finds none (a regression of the index of instance ids)."""
+    from napari_cellmapper.datasets import spatial_example
+    from napari_cellmapper.widgets import background
+
+    sdata = spatial_example("circles")
+    table = sdata.tables["table"]
+    circles = sdata.shapes["cells"]
+    circles.index = [f"cell-{i}" for i in circles.index]
+    table.obs["cell_id"] = [f"cell-{i}" for i in table.obs["cell_id"]]
+    path = tmp_path / "text_ids.zarr"
+    sdata.write(path)
+    opened = background.read_query(path)
+    geometry = opened.geometry
+    assert geometry is not None and geometry.kind == "circles"
+    first = str(geometry.instance_ids[0])
+    assert first.startswith("cell-") and geometry.row_of_instance(first) == 0
+    assert geometry.row_of_instance(1) is None

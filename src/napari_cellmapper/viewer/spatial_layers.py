@@ -72,10 +72,14 @@ class CellGeometry:
         order = np.argsort(self.instance_ids, kind="stable")
         return np.asarray(self.instance_ids)[order], order
 
-    def row_of_instance(self, instance_id: int) -> int | None:
-        """Index of the cell with this instance id (a label value for labels), or None."""
+    def row_of_instance(self, instance_id: Any) -> int | None:
+        """Index of the cell with this instance id (a label value for labels; shapes and points
+        may have text ids), or None."""
         ids, order = self._instance_index
-        at = int(np.searchsorted(ids, instance_id))
+        try:
+            at = int(np.searchsorted(ids, instance_id))
+        except TypeError:  # an id of another kind (a number among text ids): no such cell
+            return None
         return int(order[at]) if at < len(ids) and ids[at] == instance_id else None
 
     def display_obs(self, obs: pd.DataFrame) -> pd.DataFrame:

@@ -132,7 +132,19 @@ class OpenedQuery:
 
 def read_query(path: str | Path) -> OpenedQuery:
     """Worker: the query read from ``path`` and the geometry of the cells drawn first (label
-    centroids over a big raster take seconds)."""
+    centroids over a big raster take seconds). Python's garbage collector is paused meanwhile
+    (``io.shapes.collector_paused``: reading 300k cells set off 3-8 full collections, 0.1-0.36 s
+    each with the interpreter lock held), then collects once (:func:`collect_garbage`)."""
+    from napari_cellmapper.io.shapes import collector_paused
+
+    warm_up()
+    with collector_paused():
+        opened = _read_and_place(path)
+    collect_garbage()
+    return opened
+
+
+def _read_and_place(path: str | Path) -> OpenedQuery:
     from napari_cellmapper.widgets.sources import (
         element_coordinate_systems,
         load_query,
@@ -140,7 +152,6 @@ def read_query(path: str | Path) -> OpenedQuery:
         table_names,
     )
 
-    warm_up()
     source = load_query(path)
     names = table_names(source.sdata)
     if not names:
@@ -154,7 +165,6 @@ def read_query(path: str | Path) -> OpenedQuery:
     except Exception:  # noqa: BLE001 - drawing it on the main thread reports the error
         log.debug("cell geometry of %s failed in the background", path, exc_info=True)
         geometry = None
-    collect_garbage()
     return OpenedQuery(source, names[0], elements[0], systems[0], geometry)
 
 
@@ -243,7 +253,8 @@ def place_cells(sdata: Any, table: str, element: str, coordinate_system: str) ->
 
     geometry = cell_geometry(sdata, table, element, coordinate_system)
     geometry.spacing  # noqa: B018 - with its KD-tree: built here, not on the first click
-    geometry.row_of_instance(0)  # its index of instance ids (a label clicked): built here too
+    if geometry.kind == "labels":
+        geometry.row_of_instance(0)  # the index of its label values (a label clicked) too
     geometry.display_obs(sdata.tables[table].obs)
     return geometry
 

@@ -13,9 +13,10 @@ read here: :func:`read_spatialdata` then reads the store with spatialdata alone.
 
 While a store is read, Python's cyclic garbage collector is paused (:func:`collector_paused`):
 the geometries it creates would otherwise set off a full collection each time the tracked
-objects grow by a quarter, every one of them scanning the whole heap with the lock held (seven
-or eight per 300k-cell store, 0.1-0.36 s each in napari's process). Nothing it reads is cyclic
-garbage, so one collection afterwards, or Python's next, finds what those would have.
+objects grow by a quarter, every one of them scanning the whole heap with the lock held (three
+or more per 300k-cell store, 0.1-0.36 s each in napari's process). What a read creates lives as
+long as the store, so those collections found next to nothing; one collection afterwards (the
+reading worker's, or Python's next) finds whatever they would have.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ panel); cellmapper 0.2.6 (only in the benchmark environment; its joint PCA fallb
 log-normalised counts, or on the values as they are for seqFISH; gauss at k = 30, and hnoca at
 k = 10, the setting the issue measured); logistic regression, a linear SVM and nearest
 centroid, all trained on the reference
-in the same space (the joint embedding our default builds, or ``X_pca``).
+in the same space (the joint embedding our default builds, or ``X_pca``), and again with the joint
+space's rows scaled to unit length (where the linear ones do better: the best of both counts).
 
 Columns: accuracy, macro F1, mean and minimum per-class recall (over the query's classes),
 expected calibration error of the confidence (15 equal-width bins; "-" when a method has none).
@@ -160,13 +161,21 @@ def _ref_labels(case: Case) -> np.ndarray:
     return labels
 
 
-def sklearn_baseline(name: str) -> Callable[[Case], Prediction]:
+def sklearn_baseline(name: str, unit: bool = False) -> Callable[[Case], Prediction]:
+    """A scikit-learn classifier trained on the reference in the default's space; ``unit``: with
+    the joint space's rows scaled to unit length (the default's space before 2026-12-05, where
+    the linear baselines do better; a given ``use_rep`` is left as it is)."""
+
     def run(case: Case) -> Prediction:
         from sklearn.linear_model import LogisticRegression
         from sklearn.neighbors import NearestCentroid
         from sklearn.svm import LinearSVC
 
         xr, xq, ok = _space(case)
+        if unit and case.use_rep is None:
+            from napari_cellmapper.core.joint_embedding import l2_normalise
+
+            xr, xq = l2_normalise(np.asarray(xr)), l2_normalise(np.asarray(xq))
         y = _ref_labels(case)
         model = {
             "logreg": lambda: LogisticRegression(max_iter=2000),
@@ -262,6 +271,9 @@ def methods(variants: bool) -> dict[str, Callable[[Case], Prediction | None]]:
         "logistic regression": sklearn_baseline("logreg"),
         "linear SVM": sklearn_baseline("svm"),
         "nearest centroid": sklearn_baseline("centroid"),
+        "logistic regression, rows at unit length": sklearn_baseline("logreg", unit=True),
+        "linear SVM, rows at unit length": sklearn_baseline("svm", unit=True),
+        "nearest centroid, rows at unit length": sklearn_baseline("centroid", unit=True),
     }
     if variants:
         out.update(VARIANTS)

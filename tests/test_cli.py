@@ -118,6 +118,11 @@ def test_joint_and_label_options(files):
         and "normalize=True" in joint["normalize"]["query"]
     )
     assert labels["head"] == "none" and not labels["calibrate"] and labels["min_confidence"] == 1.0
+    assert labels.get("self_training") is None  # no head, nothing to train
+    for value, recorded in (("0.7", 0.7), ("0", None)):
+        code = main(["map", "--reference", str(ref), "--query", str(query), "--obs", "celltype", "-k", "10",
+                     "--self-training", value, "--out", str(out), "--overwrite", "-q"])  # fmt: skip
+        assert code == 0 and ad.read_h5ad(out).uns["cellmapper"]["labels"].get("self_training") == recorded
     assert (
         "unassigned" in set(result.obs["celltype_pred"].astype(str))
         or (result.obs["celltype_conf"] == 1).all()

@@ -55,3 +55,37 @@ def test_pool_lets_a_clear_vote_stand_where_the_mean_would_not():
     head = np.array([[0.05, 0.95], [0.2, 0.8]])
     assert H.pool(knn, head, 0.25).argmax(axis=1).tolist() == [0, 1]
     assert (0.5 * knn + 0.5 * head).argmax(axis=1).tolist() == [1, 1]
+
+
+def _shifted(seed: int = 3):
+    """Three classes whose query is the reference stretched, tightened and shifted (a platform):
+    the reference-only LDA puts its decision boundaries in the wrong place for the query."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    lr, lq = rng.integers(0, 3, 900), rng.integers(0, 3, 600)
+    ref = (centres[lr] + rng.normal(size=(900, 2))).astype(np.float32)
+    qry = (centres[lq] * 1.3 + rng.normal(size=(600, 2)) * 0.8 + 1.2).astype(np.float32)
+    return ref, qry, lr, lq
+
+
+def test_self_trained_uses_only_confident_labelled_query_cells():
+    ref, qry, lr, lq = _shifted()
+    codes = lq.copy()
+    codes[:100] = -1  # unmapped query cells never train
+    confidence = np.full(lq.size, 0.95)
+    confidence[100:300] = 0.5  # nor do unsure ones
+    head = H.self_trained(ref, lr, qry, codes, confidence, 3, 0.9)
+    by_hand = H.fit_lda(np.vstack([ref, qry[300:]]), np.concatenate([lr, lq[300:]]), n_classes=3)
+    np.testing.assert_allclose(head.coef, by_hand.coef, rtol=1e-5)
+    np.testing.assert_allclose(head.intercept, by_hand.intercept, rtol=1e-5)
+    assert H.self_trained(ref, lr, qry, codes, np.zeros(lq.size), 3, 0.9) is None
+
+
+def test_self_training_moves_the_head_towards_the_query():
+    ref, qry, lr, lq = _shifted()
+    before = H.fit_lda(ref, lr, n_classes=3)
+    proba = before.probabilities(qry)
+    after = H.self_trained(ref, lr, qry, proba.argmax(axis=1), proba.max(axis=1), 3, 0.9)
+    acc_before = np.mean(proba.argmax(axis=1) == lq)
+    acc_after = np.mean(after.probabilities(qry).argmax(axis=1) == lq)
+    assert acc_after > acc_before + 0.05, (acc_before, acc_after)  # measured 0.77-0.82 -> 0.90-0.93

@@ -551,6 +551,11 @@ BAD_INPUTS = {
     "layer missing": (lambda q, r: None, {"layer_key": "counts"}, ["layer_key='counts'", "not a layer"]),
     "unknown head": (lambda q, r: None, {"head": "mlp"}, ["Unknown head 'mlp'"]),
     "head weight above 1": (lambda q, r: None, {"head_weight": 1.5}, ["head_weight", "between 0 and 1"]),
+    "self_training above 1": (
+        lambda q, r: None,
+        {"self_training": 2},
+        ["self_training", "between 0 and 1", "None: no self-training"],
+    ),
     "min_confidence negative": (
         lambda q, r: None,
         {"min_confidence": -0.1},
@@ -755,6 +760,43 @@ def test_head_and_calibration_change_probabilities_not_the_mapping_matrix():
     assert not np.allclose(proba, plain.obsm["celltype_proba"].to_numpy())
     info = query.uns["cellmapper"]["labels"]
     assert info["head"] == "lda" and info["calibrate"] and info["celltype"]["temperature"] > 0
+
+
+def test_self_training_refits_the_head_on_confident_query_cells_only():
+    query, reference = make_pair(seed=7)
+    query.obsm["X_joint"] = query.obsm["X_joint"] + np.random.default_rng(0).normal(
+        scale=4, size=(60, 8)
+    ).astype(np.float32)
+    off, on = query.copy(), query.copy()
+    m_off = CellMapper(off, reference).fit(
+        "X_joint", obs_keys="celltype", n_neighbors=10, self_training=None, progress=False
+    )
+    m_on = CellMapper(on, reference).fit("X_joint", obs_keys="celltype", n_neighbors=10, progress=False)
+    assert (m_on.mapping_matrix != m_off.mapping_matrix).nnz == 0  # labels only: M is untouched
+    info_on, info_off = on.uns["cellmapper"]["labels"], off.uns["cellmapper"]["labels"]
+    assert info_on["self_training"] == 0.9 and info_off.get("self_training") is None  # None is not stored
+    assert 0 < info_on["celltype"]["self_training_cells"] <= 60
+    assert "self_training_cells" not in info_off["celltype"]
+    assert not np.allclose(on.obsm["celltype_proba"].to_numpy(), off.obsm["celltype_proba"].to_numpy())
+    # the cells that train are those the pool (uncalibrated: what the off run reports) labels at
+    # least that confidently
+    plain = query.copy()
+    CellMapper(plain, reference).fit(
+        "X_joint", obs_keys="celltype", n_neighbors=10, self_training=None, calibrate=False, progress=False
+    )
+    conf = plain.obs["celltype_conf"].to_numpy()
+    threshold = float(np.quantile(conf, 0.6))
+    trained = query.copy()
+    CellMapper(trained, reference).fit(
+        "X_joint",
+        obs_keys="celltype",
+        n_neighbors=10,
+        self_training=threshold,
+        calibrate=False,
+        progress=False,
+    )
+    used = trained.uns["cellmapper"]["labels"]["celltype"]["self_training_cells"]
+    assert used == int((conf >= threshold).sum()) and 0 < used < 60
 
 
 def _gene_pair(seed: int = 0) -> tuple[AnnData, AnnData]:

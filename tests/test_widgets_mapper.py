@@ -591,8 +591,12 @@ def test_advanced_options_reach_the_job_and_the_result(demo, qtbot, errors):
     advanced.input_combo.setCurrentIndex(2)  # already normalised
     advanced.top_genes_spin.setValue(0)
     advanced.metric_combo.setCurrentText("cosine")
+    advanced.self_training_spin.setValue(0.0)
+    assert advanced.self_training_spin.text() == "off" and widget.build_job().params.self_training is None
+    advanced.self_training_spin.setValue(0.8)
+    assert widget.build_job().params.self_training == 0.8
     advanced.head_combo.setCurrentText("none")
-    assert not advanced.head_weight_spin.isEnabled()
+    assert not advanced.head_weight_spin.isEnabled() and not advanced.self_training_spin.isEnabled()
     advanced.calibrate_check.setChecked(False)
     advanced.min_confidence_spin.setValue(0.9)
     params = widget.build_job().params

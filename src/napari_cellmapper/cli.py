@@ -159,6 +159,12 @@ def _add_quality_options(m: argparse.ArgumentParser) -> None:
         default=0.25,
         help="weight of the head's probabilities, pooled with the k-NN ones (0.25)",
     )
+    m.add_argument(
+        "--self-training",
+        type=float,
+        default=0.9,
+        help="fit the head again with the query cells labelled at least this confidently (0.9; 0: off)",
+    )
     m.add_argument("--no-calibrate", action="store_true", help="keep the uncalibrated confidence")
     m.add_argument("--min-confidence", type=float, default=0.0, help="label cells below it 'unassigned' (0)")
 
@@ -168,7 +174,8 @@ def _quality_params(args) -> dict:
     return {
         "joint_layer": args.joint_layer, "scaling": args.scaling, "normalize": normalize,
         "n_top_genes": args.n_top_genes or None, "head": args.head, "head_weight": args.head_weight,
-        "calibrate": not args.no_calibrate, "min_confidence": args.min_confidence,
+        "self_training": args.self_training or None, "calibrate": not args.no_calibrate,
+        "min_confidence": args.min_confidence,
     }  # fmt: skip
 
 

@@ -6,8 +6,11 @@ per-dataset centring of every gene and scaling of each dataset (one factor per d
 or every gene to unit variance), which removes the platforms' offsets; then PCA on both
 together, or CCA between them. On the MERFISH benchmark, per-dataset centring with one scale per
 dataset reached 0.85 accuracy against 0.82 for per-gene z-scores, which over-weight noisy genes.
-Cell coordinates are scaled to unit length, so Euclidean distances rank neighbours as cosine
-distances do, which is what makes cross-platform neighbours reliable (measured on the MERFISH benchmark).
+PCA coordinates are used as they are. They used to be scaled to unit length (cosine geometry),
+chosen on MERFISH with the k-NN vote alone; with the label head and its self-training the
+unscaled coordinates are 2.5 points more accurate there and equal elsewhere on the quality panel
+(``benchmarks/README.md``, issue 10's third round). CCA coordinates are still scaled to unit
+length, as Seurat does with its canonical vectors.
 
 Cells without any count cannot be placed: they get ``usable=False`` and stay unmapped.
 """
@@ -376,7 +379,14 @@ def build_joint_embedding(
             "solver": "exact (dense)" if dense else "randomized (sparse, implicit centring)",
         }
     )
-    return JointEmbedding(l2_normalise(cq_), l2_normalise(cr_), q_usable, r_usable, genes, method, info)
+    cq_, cr_ = np.array(cq_, np.float32), np.array(cr_, np.float32)
+    cq_[~q_usable], cr_[~r_usable] = 0, 0  # cells without counts: no coordinates (never searched)
+    if method == "cca":
+        cq_, cr_ = l2_normalise(cq_), l2_normalise(cr_)
+    return JointEmbedding(
+        np.ascontiguousarray(cq_, np.float32), np.ascontiguousarray(cr_, np.float32),
+        q_usable, r_usable, genes, method, info,
+    )  # fmt: skip
 
 
 def _scale_vector(var: np.ndarray, scaling: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -126,11 +126,26 @@ def _check_joint_options(scaling: str, normalize: object, n_top_genes: object) -
     check_n_top_genes(n_top_genes)
 
 
-def _check_label_options(head: str, head_weight: float, min_confidence: float) -> None:
+def _check_label_options(
+    head: str, head_weight: float, min_confidence: float, self_training: float | None = None
+) -> None:
     val.check_choice("head", head, label_head.HEADS)
-    for name, value in (("head_weight", head_weight), ("min_confidence", min_confidence)):
+    numbers = [("head_weight", head_weight), ("min_confidence", min_confidence)]
+    if self_training is not None:
+        numbers.append(("self_training", self_training))
+    for name, value in numbers:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 <= value <= 1:
-            raise val.CellMapperInputError(f"{name} must be a number between 0 and 1; got {value!r}.")
+            hint = " (or None: no self-training)" if name == "self_training" else ""
+            raise val.CellMapperInputError(f"{name} must be a number between 0 and 1{hint}; got {value!r}.")
+
+
+class _LabelOptions(NamedTuple):
+    """How the k-NN class probabilities are refined (see :meth:`CellMapper.iter_transfer`)."""
+
+    head: str
+    weight: float
+    self_training: float | None
+    calibrate: bool
 
 
 class CellMapper:
@@ -438,13 +453,15 @@ class CellMapper:
         chunk_size: int | None = None,
         head: str = "lda",
         head_weight: float = label_head.DEFAULT_WEIGHT,
+        self_training: float | None = label_head.SELF_TRAINING,
         calibrate: bool = True,
         min_confidence: float = 0.0,
     ) -> Steps[CellMapper]:
         """Generator version of :meth:`transfer`."""
         if self.mapping_matrix is None:
             raise val.CellMapperInputError("Call compute_mapping_matrix() (or fit()) before transfer().")
-        _check_label_options(head, head_weight, min_confidence)
+        _check_label_options(head, head_weight, min_confidence, self_training)
+        options = _LabelOptions(head, float(head_weight), self_training or None, bool(calibrate))
         obs_list, obsm_list = val.as_key_list(obs_keys), val.as_key_list(obsm_keys)
         self._check_transfer_keys(obs_list, obsm_list, layer_key)
         chunk = {"chunk_size": chunk_size} if chunk_size else {}
@@ -468,7 +485,7 @@ class CellMapper:
                 self._warn_types_without_usable_cells(key, codes, cats)
                 labels_of = gpu.iter_labels if gpu is not None else partial(iter_transfer_labels, m)
                 res = yield from labels_of(codes, cats, stage=f"transfer {key}", **chunk)
-                res, label_info[key] = self._refine_labels(res, codes, head, head_weight, calibrate)
+                res, label_info[key] = self._refine_labels(res, codes, options)
                 labels[key] = res
                 pred = res.predictions(min_confidence=min_confidence)
                 obs_new[f"{key}{prediction_postfix}"] = pred
@@ -523,6 +540,7 @@ class CellMapper:
             labels={
                 "head": head,
                 "head_weight": float(head_weight),
+                "self_training": float(self_training) if self_training and head != "none" else None,
                 "calibrate": bool(calibrate),
                 "min_confidence": float(min_confidence),
                 **label_info,
@@ -532,18 +550,19 @@ class CellMapper:
         return self
 
     def _refine_labels(
-        self, res: LabelTransfer, codes: np.ndarray, head: str, weight: float, calibrate: bool
+        self, res: LabelTransfer, codes: np.ndarray, options: _LabelOptions
     ) -> tuple[LabelTransfer, dict[str, Any]]:
         """k-NN class probabilities combined with the classifier head, then calibrated.
 
         Tall-skinny products only: one BLAS thread (several threads spin for nothing there, and
         on a busy machine cost seconds)."""
-        if (head == "none" and not calibrate) or self._query_rep is None or self._reference_rep is None:
+        plain = options.head == "none" and not options.calibrate
+        if plain or self._query_rep is None or self._reference_rep is None:
             return res, {}
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, user_api="blas"):
-            return self._refine_labels_now(res, codes, head, weight, calibrate)
+            return self._refine_labels_now(res, codes, options)
 
     def _warn_types_without_usable_cells(self, key: str, codes: np.ndarray, categories: pd.Index) -> None:
         """Warn about types all of whose reference cells were left out of the search (no counts
@@ -566,12 +585,17 @@ class CellMapper:
             )
 
     def _refine_labels_now(
-        self, res: LabelTransfer, codes: np.ndarray, head: str, weight: float, calibrate: bool
+        self, res: LabelTransfer, codes: np.ndarray, options: _LabelOptions
     ) -> tuple[LabelTransfer, dict[str, Any]]:
+        head, weight, self_training, calibrate = options
         codes = np.where(self._reference_usable, codes, -1) if self._reference_usable is not None else codes
         n_cat = len(res.categories)
         model = label_head.fit_lda(self._reference_rep, codes, n_cat) if head == "lda" else None
         info: dict[str, Any] = {}
+        if model is not None and self_training and weight > 0:
+            model, info["self_training_cells"] = self._self_train(
+                model, res, codes, weight, float(self_training)
+            )
         temperature = 1.0
         if calibrate:
             loo, (truth, rows) = self._reference_leave_one_out(codes, res.categories)
@@ -582,6 +606,31 @@ class CellMapper:
             info["temperature"] = temperature
         head_proba = None if model is None else model.probabilities(self._query_rep)
         return mix_probabilities(res.probabilities, head_proba, weight, temperature, res.categories), info
+
+    def _self_train(
+        self,
+        model: label_head.LinearHead,
+        res: LabelTransfer,
+        codes: np.ndarray,
+        weight: float,
+        threshold: float,
+    ) -> tuple[label_head.LinearHead, int]:
+        """The head fitted again with the query cells the pool labels with confidence ``>= threshold``
+        (see :func:`.label_head.self_trained`); and how many query cells it used."""
+        pooled = mix_probabilities(
+            res.probabilities, model.probabilities(self._query_rep), weight, 1.0, res.categories
+        )
+        chosen = int(((pooled.confidence >= threshold) & (pooled.codes >= 0)).sum())
+        refitted = label_head.self_trained(
+            self._reference_rep,
+            codes,
+            self._query_rep,
+            pooled.codes,
+            pooled.confidence,
+            len(res.categories),
+            threshold,
+        )
+        return (model, 0) if refitted is None else (refitted, chosen)
 
     def _reference_leave_one_out(
         self, codes: np.ndarray, categories: pd.Index
@@ -699,6 +748,7 @@ class CellMapper:
         n_top_genes: int | None = DEFAULT_N_TOP_GENES,
         head: str = "lda",
         head_weight: float = label_head.DEFAULT_WEIGHT,
+        self_training: float | None = label_head.SELF_TRAINING,
         calibrate: bool = True,
         min_confidence: float = 0.0,
         chunk_size: int | None = None,
@@ -723,7 +773,7 @@ class CellMapper:
         val.check_choice("backend", backend, val.BACKENDS)
         val.check_choice("metric", metric, val.METRICS)
         _check_joint_options(scaling, normalize, n_top_genes)
-        _check_label_options(head, head_weight, min_confidence)
+        _check_label_options(head, head_weight, min_confidence, self_training)
         self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
         val.check_k(n_neighbors, self.reference.n_obs)
         n_neighbors = int(n_neighbors)  # numpy integers pass the check; faiss takes only int
@@ -772,6 +822,7 @@ class CellMapper:
             chunk_size=chunk_size,
             head=head,
             head_weight=head_weight,
+            self_training=self_training,
             calibrate=calibrate,
             min_confidence=min_confidence,
         )
@@ -813,6 +864,8 @@ class CellMapper:
             ("dataset" or "gene"), ``normalize`` ("auto", True, False), ``n_top_genes`` (2000;
             None: all shared genes), ``head`` ("lda" or "none": a classifier head in the joint
             space whose probabilities are pooled with the k-NN ones), ``head_weight`` (0.25),
+            ``self_training`` (0.9: the head is fitted again with the query cells labelled at least
+            this confidently; None or 0: not),
             ``calibrate`` (True: confidence calibrated by a temperature fitted on the reference),
             ``min_confidence`` (0: cells below it are labelled "unassigned"), ``chunk_size``,
             ``prediction_postfix`` ("_pred") and backend options (e.g. ``nprobe``, ``client``).

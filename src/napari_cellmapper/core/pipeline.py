@@ -14,7 +14,7 @@ from anndata import AnnData
 
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.joint_embedding import DEFAULT_N_COMPS, DEFAULT_N_TOP_GENES
-from napari_cellmapper.core.label_head import DEFAULT_WEIGHT
+from napari_cellmapper.core.label_head import DEFAULT_WEIGHT, SELF_TRAINING
 from napari_cellmapper.core.mapper import REFERENCE_GRAPH_K, CellMapper, h5_safe
 from napari_cellmapper.core.progress import Progress, Steps, run_steps
 
@@ -42,6 +42,7 @@ class MappingParams:
     n_top_genes: int | None = DEFAULT_N_TOP_GENES
     head: str = "lda"
     head_weight: float = DEFAULT_WEIGHT
+    self_training: float | None = SELF_TRAINING
     calibrate: bool = True
     min_confidence: float = 0.0
     presence: bool = False
@@ -74,6 +75,7 @@ class MappingParams:
             "n_top_genes": self.n_top_genes,
             "head": self.head,
             "head_weight": self.head_weight,
+            "self_training": self.self_training,
             "calibrate": self.calibrate,
             "min_confidence": self.min_confidence,
             "reference_k": self.reference_k,

@@ -101,6 +101,12 @@ class AdvancedOptions(QWidget):
             defaults.head_weight, "Weight of the head's probabilities (0: kNN only)"
         )
         form.addRow("Head weight", self.head_weight_spin)
+        self.self_training_spin = _fraction(
+            defaults.self_training or 0.0,
+            "Fit the head again with the query cells labelled at least this confidently (off: no)",
+        )
+        self.self_training_spin.setSpecialValueText("off")
+        form.addRow("Self-training", self.self_training_spin)
         self.calibrate_check = QCheckBox("calibrate confidence")
         self.calibrate_check.setChecked(defaults.calibrate)
         self.calibrate_check.setToolTip("Fit a temperature on the reference so confidence matches accuracy")
@@ -126,6 +132,7 @@ class AdvancedOptions(QWidget):
 
     def _on_head_changed(self, head: str) -> None:
         self.head_weight_spin.setEnabled(head != "none")
+        self.self_training_spin.setEnabled(head != "none")
 
     def set_building_joint_space(self, building: bool) -> None:
         """Enable the joint-space options only when the joint space is built from genes."""
@@ -144,6 +151,7 @@ class AdvancedOptions(QWidget):
             "metric": self.metric_combo.currentText(),
             "head": self.head_combo.currentText(),
             "head_weight": float(self.head_weight_spin.value()),
+            "self_training": float(self.self_training_spin.value()) or None,
             "calibrate": self.calibrate_check.isChecked(),
             "min_confidence": float(self.min_confidence_spin.value()),
             "reference_k": int(self.reference_k_spin.value()),

@@ -94,14 +94,27 @@ def self_trained(
     threshold: float,
     *,
     shrinkage: float = SHRINKAGE,
+    seed: int = 0,
 ) -> LinearHead | None:
     """Shrunk LDA on the labelled reference rows and the query rows whose label (``query_codes``,
-    ``>= 0``) has ``confidence >= threshold``; None when no query row qualifies."""
+    ``>= 0``) has ``confidence >= threshold``; None when no query row qualifies.
+
+    The same as :func:`fit_lda` on both sets of rows stacked, without stacking them: at most
+    ``MAX_CELLS`` rows are drawn first (as :func:`fit_lda` draws them), then gathered."""
     chosen = np.flatnonzero((confidence >= threshold) & (query_codes >= 0))
     if chosen.size == 0:
         return None
-    x = np.vstack([np.asarray(x_ref, np.float32), np.asarray(x_query, np.float32)[chosen]])
-    return fit_lda(x, np.concatenate([codes, query_codes[chosen]]), n_classes, shrinkage=shrinkage)
+    ref_rows = np.flatnonzero(codes >= 0)
+    total = ref_rows.size + chosen.size
+    picked = np.arange(total)
+    if total > MAX_CELLS:
+        picked = np.sort(np.random.default_rng(seed).choice(picked, MAX_CELLS, replace=False))
+    from_ref = picked[picked < ref_rows.size]
+    from_query = chosen[picked[picked >= ref_rows.size] - ref_rows.size]
+    rows_ref = ref_rows[from_ref]
+    x = np.vstack([np.asarray(x_ref[rows_ref], np.float32), np.asarray(x_query[from_query], np.float32)])
+    labels = np.concatenate([codes[rows_ref], query_codes[from_query]])
+    return fit_lda(x, labels, n_classes, shrinkage=shrinkage, seed=seed)
 
 
 def pool(knn: np.ndarray, head: np.ndarray, weight: float) -> np.ndarray:

@@ -157,8 +157,6 @@ class CellMapperWidget(QWidget):
 
     #: the result shown changed (a run applied, or another table chosen): MappingResult or None
     resultChanged = Signal(object)
-    #: (queued) colour the cells of a result applied in an earlier event-loop turn
-    _coloursDue = Signal(object)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -193,7 +191,13 @@ class CellMapperWidget(QWidget):
         self._prepared: tuple[Any, str, str, str, Any] | None = None
         self._build()
         self.resultChanged.connect(self._update_value_choices)
-        self._coloursDue.connect(self._show_result_colours, Qt.ConnectionType.QueuedConnection)
+        # colours a large result in a later turn: a zero timer, not a queued call, so that the
+        # timers and input already due run first (Qt handles posted calls ahead of timers)
+        self._colours_due: MappingResult | None = None
+        self._colours_timer = QTimer(self)
+        self._colours_timer.setSingleShot(True)
+        self._colours_timer.setInterval(0)
+        self._colours_timer.timeout.connect(self._show_due_colours)
         self._click = self.scene.click_callback(self.show_cell)
         self.viewer.mouse_drag_callbacks.append(self._click)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -928,9 +932,10 @@ class CellMapperWidget(QWidget):
 
     def _apply_result(self, result: MappingResult) -> None:
         """Main thread: write the additions into the data and the layers' features, then colour
-        the cells by the result (for :data:`DEFER_COLOURS_FROM` cells or more, in the next
-        event-loop turn: the colouring repaints the canvas, and the interface answers between
-        the two instead of after both: see benchmarks/README.md, "Interface stalls")."""
+        the cells by the result (for :data:`DEFER_COLOURS_FROM` cells or more, in a later
+        event-loop turn, after the timers and input then due: the colouring repaints the canvas,
+        and the interface answers between the two instead of after both: see
+        benchmarks/README.md, "Interface stalls")."""
         table, reference = self.table, self.reference
         result.apply_to(table)
         for column in result.reference_obs.columns:
@@ -949,9 +954,15 @@ class CellMapperWidget(QWidget):
         self.resultChanged.emit(result)
         geometry = self.scene.geometry
         if geometry is not None and len(geometry.rows) >= DEFER_COLOURS_FROM:
-            self._coloursDue.emit(result)
+            self._colours_due = result
+            self._colours_timer.start()
         else:
             self._show_result_colours(result, defer_frame=False)
+
+    def _show_due_colours(self) -> None:
+        result, self._colours_due = self._colours_due, None
+        if result is not None:
+            self._show_result_colours(result)
 
     def _show_result_colours(self, result: MappingResult, defer_frame: bool = True) -> None:
         """Colour the cells and the reference by ``result`` (the cell highlights cleared), unless

@@ -74,18 +74,19 @@ def test_self_trained_uses_only_confident_labelled_query_cells():
     codes[:100] = -1  # unmapped query cells never train
     confidence = np.full(lq.size, 0.95)
     confidence[100:300] = 0.5  # nor do unsure ones
-    head = H.self_trained(ref, lr, qry, codes, confidence, 3, 0.9)
+    head, used = H.self_trained(ref, lr, qry, codes, confidence, 3, 0.9)
+    assert used == 300  # rows 300-599: labelled and confident
     by_hand = H.fit_lda(np.vstack([ref, qry[300:]]), np.concatenate([lr, lq[300:]]), n_classes=3)
     np.testing.assert_allclose(head.coef, by_hand.coef, rtol=1e-5)
     np.testing.assert_allclose(head.intercept, by_hand.intercept, rtol=1e-5)
-    assert H.self_trained(ref, lr, qry, codes, np.zeros(lq.size), 3, 0.9) is None
+    assert H.self_trained(ref, lr, qry, codes, np.zeros(lq.size), 3, 0.9) == (None, 0)
 
 
 def test_self_training_moves_the_head_towards_the_query():
     ref, qry, lr, lq = _shifted()
     before = H.fit_lda(ref, lr, n_classes=3)
     proba = before.probabilities(qry)
-    after = H.self_trained(ref, lr, qry, proba.argmax(axis=1), proba.max(axis=1), 3, 0.9)
+    after, _ = H.self_trained(ref, lr, qry, proba.argmax(axis=1), proba.max(axis=1), 3, 0.9)
     acc_before = np.mean(proba.argmax(axis=1) == lq)
     acc_after = np.mean(after.probabilities(qry).argmax(axis=1) == lq)
     assert acc_after > acc_before + 0.05, (acc_before, acc_after)  # measured 0.77-0.82 -> 0.90-0.93
@@ -97,7 +98,7 @@ def test_self_trained_draws_rows_as_fit_lda_does_without_stacking_everything(mon
     codes[::3] = -1
     confidence = np.linspace(0.5, 1.0, lq.size)
     monkeypatch.setattr(H, "MAX_CELLS", 300)  # fewer than the rows that qualify: a draw
-    head = H.self_trained(ref, codes, qry, lq, confidence, 3, 0.8)
+    head, _ = H.self_trained(ref, codes, qry, lq, confidence, 3, 0.8)
     keep = confidence >= 0.8
     stacked = H.fit_lda(np.vstack([ref, qry[keep]]), np.concatenate([codes, lq[keep]]), n_classes=3)
     np.testing.assert_allclose(head.coef, stacked.coef, rtol=1e-5)

@@ -383,10 +383,7 @@ def build_joint_embedding(
     cq_[~q_usable], cr_[~r_usable] = 0, 0  # cells without counts: no coordinates (never searched)
     if method == "cca":
         cq_, cr_ = l2_normalise(cq_), l2_normalise(cr_)
-    return JointEmbedding(
-        np.ascontiguousarray(cq_, np.float32), np.ascontiguousarray(cr_, np.float32),
-        q_usable, r_usable, genes, method, info,
-    )  # fmt: skip
+    return JointEmbedding(cq_, cr_, q_usable, r_usable, genes, method, info)
 
 
 def _scale_vector(var: np.ndarray, scaling: str) -> np.ndarray:

@@ -95,15 +95,16 @@ def self_trained(
     *,
     shrinkage: float = SHRINKAGE,
     seed: int = 0,
-) -> LinearHead | None:
+) -> tuple[LinearHead | None, int]:
     """Shrunk LDA on the labelled reference rows and the query rows whose label (``query_codes``,
-    ``>= 0``) has ``confidence >= threshold``; None when no query row qualifies.
+    ``>= 0``) has ``confidence >= threshold``, and how many query rows qualified (the head is None
+    when none did).
 
     The same as :func:`fit_lda` on both sets of rows stacked, without stacking them: at most
     ``MAX_CELLS`` rows are drawn first (as :func:`fit_lda` draws them), then gathered."""
     chosen = np.flatnonzero((confidence >= threshold) & (query_codes >= 0))
     if chosen.size == 0:
-        return None
+        return None, 0
     ref_rows = np.flatnonzero(codes >= 0)
     total = ref_rows.size + chosen.size
     picked = np.arange(total)
@@ -114,7 +115,7 @@ def self_trained(
     rows_ref = ref_rows[from_ref]
     x = np.vstack([np.asarray(x_ref[rows_ref], np.float32), np.asarray(x_query[from_query], np.float32)])
     labels = np.concatenate([codes[rows_ref], query_codes[from_query]])
-    return fit_lda(x, labels, n_classes, shrinkage=shrinkage, seed=seed)
+    return fit_lda(x, labels, n_classes, shrinkage=shrinkage, seed=seed), int(chosen.size)
 
 
 def pool(knn: np.ndarray, head: np.ndarray, weight: float) -> np.ndarray:

@@ -461,7 +461,9 @@ class CellMapper:
         if self.mapping_matrix is None:
             raise val.CellMapperInputError("Call compute_mapping_matrix() (or fit()) before transfer().")
         _check_label_options(head, head_weight, min_confidence, self_training)
-        options = _LabelOptions(head, float(head_weight), self_training or None, bool(calibrate))
+        options = _LabelOptions(
+            head, float(head_weight), float(self_training) if self_training else None, bool(calibrate)
+        )
         obs_list, obsm_list = val.as_key_list(obs_keys), val.as_key_list(obsm_keys)
         self._check_transfer_keys(obs_list, obsm_list, layer_key)
         chunk = {"chunk_size": chunk_size} if chunk_size else {}
@@ -540,7 +542,7 @@ class CellMapper:
             labels={
                 "head": head,
                 "head_weight": float(head_weight),
-                "self_training": float(self_training) if self_training and head != "none" else None,
+                "self_training": None if head == "none" else options.self_training,
                 "calibrate": bool(calibrate),
                 "min_confidence": float(min_confidence),
                 **label_info,
@@ -620,8 +622,7 @@ class CellMapper:
         pooled = mix_probabilities(
             res.probabilities, model.probabilities(self._query_rep), weight, 1.0, res.categories
         )
-        chosen = int(((pooled.confidence >= threshold) & (pooled.codes >= 0)).sum())
-        refitted = label_head.self_trained(
+        refitted, chosen = label_head.self_trained(
             self._reference_rep,
             codes,
             self._query_rep,

@@ -13,13 +13,13 @@ Data sets (rows of the table, one block each):
   (log-normal, sd 0.7) and binomial down-sampling to 25% of the counts; ``--seeds`` draws.
 
 Methods: napari-cellmapper's default; the same before calibration (``calibrate=False``: the
-"uncalibrated" confidence); its k-NN probabilities alone (``head="none"``, as before this
-panel); cellmapper 0.2.6 (only in the benchmark environment; its joint PCA fallback on
-log-normalised counts, or on the values as they are for seqFISH; gauss at k = 30, and hnoca at
-k = 10, the setting the issue measured); logistic regression, a linear SVM and nearest
-centroid, all trained on the reference
-in the same space (the joint embedding our default builds, or ``X_pca``), and again with the joint
-space's rows scaled to unit length (where the linear ones do better: the best of both counts).
+"uncalibrated" confidence); its k-NN probabilities alone (``head="none", graph_vote=None``, as
+before this panel) and with the reference graph's vote (``head="none"``); cellmapper 0.2.6 (only in
+the benchmark environment; its joint PCA fallback on log-normalised counts, or on the values as they
+are for seqFISH; gauss at k = 30, and hnoca at k = 10, the setting the issue measured); logistic
+regression, a linear SVM and nearest centroid, all trained on the reference in the same space (the
+joint embedding our default builds, or ``X_pca``), and again with the joint space's rows scaled to
+unit length (where the linear ones do better: the best of both counts).
 
 Columns: accuracy, macro F1, mean and minimum per-class recall (over the query's classes),
 expected calibration error of the confidence (15 equal-width bins; "-" when a method has none).
@@ -265,7 +265,12 @@ def methods(variants: bool) -> dict[str, Callable[[Case], Prediction | None]]:
     out: dict[str, Callable] = {
         "napari-cellmapper default": ours(),
         "napari-cellmapper default before calibration": ours(calibrate=False),
-        "napari-cellmapper kNN only (head='none', calibrate=False)": ours(head="none", calibrate=False),
+        "napari-cellmapper kNN only (head='none', graph_vote=None, calibrate=False)": ours(
+            head="none", graph_vote=None, calibrate=False
+        ),
+        "napari-cellmapper kNN + graph vote (head='none', calibrate=False)": ours(
+            head="none", calibrate=False
+        ),
         "cellmapper 0.2.6 (gauss, k=30)": cellmapper_026("gauss", 30),
         "cellmapper 0.2.6 (hnoca, k=10)": cellmapper_026("hnoca", 10),
         "logistic regression": sklearn_baseline("logreg"),
@@ -281,7 +286,8 @@ def methods(variants: bool) -> dict[str, Callable[[Case], Prediction | None]]:
 
 
 VARIANTS: dict[str, Callable] = {
-    "variant: kNN only, calibrated": ours(head="none"),
+    "variant: kNN only, calibrated": ours(head="none", graph_vote=None),
+    "variant: no graph vote": ours(graph_vote=None),
     "variant: head weight 0.5": ours(head_weight=0.5),
     "variant: head weight 0.4": ours(head_weight=0.4),
     "variant: n_comps=30": ours(n_comps=30),

@@ -10,9 +10,13 @@ without the L2 scaling (``norm``: k-NN and head each in their own), and a label-
 of the class priors by EM (``em``); third round: CORAL alignment of the query's covariance
 (``align``), k-NN votes divided by the reference's class frequencies (``prior``), and the head's
 self-training (``selftrain``: threshold, share of the chosen query cells, rounds; on by default as
-in the product, ``None`` turns it off). Its ``default`` row reproduces ``quality.py``'s default to
-the digit. Rounds one and two were measured with the previous default: joint rows at unit length
-and no self-training, i.e. ``unit_joint=True, selftrain=None`` added to their configs.
+in the product, ``None`` turns it off); fourth round: the self-trained head's own shrinkage
+(``shrink2``), the Jaccard normaliser of the 2-hop vote (``jden``: 4k as cellmapper, 2k the
+Jaccard index), its direction (``fwd``) and power (``jpow``). Its ``default`` row is the default
+before the fourth round; ``NEW`` in ``quality_variant_configs_graphvote.py`` reproduces
+``quality.py``'s current default (the graph vote) to the digit. Rounds one and two were measured
+with the default of their time: joint rows at unit length and no self-training, i.e.
+``unit_joint=True, selftrain=None`` added to their configs.
 
     PYTHONPATH=src .venv-bench/bin/python benchmarks/quality_variants.py CONFIGS.py
 
@@ -246,6 +250,9 @@ def run_case(case, emb_cache, cfg):
     if cfg.get("cmh"):
         kh, mode = cfg["cmh"]
         STATE["cmh_part"] = cfg.get("cmh_part", "both")
+        STATE["jden"] = cfg.get("jden", 4)
+        STATE["fwd"] = cfg.get("fwd", False)
+        STATE["jpow"] = cfg.get("jpow", 2)
         p_g = cm_hnoca(xr, xq, codes, n_c, kh)
         beta = 1.0 if mode == "replace" else (0.5 if mode == "avg" else float(mode))
         p_knn = (1 - beta) * p_knn + beta * p_g
@@ -327,7 +334,7 @@ def run_case(case, emb_cache, cfg):
                 pick = rng.choice(np.flatnonzero(sel), m, replace=wq > 1)
                 xs = np.vstack([xr_h, xq_h[pick]])
                 cs = np.concatenate([codes, p_cur[pick].argmax(1)])
-            model = LH.fit_lda(xs, cs, n_c, shrinkage=cfg.get("shrink", 0.1))
+            model = LH.fit_lda(xs, cs, n_c, shrinkage=cfg.get("shrink2", shr))  # default: the first fit's
             p_head = model.probabilities(xq_h)
     STATE["p_knn_raw"] = p_knn
     sm = cfg.get("smooth")  # (k_q, alpha, where)
@@ -503,12 +510,15 @@ def cm_hnoca(xr, xq, codes, n_c, k):
         xy = _adj(knn(xq, xr, k)[1], nq)
     part = STATE.get("cmh_part", "both")
     if part == "ref":
-        kern = (yx @ xx.T).tocsr()
+        kern = (yx @ (xx if STATE.get("fwd") else xx.T)).tocsr()
     elif part == "query":
         kern = (yy @ xy.T).tocsr()
     else:
         kern = (yx @ xx.T + yy @ xy.T).tocsr()
-    kern.data = (kern.data / (4 * k - kern.data)) ** 2
+    if STATE.get("jpow") == "linear":
+        pass  # the shared count itself: a sum of per-reference-cell class histograms
+    else:
+        kern.data = (kern.data / (STATE.get("jden", 4) * k - kern.data)) ** STATE.get("jpow", 2)
     tot = np.asarray(kern.sum(1)).ravel()
     onehot = np.zeros((nr, n_c))
     onehot[np.arange(nr), codes] = 1

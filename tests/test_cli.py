@@ -123,6 +123,10 @@ def test_joint_and_label_options(files):
         code = main(["map", "--reference", str(ref), "--query", str(query), "--obs", "celltype", "-k", "10",
                      "--self-training", value, "--out", str(out), "--overwrite", "-q"])  # fmt: skip
         assert code == 0 and ad.read_h5ad(out).uns["cellmapper"]["labels"].get("self_training") == recorded
+    for value, recorded in (("0.5", 0.5), ("0", None)):
+        code = main(["map", "--reference", str(ref), "--query", str(query), "--obs", "celltype", "-k", "10",
+                     "--graph-vote", value, "--out", str(out), "--overwrite", "-q"])  # fmt: skip
+        assert code == 0 and ad.read_h5ad(out).uns["cellmapper"]["labels"].get("graph_vote") == recorded
     assert (
         "unassigned" in set(result.obs["celltype_pred"].astype(str))
         or (result.obs["celltype_conf"] == 1).all()

@@ -76,7 +76,12 @@ def test_self_trained_uses_only_confident_labelled_query_cells():
     confidence[100:300] = 0.5  # nor do unsure ones
     head, used = H.self_trained(ref, lr, qry, codes, confidence, 3, 0.9)
     assert used == 300  # rows 300-599: labelled and confident
-    by_hand = H.fit_lda(np.vstack([ref, qry[300:]]), np.concatenate([lr, lq[300:]]), n_classes=3)
+    by_hand = H.fit_lda(
+        np.vstack([ref, qry[300:]]),
+        np.concatenate([lr, lq[300:]]),
+        n_classes=3,
+        shrinkage=H.SELF_TRAINED_SHRINKAGE,
+    )
     np.testing.assert_allclose(head.coef, by_hand.coef, rtol=1e-5)
     np.testing.assert_allclose(head.intercept, by_hand.intercept, rtol=1e-5)
     assert H.self_trained(ref, lr, qry, codes, np.zeros(lq.size), 3, 0.9) == (None, 0)
@@ -100,6 +105,11 @@ def test_self_trained_draws_rows_as_fit_lda_does_without_stacking_everything(mon
     monkeypatch.setattr(H, "MAX_CELLS", 300)  # fewer than the rows that qualify: a draw
     head, _ = H.self_trained(ref, codes, qry, lq, confidence, 3, 0.8)
     keep = confidence >= 0.8
-    stacked = H.fit_lda(np.vstack([ref, qry[keep]]), np.concatenate([codes, lq[keep]]), n_classes=3)
+    stacked = H.fit_lda(
+        np.vstack([ref, qry[keep]]),
+        np.concatenate([codes, lq[keep]]),
+        n_classes=3,
+        shrinkage=H.SELF_TRAINED_SHRINKAGE,
+    )
     np.testing.assert_allclose(head.coef, stacked.coef, rtol=1e-5)
     np.testing.assert_allclose(head.intercept, stacked.intercept, rtol=1e-5)

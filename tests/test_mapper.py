@@ -15,6 +15,7 @@ from scipy import sparse
 import napari_cellmapper.core.mapper as mapper_mod
 import napari_cellmapper.core.search.neighbors as nb
 from napari_cellmapper import CellMapper, CellMapperInputError
+from napari_cellmapper.core import graph_vote
 from napari_cellmapper.core.palettes import UNMAPPED_COLOR
 from napari_cellmapper.core.progress import Progress
 
@@ -309,9 +310,11 @@ def test_steps_search_only_once(pair, search_calls):
 
     cmap.compute_mapping_matrix(kernel="scarches")
     cmap.transfer(obsm_keys="X_umap", progress=False)
-    # the query once; a reference sample once (leave-one-out, for the calibration), then cached
-    assert len(search_calls) == 2, "changing the kernel or transferring more keys must not search again"
+    # the query once; the reference graph once (the graph vote); a reference sample once
+    # (leave-one-out, for the calibration); then cached
+    assert len(search_calls) == 3, "changing the kernel or transferring more keys must not search again"
     assert search_calls[1][0][0] == search_calls[1][1][0] == reference.n_obs
+    assert search_calls[1][2] == graph_vote.GRAPH_VOTE_K
     assert query.uns["cellmapper"]["kernel"] == "scarches"
     # the neighbours found once are still those used
     assert cmap.neighbors is neighbors
@@ -435,7 +438,9 @@ def test_fit_reports_progress_events(pair):
     assert "neighbour search" in stages[:2]
     assert stages.index("neighbour search") < stages.index("mapping matrix")
     assert "mapping matrix" in stages and "transfer celltype" in stages and "transfer X_umap" in stages
-    assert stages[-1] == "transfer expression"
+    # the labels last: their graph vote waits for the reference graph searched beside the transfer
+    order = [stages.index(stage) for stage in ("transfer celltype", "transfer expression", "graph vote")]
+    assert order == sorted(order)
     assert all(isinstance(e, Progress) and 0 <= e.done <= e.total for e in events)
 
 
@@ -555,6 +560,11 @@ BAD_INPUTS = {
         lambda q, r: None,
         {"self_training": 2},
         ["self_training", "between 0 and 1", "None: no self-training"],
+    ),
+    "graph_vote above 1": (
+        lambda q, r: None,
+        {"graph_vote": 1.5},
+        ["graph_vote", "between 0 and 1", "None: no graph vote"],
     ),
     "min_confidence negative": (
         lambda q, r: None,
@@ -760,6 +770,32 @@ def test_head_and_calibration_change_probabilities_not_the_mapping_matrix():
     assert not np.allclose(proba, plain.obsm["celltype_proba"].to_numpy())
     info = query.uns["cellmapper"]["labels"]
     assert info["head"] == "lda" and info["calibrate"] and info["celltype"]["temperature"] > 0
+
+
+def test_graph_vote_mixes_the_reference_graph_into_the_labels_only(search_calls):
+    query, reference = make_pair(seed=7)
+    query.obsm["X_joint"] = query.obsm["X_joint"] + np.random.default_rng(0).normal(
+        scale=4, size=(60, 8)
+    ).astype(np.float32)
+    off, on = query.copy(), query.copy()
+    m_off = CellMapper(off, reference).fit("X_joint", obs_keys="celltype", graph_vote=None, progress=False)
+    searched_off = len(search_calls)
+    m_on = CellMapper(on, reference).fit("X_joint", obs_keys="celltype", progress=False)
+    assert (m_on.mapping_matrix != m_off.mapping_matrix).nnz == 0  # labels only: M is untouched
+    info_on, info_off = on.uns["cellmapper"]["labels"], off.uns["cellmapper"]["labels"]
+    assert info_on["graph_vote"] == graph_vote.GRAPH_VOTE and info_off.get("graph_vote") is None
+    assert info_on["celltype"]["graph_vote_k"] == graph_vote.GRAPH_VOTE_K
+    assert "graph_vote_k" not in info_off["celltype"]
+    assert not np.allclose(on.obsm["celltype_proba"].to_numpy(), off.obsm["celltype_proba"].to_numpy())
+    # one more search: the reference's own graph, at the vote's k, kept on the mapper
+    assert len(search_calls) - 2 * searched_off == 1
+    assert m_on.reference_neighbors.k == graph_vote.GRAPH_VOTE_K
+    # with presence or quality asked for, the vote takes that graph: no further search
+    before = len(search_calls)
+    both = CellMapper(query.copy(), reference).fit(
+        "X_joint", obs_keys="celltype", reference_graph=True, reference_k=12, progress=False
+    )
+    assert len(search_calls) - before == searched_off + 1 and both.reference_neighbors.k == 12
 
 
 def test_self_training_refits_the_head_on_confident_query_cells_only():

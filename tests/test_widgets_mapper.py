@@ -595,6 +595,11 @@ def test_advanced_options_reach_the_job_and_the_result(demo, qtbot, errors):
     assert advanced.self_training_spin.text() == "off" and widget.build_job().params.self_training is None
     advanced.self_training_spin.setValue(0.8)
     assert widget.build_job().params.self_training == 0.8
+    assert widget.build_job().params.graph_vote == 0.75  # the library's default
+    advanced.graph_vote_spin.setValue(0.0)
+    assert advanced.graph_vote_spin.text() == "off" and widget.build_job().params.graph_vote is None
+    advanced.graph_vote_spin.setValue(0.5)
+    assert widget.build_job().params.graph_vote == 0.5
     advanced.head_combo.setCurrentText("none")
     assert not advanced.head_weight_spin.isEnabled() and not advanced.self_training_spin.isEnabled()
     advanced.calibrate_check.setChecked(False)

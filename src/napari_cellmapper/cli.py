@@ -165,6 +165,12 @@ def _add_quality_options(m: argparse.ArgumentParser) -> None:
         default=0.9,
         help="fit the head again with the query cells labelled at least this confidently (0.9; 0: off)",
     )
+    m.add_argument(
+        "--graph-vote",
+        type=float,
+        default=0.75,
+        help="share of the reference graph's vote in the k-NN class probabilities (0.75; 0: off)",
+    )
     m.add_argument("--no-calibrate", action="store_true", help="keep the uncalibrated confidence")
     m.add_argument("--min-confidence", type=float, default=0.0, help="label cells below it 'unassigned' (0)")
 
@@ -174,7 +180,8 @@ def _quality_params(args) -> dict:
     return {
         "joint_layer": args.joint_layer, "scaling": args.scaling, "normalize": normalize,
         "n_top_genes": args.n_top_genes or None, "head": args.head, "head_weight": args.head_weight,
-        "self_training": args.self_training or None, "calibrate": not args.no_calibrate,
+        "self_training": args.self_training or None, "graph_vote": args.graph_vote or None,
+        "calibrate": not args.no_calibrate,
         "min_confidence": args.min_confidence,
     }  # fmt: skip
 

@@ -1,11 +1,12 @@
 """A closed-form classifier head in the joint space, combined with the k-NN class probabilities.
 
 Shrunk linear discriminant analysis: class means and one pooled within-class covariance, shrunk
-towards its mean variance, equal class priors (a small reference class is not outvoted). It is
-fitted on at most ``MAX_CELLS`` reference cells in one pass (no iterations), so it costs a few
-tens of milliseconds at 100k cells. The mapping matrix ``M`` is untouched: embeddings and
-expression are still ``M · Y``; only the class probabilities become the log-linear pool
-``p ∝ (M · onehot + ε)^(1 - w) · head^w`` (see :func:`pool`).
+towards its mean variance (``SHRINKAGE``; ``SELF_TRAINED_SHRINKAGE`` once self-trained), equal
+class priors (a small reference class is not outvoted). It is fitted on at most ``MAX_CELLS``
+reference cells in one pass (no iterations), so it costs a few tens of milliseconds at 100k cells.
+The mapping matrix ``M`` is untouched: embeddings and expression are still ``M · Y``; only the
+class probabilities become the log-linear pool ``p ∝ (M · onehot + ε)^(1 - w) · head^w`` (see
+:func:`pool`; with the graph vote, ``M · onehot`` is first mixed with it: :mod:`.graph_vote`).
 
 On the quality panel (``benchmarks/quality.py``) the pool gained 0.9-5.3 points of accuracy over
 k-NN alone, most on cross-platform data where a class's reference cells sit off the query's. The
@@ -27,7 +28,11 @@ import numpy as np
 
 HEADS = ("lda", "none")
 MAX_CELLS = 20_000
-SHRINKAGE = 0.1
+#: covariance shrinkage of the head fitted on the reference alone, which must carry over to the
+#: query's platform, and of the self-trained head, which has seen the query (chosen on the quality
+#: panel: 0.3 / 0.1 lifted xplat-visium 0.5-0.9 points at no cost elsewhere; see benchmarks/README.md)
+SHRINKAGE = 0.3
+SELF_TRAINED_SHRINKAGE = 0.1
 #: chosen on the quality panel (0.2-0.4 within 1 point everywhere; see benchmarks/README.md)
 DEFAULT_WEIGHT = 0.25
 #: confidence from which a query cell's pooled label trains the head (chosen on the quality panel:
@@ -93,7 +98,7 @@ def self_trained(
     n_classes: int,
     threshold: float,
     *,
-    shrinkage: float = SHRINKAGE,
+    shrinkage: float = SELF_TRAINED_SHRINKAGE,
     seed: int = 0,
 ) -> tuple[LinearHead | None, int]:
     """Shrunk LDA on the labelled reference rows and the query rows whose label (``query_codes``,

@@ -1,8 +1,9 @@
 """The label transfer's per-cell arithmetic as numba kernels: one pass per query row, in parallel.
 
-Two steps of a label transfer touch every query cell's class probabilities:
+Three steps of a label transfer touch every query cell's class probabilities:
 
 * the class vote, ``M · onehot(labels)`` divided by each row's total (:func:`class_probabilities`);
+* the reference graph's vote (:func:`graph_votes`, see :mod:`.graph_vote`);
 * the pooling with the classifier head and the calibration (:func:`mix_rows`: the log-linear pool of
   :func:`.label_head.pool`, the temperature, then confidence, prediction and entropy).
 
@@ -31,6 +32,8 @@ from napari_cellmapper.core.numba_threads import in_background, launch_lock
 SMALL = 2_000_000
 #: query rows per kernel task
 _GRAIN = 512
+#: most tasks of the graph vote (each allocates a count per reference cell)
+_GRAPH_TASKS = 64
 
 
 def use_kernels(n_rows: int, n_classes: int) -> bool:
@@ -142,6 +145,76 @@ def mix_rows(knn, head, weight, inv_t, floor, log_norm, proba, confidence, codes
         )  # fmt: skip
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _graph_votes(mine, rev_ptr, rev_idx, meta, order, exclude, out):  # pragma: no cover - compiled
+    n, k = mine.shape
+    n_ref = rev_ptr.size - 1
+    n_cat = out.shape[1]
+    # at most _GRAPH_TASKS tasks: each zeroes a count per reference cell once
+    n_tasks = min((n + _GRAIN - 1) // _GRAIN, _GRAPH_TASKS)
+    grain = (n + n_tasks - 1) // n_tasks
+    for task in prange(n_tasks):
+        shared = np.zeros(n_ref, np.uint8)  # counts (<= k <= 255), back to 0 after each row
+        sums = np.empty(n_cat, np.float64)
+        for position in range(task * grain, min(n, (task + 1) * grain)):
+            q = order[position]
+            skip = exclude[q]
+            mine_size = 0
+            for a in range(k):  # count: each candidate once per neighbour of mine it holds
+                r = mine[q, a]
+                if r >= 0:
+                    mine_size += 1
+                    for j in range(rev_ptr[r], rev_ptr[r + 1]):
+                        shared[rev_idx[j]] += 1
+            sums[:] = 0.0
+            total = 0.0
+            for a in range(k):  # vote: walk the same lists, each candidate once (then reset)
+                r = mine[q, a]
+                if r < 0:
+                    continue
+                for j in range(rev_ptr[r], rev_ptr[r + 1]):
+                    t = rev_idx[j]
+                    s = np.float64(shared[t])
+                    if s == 0:
+                        continue
+                    shared[t] = 0
+                    if t == skip:
+                        continue
+                    both = meta[t]  # class * 256 + neighbour count: one load
+                    jac = s / max(mine_size + (both & 255) - s, 1.0)
+                    sums[both >> 8] += jac * jac
+                    total += jac * jac
+            if total > 0:
+                for c in range(n_cat):
+                    out[q, c] = sums[c] / total
+
+
+def graph_votes(mine, rev_ptr, rev_idx, codes, their_sizes, out, order=None, exclude=None) -> None:
+    """:func:`.graph_vote.graph_vote`'s class probabilities (``out``, float32, zeros on entry) in
+    one pass per query row: ``mine`` the query's neighbours (``-1``: none); ``rev_ptr`` /
+    ``rev_idx`` the reference graph's reverse lists (CSR: for each reference cell, the labelled
+    cells whose neighbourhood holds it); per reference cell its class (``codes``) and neighbour
+    count (``their_sizes``); rows taken in ``order`` (all of them once; rows with
+    neighbours close together in turn keep the counts in cache); ``exclude``: per row, a
+    reference cell that does not vote (-1: none)."""
+    order = np.arange(len(mine)) if order is None else order
+    exclude = np.full(len(mine), -1, np.int32) if exclude is None else exclude
+    if len(their_sizes) >= 2**31 or (len(codes) and int(np.max(codes)) >= 2**23):
+        raise ValueError("graph_votes takes fewer than 2^31 reference cells and 2^23 classes.")
+    # each voter's class and neighbour count in one int32 (one load per candidate; codes >= 0 here)
+    meta = (np.maximum(np.asarray(codes, np.int32), 0) * 256 + np.minimum(their_sizes, 255)).astype(np.int32)
+    with launch_lock():
+        _graph_votes(
+            np.ascontiguousarray(mine, np.int32),  # reference rows: int32 (fewer cache lines)
+            np.ascontiguousarray(rev_ptr, np.int64),
+            np.ascontiguousarray(rev_idx, np.int32),
+            meta,
+            np.ascontiguousarray(order, np.int64),
+            np.ascontiguousarray(exclude, np.int32),
+            out,
+        )
+
+
 def summary_arrays(n_rows: int, n_classes: int) -> tuple[np.ndarray, ...]:
     """Empty outputs of :func:`mix_rows`: probabilities, confidence, codes, entropy."""
     return (
@@ -153,12 +226,14 @@ def summary_arrays(n_rows: int, n_classes: int) -> tuple[np.ndarray, ...]:
 
 
 def load_kernels() -> None:
-    """Load (or compile, the first time on a machine) both kernels on a 2 x 2 case."""
+    """Load (or compile, the first time on a machine) the kernels on a 2 x 2 case."""
     out = np.zeros((2, 2), np.float32)
     for itype in (np.int32, np.int64):
         indptr, indices = np.array([0, 1, 2], itype), np.array([0, 1], itype)
         class_probabilities(indptr, indices, np.ones(2, np.float32), np.array([0, 1]), out)
     mix_rows(out, out, 0.5, 0.5, 1e-6, np.log(2.0), *summary_arrays(2, 2))
+    pair = np.array([[0, 1], [1, 0]])
+    graph_votes(pair, np.array([0, 1, 2]), np.array([0, 1]), np.array([0, 1]), np.array([2, 2]), out)
 
 
 def warm_up() -> threading.Thread | None:

@@ -27,6 +27,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from napari_cellmapper.core import calibration, label_head, label_kernels, sparse_product
+from napari_cellmapper.core import graph_vote as graph_voting
 from napari_cellmapper.core import validation as val
 from napari_cellmapper.core.joint_embedding import (
     DEFAULT_N_COMPS,
@@ -126,16 +127,25 @@ def _check_joint_options(scaling: str, normalize: object, n_top_genes: object) -
     check_n_top_genes(n_top_genes)
 
 
+_OFF_HINTS = {"self_training": " (or None: no self-training)", "graph_vote": " (or None: no graph vote)"}
+
+
 def _check_label_options(
-    head: str, head_weight: float, min_confidence: float, self_training: float | None = None
+    head: str,
+    head_weight: float,
+    min_confidence: float,
+    self_training: float | None = None,
+    graph_vote_share: float | None = None,
 ) -> None:
     val.check_choice("head", head, label_head.HEADS)
     numbers = [("head_weight", head_weight), ("min_confidence", min_confidence)]
     if self_training is not None:
         numbers.append(("self_training", self_training))
+    if graph_vote_share is not None:
+        numbers.append(("graph_vote", graph_vote_share))
     for name, value in numbers:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 <= value <= 1:
-            hint = " (or None: no self-training)" if name == "self_training" else ""
+            hint = _OFF_HINTS.get(name, "")
             raise val.CellMapperInputError(f"{name} must be a number between 0 and 1{hint}; got {value!r}.")
 
 
@@ -146,6 +156,7 @@ class _LabelOptions(NamedTuple):
     weight: float
     self_training: float | None
     calibrate: bool
+    graph_vote: float | None = None
 
 
 class CellMapper:
@@ -186,6 +197,8 @@ class CellMapper:
         self.params: dict[str, Any] = {}
         #: what ``iter_fit(reference_graph_task=...)`` returned, or None
         self.reference_graph_result: Any = None
+        #: the reference graph being searched in the background while the transfer runs (iter_fit)
+        self._pending_graph: Future[Neighbors] | None = None
 
     def __repr__(self) -> str:
         state = "fitted" if self.mapping_matrix is not None else "not fitted"
@@ -280,6 +293,7 @@ class CellMapper:
         self._query_rep, self._reference_rep, self._reference_usable = q_rep, r_rep, r_ok
         self.neighbors = neighbors
         self.reference_neighbors = None
+        self._pending_graph = None
         self.mapping_matrix = None
         self._loo = None
         self.params.update(
@@ -367,18 +381,39 @@ class CellMapper:
         self, n_neighbors: int, task: ReferenceGraphTask | None = None
     ) -> Future[tuple[Neighbors, Any]]:
         """Search the reference graph in a background thread (the search releases the GIL), so it
-        overlaps the transfer steps; then run ``task(graph, mapping_matrix)`` there too."""
+        overlaps the transfer steps; then run ``task(graph, mapping_matrix)`` there too. The graph
+        alone is ``self._pending_graph`` as soon as it is found (the graph vote waits for it)."""
         k = self._reference_k(n_neighbors)
         matrix = self.mapping_matrix
+        graph_found: Future[Neighbors] = Future()
 
         def run() -> tuple[Neighbors, Any]:
-            graph = run_steps(self._iter_reference_search(k))
+            try:
+                graph = run_steps(self._iter_reference_search(k))
+            except BaseException as exc:
+                graph_found.set_exception(exc)
+                raise
+            graph_found.set_result(graph)
             return graph, (None if task is None else task(graph, matrix))
 
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellmapper-reference-graph")
         future = executor.submit(run)
         executor.shutdown(wait=False)
+        self._pending_graph = graph_found
         return future
+
+    def _iter_vote_graph(self) -> Steps[Neighbors]:
+        """The reference graph for the graph vote: the one being searched in the background, the one
+        already computed (presence, hnoca kernel), or a search now."""
+        pending = self._pending_graph
+        if pending is not None:
+            while not pending.done():
+                yield Progress("reference neighbour graph", 0, 1)
+                wait([pending], timeout=0.1)
+            return pending.result()
+        if self.reference_neighbors is not None:
+            return self.reference_neighbors
+        return (yield from self.iter_compute_reference_neighbors(graph_voting.GRAPH_VOTE_K))
 
     # ------------------------------------------------------------------ step 2: kernel
     def iter_compute_mapping_matrix(
@@ -454,15 +489,20 @@ class CellMapper:
         head: str = "lda",
         head_weight: float = label_head.DEFAULT_WEIGHT,
         self_training: float | None = label_head.SELF_TRAINING,
+        graph_vote: float | None = graph_voting.GRAPH_VOTE,
         calibrate: bool = True,
         min_confidence: float = 0.0,
     ) -> Steps[CellMapper]:
         """Generator version of :meth:`transfer`."""
         if self.mapping_matrix is None:
             raise val.CellMapperInputError("Call compute_mapping_matrix() (or fit()) before transfer().")
-        _check_label_options(head, head_weight, min_confidence, self_training)
+        _check_label_options(head, head_weight, min_confidence, self_training, graph_vote)
         options = _LabelOptions(
-            head, float(head_weight), float(self_training) if self_training else None, bool(calibrate)
+            head,
+            float(head_weight),
+            float(self_training) if self_training else None,
+            bool(calibrate),
+            float(graph_vote) if graph_vote else None,
         )
         obs_list, obsm_list = val.as_key_list(obs_keys), val.as_key_list(obsm_keys)
         self._check_transfer_keys(obs_list, obsm_list, layer_key)
@@ -474,6 +514,7 @@ class CellMapper:
         uns_new: dict[str, Any] = {}
         labels: dict[str, LabelTransfer] = {}
         label_info: dict[str, dict[str, Any]] = {}
+        votes: dict[str, tuple[LabelTransfer, np.ndarray]] = {}  # k-NN votes, refined below
         for key in obs_list:
             column = self.reference.obs[key]
             if val.is_categorical_like(column):
@@ -486,22 +527,7 @@ class CellMapper:
                 codes, cats = category_codes(column)
                 self._warn_types_without_usable_cells(key, codes, cats)
                 labels_of = gpu.iter_labels if gpu is not None else partial(iter_transfer_labels, m)
-                res = yield from labels_of(codes, cats, stage=f"transfer {key}", **chunk)
-                res, label_info[key] = self._refine_labels(res, codes, options)
-                labels[key] = res
-                pred = res.predictions(min_confidence=min_confidence)
-                obs_new[f"{key}{prediction_postfix}"] = pred
-                obs_new[f"{key}_conf"] = res.confidence
-                obs_new[f"{key}_entropy"] = res.entropy
-                obsm_new[f"{key}_proba"] = pd.DataFrame(
-                    res.probabilities,
-                    index=self.query.obs_names,
-                    columns=[val.storable_name(c) for c in cats],
-                )
-                ref_colors = self.reference.uns.get(f"{key}_colors")
-                colors = colors_for(list(cats), None if ref_colors is None else list(ref_colors))
-                colors.extend([UNMAPPED_COLOR] * (len(pred.categories) - len(cats)))
-                uns_new[f"{key}{prediction_postfix}_colors"] = np.asarray(colors, dtype=object)
+                votes[key] = ((yield from labels_of(codes, cats, stage=f"transfer {key}", **chunk)), codes)
             else:
                 obs_new[f"{key}{prediction_postfix}"] = transfer_numeric(m, column.to_numpy())
         for key in obsm_list:
@@ -519,6 +545,24 @@ class CellMapper:
                     m, expression, row_order=self._locality_order(), **chunk
                 )
             imputed = AnnData(X=values, obs=self.query.obs[[]].copy(), var=self.reference.var.copy())
+        # the labels last: the graph vote may wait for the reference graph searched in the background
+        for key, (res, codes) in votes.items():
+            res, label_info[key] = yield from self._iter_refine_labels(res, codes, options)
+            labels[key] = res
+            cats = res.categories
+            pred = res.predictions(min_confidence=min_confidence)
+            obs_new[f"{key}{prediction_postfix}"] = pred
+            obs_new[f"{key}_conf"] = res.confidence
+            obs_new[f"{key}_entropy"] = res.entropy
+            obsm_new[f"{key}_proba"] = pd.DataFrame(
+                res.probabilities,
+                index=self.query.obs_names,
+                columns=[val.storable_name(c) for c in cats],
+            )
+            ref_colors = self.reference.uns.get(f"{key}_colors")
+            colors = colors_for(list(cats), None if ref_colors is None else list(ref_colors))
+            colors.extend([UNMAPPED_COLOR] * (len(pred.categories) - len(cats)))
+            uns_new[f"{key}{prediction_postfix}_colors"] = np.asarray(colors, dtype=object)
         # commit: nothing above touched the query
         unmapped = unmapped_rows(m)
         for name, value in obs_new.items():
@@ -543,6 +587,7 @@ class CellMapper:
                 "head": head,
                 "head_weight": float(head_weight),
                 "self_training": None if head == "none" else options.self_training,
+                "graph_vote": options.graph_vote,
                 "calibrate": bool(calibrate),
                 "min_confidence": float(min_confidence),
                 **label_info,
@@ -551,20 +596,32 @@ class CellMapper:
         self.query.uns["cellmapper"] = self.provenance()
         return self
 
-    def _refine_labels(
+    def _iter_refine_labels(
         self, res: LabelTransfer, codes: np.ndarray, options: _LabelOptions
-    ) -> tuple[LabelTransfer, dict[str, Any]]:
-        """k-NN class probabilities combined with the classifier head, then calibrated.
+    ) -> Steps[tuple[LabelTransfer, dict[str, Any]]]:
+        """k-NN class probabilities mixed with the reference graph's vote, combined with the
+        classifier head, then calibrated.
 
         Tall-skinny products only: one BLAS thread (several threads spin for nothing there, and
         on a busy machine cost seconds)."""
-        plain = options.head == "none" and not options.calibrate
+        plain = options.head == "none" and not options.calibrate and not options.graph_vote
         if plain or self._query_rep is None or self._reference_rep is None:
             return res, {}
+        graph = None
+        if options.graph_vote:
+            graph = yield from self._iter_vote_graph()
+            yield Progress("graph vote", 0, 1)
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, user_api="blas"):
-            return self._refine_labels_now(res, codes, options)
+            refined = self._refine_labels_now(res, codes, options, graph)
+        if options.graph_vote:
+            yield Progress("graph vote", 1, 1)
+        return refined
+
+    def _has_categories(self, obs_keys: str | list[str] | None) -> bool:
+        """Whether any of ``obs_keys`` is transferred as categories (labels)."""
+        return any(val.is_categorical_like(self.reference.obs[key]) for key in val.as_key_list(obs_keys))
 
     def _warn_types_without_usable_cells(self, key: str, codes: np.ndarray, categories: pd.Index) -> None:
         """Warn about types all of whose reference cells were left out of the search (no counts
@@ -587,57 +644,81 @@ class CellMapper:
             )
 
     def _refine_labels_now(
-        self, res: LabelTransfer, codes: np.ndarray, options: _LabelOptions
+        self, res: LabelTransfer, codes: np.ndarray, options: _LabelOptions, graph: Neighbors | None
     ) -> tuple[LabelTransfer, dict[str, Any]]:
-        head, weight, self_training, calibrate = options
+        head, weight, self_training, calibrate, share = options
         codes = np.where(self._reference_usable, codes, -1) if self._reference_usable is not None else codes
         n_cat = len(res.categories)
-        model = label_head.fit_lda(self._reference_rep, codes, n_cat) if head == "lda" else None
         info: dict[str, Any] = {}
+        knn = res.probabilities
+        voters, voting = None, None
+        if graph is not None and share:
+            voters = graph_voting.Voters.build(graph, codes, n_cat)
+            info["graph_vote_k"] = min(voters.k, self.neighbors.k)
+            # the query's votes (a parallel kernel) beside the head's fit and the calibration sample
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellmapper-graph-vote")
+            voting = executor.submit(voters.votes, self.neighbors, row_order=self._locality_order())
+            executor.shutdown(wait=False)
+        try:
+            model = label_head.fit_lda(self._reference_rep, codes, n_cat) if head == "lda" else None
+            loo, (truth, rows) = (
+                self._reference_leave_one_out(codes, res.categories, voters, share)
+                if calibrate
+                else (None, (None, None))
+            )
+        except BaseException:
+            if voting is not None:
+                wait([voting])  # nothing runs on after a failure
+            raise
+        if voting is not None:
+            knn = graph_voting.blend(knn, voting.result(), share)
         if model is not None and self_training and weight > 0:
             model, info["self_training_cells"] = self._self_train(
-                model, res, codes, weight, float(self_training)
+                model, knn, codes, weight, float(self_training)
             )
         temperature = 1.0
         if calibrate:
-            loo, (truth, rows) = self._reference_leave_one_out(codes, res.categories)
             if loo is not None:
                 if model is not None:
                     loo = label_head.combine(loo, model.probabilities(self._reference_rep[rows]), weight)
                 temperature = calibration.fit_temperature(loo, truth)
             info["temperature"] = temperature
         head_proba = None if model is None else model.probabilities(self._query_rep)
-        return mix_probabilities(res.probabilities, head_proba, weight, temperature, res.categories), info
+        return mix_probabilities(knn, head_proba, weight, temperature, res.categories), info
 
     def _self_train(
         self,
         model: label_head.LinearHead,
-        res: LabelTransfer,
+        knn: np.ndarray,
         codes: np.ndarray,
         weight: float,
         threshold: float,
     ) -> tuple[label_head.LinearHead, int]:
         """The head fitted again with the query cells the pool labels with confidence ``>= threshold``
         (see :func:`.label_head.self_trained`); and how many query cells it used."""
-        pooled = mix_probabilities(
-            res.probabilities, model.probabilities(self._query_rep), weight, 1.0, res.categories
-        )
+        categories = pd.RangeIndex(knn.shape[1])
+        pooled = mix_probabilities(knn, model.probabilities(self._query_rep), weight, 1.0, categories)
         refitted, chosen = label_head.self_trained(
             self._reference_rep,
             codes,
             self._query_rep,
             pooled.codes,
             pooled.confidence,
-            len(res.categories),
+            knn.shape[1],
             threshold,
         )
         return (model, 0) if refitted is None else (refitted, chosen)
 
     def _reference_leave_one_out(
-        self, codes: np.ndarray, categories: pd.Index
+        self,
+        codes: np.ndarray,
+        categories: pd.Index,
+        voters: graph_voting.Voters | None = None,
+        share: float | None = None,
     ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
         """k-NN class probabilities of a sample of labelled reference cells, each mapped against
-        the other reference cells with this mapping's kernel (hnoca: gauss); and their codes/rows."""
+        the other reference cells with this mapping's kernel (hnoca: gauss) and mixed with the
+        graph vote as the query's are (a cell never votes for itself); and their codes/rows."""
         rows = np.flatnonzero(codes >= 0)
         empty = (np.zeros(0, np.int64), rows[:0])
         if rows.size < 10 or self.neighbors is None:
@@ -651,6 +732,8 @@ class CellMapper:
         kernel, sigma = ("gauss", None) if kernel == "hnoca" else (kernel, self.params.get("sigma"))
         matrix = mapping_matrix(loo, kernel, sigma=sigma)
         proba = run_steps(iter_transfer_labels(matrix, codes, categories)).probabilities
+        if voters is not None and share:
+            proba = graph_voting.blend(proba, voters.votes(loo, exclude=rows), share)
         return proba, (codes[rows], rows)
 
     def _search_reference_sample(self, rows: np.ndarray) -> Neighbors:
@@ -750,6 +833,7 @@ class CellMapper:
         head: str = "lda",
         head_weight: float = label_head.DEFAULT_WEIGHT,
         self_training: float | None = label_head.SELF_TRAINING,
+        graph_vote: float | None = graph_voting.GRAPH_VOTE,
         calibrate: bool = True,
         min_confidence: float = 0.0,
         chunk_size: int | None = None,
@@ -774,7 +858,7 @@ class CellMapper:
         val.check_choice("backend", backend, val.BACKENDS)
         val.check_choice("metric", metric, val.METRICS)
         _check_joint_options(scaling, normalize, n_top_genes)
-        _check_label_options(head, head_weight, min_confidence, self_training)
+        _check_label_options(head, head_weight, min_confidence, self_training, graph_vote)
         self._check_transfer_keys(val.as_key_list(obs_keys), val.as_key_list(obsm_keys), layer_key)
         val.check_k(n_neighbors, self.reference.n_obs)
         n_neighbors = int(n_neighbors)  # numpy integers pass the check; faiss takes only int
@@ -813,8 +897,11 @@ class CellMapper:
         )
         yield from self.iter_compute_mapping_matrix(kernel)
         background = None
-        if reference_graph and kernel != "hnoca" and self._index is not None:
-            background = self._start_reference_search(reference_k, reference_graph_task)
+        # the graph vote needs the reference graph too: searched beside the transfer either way
+        wants_graph = reference_graph or bool(graph_vote and self._has_categories(obs_keys))
+        if wants_graph and kernel != "hnoca" and self._index is not None:
+            k = reference_k if reference_graph else graph_voting.GRAPH_VOTE_K
+            background = self._start_reference_search(k, reference_graph_task if reference_graph else None)
         yield from self.iter_transfer(
             obs_keys,
             obsm_keys,
@@ -824,17 +911,19 @@ class CellMapper:
             head=head,
             head_weight=head_weight,
             self_training=self_training,
+            graph_vote=graph_vote,
             calibrate=calibrate,
             min_confidence=min_confidence,
         )
         self.reference_graph_result = None
+        self._pending_graph = None
         if background is not None:
             while not background.done():
                 yield Progress("reference neighbour graph", 0, 1)
                 wait([background], timeout=0.1)
             self.reference_neighbors, self.reference_graph_result = background.result()
             yield Progress("reference neighbour graph", 1, 1)
-        elif reference_graph and self.reference_neighbors is None:
+        elif reference_graph and (self.reference_neighbors is None or kernel != "hnoca"):  # no-op at its k
             yield from self.iter_compute_reference_neighbors(reference_k)
         return self
 

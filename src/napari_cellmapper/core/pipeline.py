@@ -13,6 +13,7 @@ import numpy as np
 from anndata import AnnData
 
 from napari_cellmapper.core import validation as val
+from napari_cellmapper.core.graph_vote import GRAPH_VOTE
 from napari_cellmapper.core.joint_embedding import DEFAULT_N_COMPS, DEFAULT_N_TOP_GENES
 from napari_cellmapper.core.label_head import DEFAULT_WEIGHT, SELF_TRAINING
 from napari_cellmapper.core.mapper import REFERENCE_GRAPH_K, CellMapper, h5_safe
@@ -43,6 +44,7 @@ class MappingParams:
     head: str = "lda"
     head_weight: float = DEFAULT_WEIGHT
     self_training: float | None = SELF_TRAINING
+    graph_vote: float | None = GRAPH_VOTE
     calibrate: bool = True
     min_confidence: float = 0.0
     presence: bool = False
@@ -76,6 +78,7 @@ class MappingParams:
             "head": self.head,
             "head_weight": self.head_weight,
             "self_training": self.self_training,
+            "graph_vote": self.graph_vote,
             "calibrate": self.calibrate,
             "min_confidence": self.min_confidence,
             "reference_k": self.reference_k,

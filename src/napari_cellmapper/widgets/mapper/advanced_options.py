@@ -107,6 +107,13 @@ class AdvancedOptions(QWidget):
         )
         self.self_training_spin.setSpecialValueText("off")
         form.addRow("Self-training", self.self_training_spin)
+        self.graph_vote_spin = _fraction(
+            defaults.graph_vote or 0.0,
+            "Share of the reference graph's vote (reference cells whose neighbourhood overlaps the "
+            "cell's) in the kNN class probabilities (off: the kNN vote alone)",
+        )
+        self.graph_vote_spin.setSpecialValueText("off")
+        form.addRow("Graph vote", self.graph_vote_spin)
         self.calibrate_check = QCheckBox("calibrate confidence")
         self.calibrate_check.setChecked(defaults.calibrate)
         self.calibrate_check.setToolTip("Fit a temperature on the reference so confidence matches accuracy")
@@ -152,6 +159,7 @@ class AdvancedOptions(QWidget):
             "head": self.head_combo.currentText(),
             "head_weight": float(self.head_weight_spin.value()),
             "self_training": float(self.self_training_spin.value()) or None,
+            "graph_vote": float(self.graph_vote_spin.value()) or None,
             "calibrate": self.calibrate_check.isChecked(),
             "min_confidence": float(self.min_confidence_spin.value()),
             "reference_k": int(self.reference_k_spin.value()),

@@ -355,13 +355,14 @@ def test_core_maps_through_cupy_path_without_gui_spatialdata_or_faiss():
     assert got["loaded"] == []
     assert got["backend"] == "cupy" and got["requested"] == "auto"
     assert got["transfers_on_device"]  # labels, UMAP and expression as device products
-    # 300 x 900 in 128-row tiles (3 x 8), plus the confidence calibration's search of a sample of
-    # the reference (all 900 labelled cells here) among the other reference cells (8 x 8): one
-    # warp-kernel launch per tile pair (k <= 32), each starting from the running best, no merge
+    # 300 x 900 in 128-row tiles (3 x 8), plus the reference's own graph for the labels' graph
+    # vote (8 x 8), plus the confidence calibration's search of a sample of the reference (all 900
+    # labelled cells here) among the other reference cells (8 x 8): one warp-kernel launch per
+    # tile pair (k <= 32), each starting from the running best, no merge
     from napari_cellmapper.core import calibration
 
     sample_tiles = -(-min(calibration.SAMPLE, 900) // 128)
-    assert got["kernel_launches"]["warp"] == 3 * 8 + sample_tiles * 8
+    assert got["kernel_launches"]["warp"] == 3 * 8 + 8 * 8 + sample_tiles * 8
     assert "merge" not in got["kernel_launches"]
 
     query, reference = make_pair(n_query=300, n_ref=900, n_genes=40, dim=8, seed=3)

@@ -53,8 +53,11 @@ def _adjacency(indices: np.ndarray, n_columns: int) -> sparse.csr_matrix:
 
 
 def _first(neighbors: Neighbors, k: int) -> np.ndarray:
-    """The first ``k`` columns of a k-NN table, ``-1`` where an edge is unusable."""
-    return np.where(neighbors.valid[:, :k], neighbors.indices[:, :k], -1)
+    """The first ``k`` columns of a k-NN table as int32 (fewer bytes per lookup), ``-1`` where an
+    edge is unusable."""
+    if neighbors.n_reference >= 2**31 - 1:
+        raise ValueError("The graph vote takes fewer than 2^31 reference cells.")
+    return np.where(neighbors.valid[:, :k], neighbors.indices[:, :k], -1).astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,13 @@ class Voters:
         codes = np.asarray(codes)
         theirs = _first(reference_neighbors, k)
         sizes = (theirs >= 0).sum(axis=1)
-        voters = np.where((codes >= 0)[:, None], theirs, -1)
+        voters = np.where((codes >= 0)[:, None], theirs, np.int32(-1))
         indptr = np.zeros(voters.shape[0] + 1, np.int64)
         np.cumsum((voters >= 0).sum(axis=1), out=indptr[1:])
+        kept = voters[voters >= 0]
+        del voters
         graph = sparse.csr_matrix(
-            (np.ones(int(indptr[-1]), np.float32), voters[voters >= 0], indptr),
-            shape=(voters.shape[0], voters.shape[0]),
+            (np.ones(kept.size, np.int8), kept, indptr), shape=(theirs.shape[0], theirs.shape[0])
         )
         return cls(graph, graph.tocsc(), sizes, codes, int(n_classes), k)
 

@@ -487,11 +487,9 @@ def _adj(idx, n_cols):
     return sparse.csr_matrix((np.ones(n * k), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n_cols))
 
 
-def cm_hnoca(xr, xq, codes, n_c, k):
-    """cellmapper 0.2.6's hnoca kernel (yx xx^T + yy xy^T, jaccard squared), self edges included."""
+def _query_side(xr, xq, k):
+    """cellmapper's query self-graph ``yy`` and reference -> query graph ``xy`` (see cm_hnoca)."""
     nr, nq = xr.shape[0], xq.shape[0]
-    yx = _adj(knn(xr, xq, k)[1], nr)
-    xx = _adj(knn(xr, xr, k)[1], nr)
     yy = _adj(knn(xq, xq, k)[1], nq)
     if STATE.get("rev"):
         # reverse of the query->reference graph (k = 30 there): each reference cell's k nearest
@@ -508,16 +506,21 @@ def cm_hnoca(xr, xq, codes, n_c, k):
         xy = sparse.csr_matrix((np.ones(keep.sum()), (cols_s[keep], rows_s[keep])), shape=(nr, nq))
     else:
         xy = _adj(knn(xq, xr, k)[1], nq)
+    return yy, xy
+
+
+def cm_hnoca(xr, xq, codes, n_c, k):
+    """cellmapper 0.2.6's hnoca kernel (yx xx^T + yy xy^T, jaccard squared), self edges included."""
+    nr = xr.shape[0]
+    yx = _adj(knn(xr, xq, k)[1], nr)
+    xx = _adj(knn(xr, xr, k)[1], nr)
     part = STATE.get("cmh_part", "both")
-    if part == "ref":
+    if part == "ref":  # the query's own graph is not needed
         kern = (yx @ (xx if STATE.get("fwd") else xx.T)).tocsr()
-    elif part == "query":
-        kern = (yy @ xy.T).tocsr()
     else:
-        kern = (yx @ xx.T + yy @ xy.T).tocsr()
-    if STATE.get("jpow") == "linear":
-        pass  # the shared count itself: a sum of per-reference-cell class histograms
-    else:
+        yy, xy = _query_side(xr, xq, k)
+        kern = ((yy @ xy.T) if part == "query" else (yx @ xx.T + yy @ xy.T)).tocsr()
+    if STATE.get("jpow") != "linear":  # "linear": the shared count itself
         kern.data = (kern.data / (STATE.get("jden", 4) * k - kern.data)) ** STATE.get("jpow", 2)
     tot = np.asarray(kern.sum(1)).ravel()
     onehot = np.zeros((nr, n_c))

@@ -43,13 +43,12 @@ GRAPH_VOTE_K = 10
 _ROWS = 16_384
 
 
-def _adjacency(indices: np.ndarray, n_columns: int) -> sparse.csr_matrix:
-    """0/1 CSR matrix of a k-NN table (``-1``: no neighbour)."""
-    rows = np.repeat(np.arange(indices.shape[0]), indices.shape[1])
-    flat = indices.ravel()
-    keep = flat >= 0
-    data = np.ones(int(keep.sum()), np.float32)
-    return sparse.csr_matrix((data, (rows[keep], flat[keep])), shape=(indices.shape[0], n_columns))
+def _first_columns(neighbors: Neighbors, k: int) -> Neighbors:
+    """Each row's ``k`` nearest (the search sorts them)."""
+    return Neighbors(
+        neighbors.indices[:, :k], neighbors.distances[:, :k], neighbors.metric, neighbors.backend,
+        neighbors.n_reference,
+    )  # fmt: skip
 
 
 def _first(neighbors: Neighbors, k: int) -> np.ndarray:
@@ -110,7 +109,8 @@ class Voters:
                 f"The reference graph has {self.graph.shape[0]} rows; "
                 f"the reference has {neighbors.n_reference}."
             )
-        mine = _first(neighbors, min(self.k, neighbors.k))
+        k = min(self.k, neighbors.k)
+        mine = _first(neighbors, k)
         n = mine.shape[0]
         out = np.zeros((n, self.n_classes), np.float32)
         if n == 0 or self.n_classes == 0:
@@ -134,9 +134,10 @@ class Voters:
             (np.ones(int(labelled.sum())), (np.flatnonzero(labelled), self.codes[labelled])),
             shape=(self.codes.size, self.n_classes),
         )
+        nearest = _first_columns(neighbors, k)
         for start, stop in chunk_bounds(n, _ROWS):
             block = mine[start:stop]
-            shared = (_adjacency(block, self.graph.shape[0]) @ self.graph.T).tocoo()
+            shared = (nearest.subset(slice(start, stop)).adjacency() @ self.graph.T).tocoo()
             if exclude is not None:
                 keep = shared.col != exclude[start:stop][shared.row]
                 shared = sparse.coo_matrix(
@@ -166,12 +167,8 @@ def graph_vote(
     row_order: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(n_query, n_classes)`` float32 class probabilities of the reference graph's vote:
-    :meth:`Voters.votes` of ``Voters.build(reference_neighbors, codes, n_classes, k)``."""
-    if reference_neighbors.n_query != neighbors.n_reference:
-        raise ValueError(
-            f"reference_neighbors has {reference_neighbors.n_query} rows; the reference has "
-            f"{neighbors.n_reference}."
-        )
+    :meth:`Voters.votes` of ``Voters.build(reference_neighbors, codes, n_classes, k)`` (which
+    refuses a graph of another reference)."""
     voters = Voters.build(reference_neighbors, codes, n_classes, k)
     return voters.votes(neighbors, exclude=exclude, row_order=row_order)
 

@@ -190,12 +190,12 @@ def _graph_votes(mine, rev_ptr, rev_idx, meta, order, exclude, out):  # pragma: 
 
 
 def graph_votes(mine, rev_ptr, rev_idx, codes, their_sizes, out, order=None, exclude=None) -> None:
-    """:func:`.graph_vote.graph_vote`'s class probabilities (``out``, float32, zeros on entry) in
-    one pass per query row: ``mine`` the query's neighbours (``-1``: none); ``rev_ptr`` /
-    ``rev_idx`` the reference graph's reverse lists (CSR: for each reference cell, the labelled
-    cells whose neighbourhood holds it); per reference cell its class (``codes``) and neighbour
-    count (``their_sizes``); rows taken in ``order`` (all of them once; rows with
-    neighbours close together in turn keep the counts in cache); ``exclude``: per row, a
+    """:func:`.graph_vote.graph_vote`'s class probabilities (``out``, float32, zeros on entry), each
+    query row's lists walked twice (count, then vote and reset): ``mine`` the query's neighbours
+    (``-1``: none); ``rev_ptr`` / ``rev_idx`` the reference graph's reverse lists (CSR: for each
+    reference cell, the labelled cells whose neighbourhood holds it); per reference cell its class
+    (``codes``) and neighbour count (``their_sizes``); rows taken in ``order`` (all of them once; rows
+    with neighbours close together in turn keep the counts in cache); ``exclude``: per row, a
     reference cell that does not vote (-1: none)."""
     order = np.arange(len(mine)) if order is None else order
     exclude = np.full(len(mine), -1, np.int32) if exclude is None else exclude

@@ -956,6 +956,8 @@ class CellMapper:
             space whose probabilities are pooled with the k-NN ones), ``head_weight`` (0.25),
             ``self_training`` (0.9: the head is fitted again with the query cells labelled at least
             this confidently; None or 0: not),
+            ``graph_vote`` (0.75: share of the reference graph's vote in the k-NN class
+            probabilities, see :mod:`.graph_vote`; None or 0: the k-NN vote alone),
             ``calibrate`` (True: confidence calibrated by a temperature fitted on the reference),
             ``min_confidence`` (0: cells below it are labelled "unassigned"), ``chunk_size``,
             ``prediction_postfix`` ("_pred") and backend options (e.g. ``nprobe``, ``client``).

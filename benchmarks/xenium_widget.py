@@ -53,11 +53,47 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class StackSampler:
+    """The interface thread's stack every 5 ms (``XENIUM_WIDGET_STACKS=1``, with ``--gaps``): where a
+    stall's time went, as the innermost frames seen most often while it lasted."""
+
+    def __init__(self) -> None:
+        self.main = threading.main_thread().ident
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        import traceback
+
+        while True:
+            time.sleep(0.005)
+            frame = sys._current_frames().get(self.main)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)[-12:]
+            names = tuple(f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.name}" for f in stack)
+            self.samples.append((time.perf_counter(), names))
+
+    def summary(self, start: float, end: float, top: int = 4) -> list[str]:
+        from collections import Counter
+
+        window = [names[-7:] for t, names in self.samples if start <= t <= end]
+        lines = []
+        for names, n in Counter(window).most_common(top):
+            lines.append(f"{n}/{len(window)} samples:")
+            lines += [f"   {name}" for name in names]
+        return lines
+
+
 class Probe:
     """The longest gap between 10 ms QTimer ticks (interface stall) and the peak RSS, per step."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_over: float | None = None) -> None:
         from qtpy.QtCore import QTimer
+
+        self.log_over = log_over  # seconds: print every gap longer than this (``--gaps``)
+        self.stacks = StackSampler() if os.environ.get("XENIUM_WIDGET_STACKS") else None
+        self.t0 = time.perf_counter()
 
         self.timer = QTimer()
         self.timer.setInterval(10)
@@ -72,7 +108,13 @@ class Probe:
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.longest = max(self.longest, now - self.last)
+        gap = now - self.last
+        self.longest = max(self.longest, gap)
+        if self.log_over is not None and gap > self.log_over:
+            print(f"    gap {gap * 1e3:6.0f} ms ending at +{now - self.t0:6.2f} s", flush=True)
+            if self.stacks is not None:
+                for line in self.stacks.summary(self.last, now):
+                    print(f"      {line}", flush=True)
         self.last = now
 
     def _sample(self) -> None:
@@ -80,13 +122,37 @@ class Probe:
             self.peak = max(self.peak, _rss_bytes())
 
     def reset(self) -> None:
-        self.last = time.perf_counter()
+        self.last = self.t0 = time.perf_counter()
         self.longest = 0.0
         self.peak = _rss_bytes()
 
     def close(self) -> None:
         self._stop.set()
         self.timer.stop()
+
+
+def _log_full_collections(probe: Probe) -> None:
+    """Print each full garbage collection: its thread, start (from the step's start) and length."""
+    import gc
+
+    started: dict[int, float] = {}
+
+    def callback(phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        ident = threading.get_ident()
+        if phase == "start":
+            started[ident] = time.perf_counter()
+            return
+        t = started.pop(ident, None)
+        if t is not None:
+            name = threading.current_thread().name
+            print(
+                f"    full collection in {name}: +{t - probe.t0:6.2f} s, {(time.perf_counter() - t) * 1e3:.0f} ms",
+                flush=True,
+            )
+
+    gc.callbacks.append(callback)
 
 
 def step(
@@ -149,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per step")
     parser.add_argument("--screenshots", default=None, help="folder for the two screenshots")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument(
+        "--gaps",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="print every interface stall longer than MS milliseconds and every full garbage collection",
+    )
+    parser.add_argument("--open-only", action="store_true", help="stop after the open step")
     args = parser.parse_args(argv)
 
     import napari
@@ -168,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(5):
         app.processEvents()
     clock = FrameClock(viewer)
-    probe = Probe()
+    probe = Probe(None if args.gaps is None else args.gaps / 1e3)
+    if args.gaps is not None:
+        _log_full_collections(probe)
     rows: dict[str, dict[str, float]] = {}
     out_dir = Path(tempfile.mkdtemp(prefix="xenium_widget_"))
 
@@ -193,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         kind = widget.scene.cells_layer.__class__.__name__
         print(f"  element {widget.element_combo.currentText()!r} drawn as a {kind} layer", flush=True)
+        if args.open_only:
+            return 0
         widget.presence_check.setChecked(True)
         widget.niches_check.setChecked(True)
         widget.niches_spin.setValue(8)

@@ -436,7 +436,7 @@ def test_gl_points_draw_clamped_cells_one_pixel_wide(make_napari_viewer, monkeyp
     assert 0.5 * np.pi * 20**2 < (img.sum(-1) > 60).sum() < 2 * np.pi * 20**2
 
 
-def test_edge_floor_left_alone_where_vispy_has_none():
+def test_vertex_shader_left_alone_where_vispy_has_neither_line():
     class Program:
         vert = None
 
@@ -444,9 +444,86 @@ def test_edge_floor_left_alone_where_vispy_has_none():
         shared_program = Program()
         _shaders = {"vertex": "void main() { gl_PointSize = 1.0; }"}
 
-    assert not P._without_edge_floor(Other())
+    assert P._points_vertex_shader(Other()) == (False, False)
     assert Program.vert is None
-    assert not P._without_edge_floor(object())
+    assert P._points_vertex_shader(object()) == (False, False)
+
+
+def _grid_layer(viewer, monkeypatch, size: float, gl_points: bool = True):
+    """A layer of 20 x 20 cells 100 apart, each of its own colour (of 7); GL_POINTS by default."""
+    monkeypatch.setattr(P, "LARGE_LAYER", 100)
+    grid = np.stack(np.meshgrid(np.arange(20), np.arange(20)), -1).reshape(-1, 2) * 100.0
+    feats = pd.DataFrame({"t": pd.Categorical(np.arange(len(grid)) % 7)})
+    layer = P.add_cell_points(viewer, grid, feats, "t", size=size, overview=False, gl_points=gl_points)
+    return layer, _markers_of(layer)[0]
+
+
+def _shot(viewer) -> np.ndarray:
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()
+    return np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
+
+
+@pytest.mark.gui
+def test_gl_points_draw_cells_over_the_canvas_edge(make_napari_viewer, monkeypatch):
+    """GL drops a point whose centre leaves the viewport: a cell half over the canvas' edge
+    vanished (issue 15). With the guard band the picture is the quads' one, edges included."""
+    viewer = make_napari_viewer(show=True)
+    layers = {gl: _grid_layer(viewer, monkeypatch, size=80.0, gl_points=gl) for gl in (True, False)}
+    _shot(viewer)  # the window settles
+    canvas = viewer.window._qt_viewer.canvas.native  # test only: the canvas' size in pixels
+    viewer.scene.camera.zoom = 1.0  # cells 80 px wide
+    # the canvas' edges through columns and rows of cells: their centres are outside it
+    viewer.scene.camera.center = (1000.0 + canvas.height() / 2 + 20, 1000.0 + canvas.width() / 2 + 20)
+    shots = {}
+    for gl_points, (layer, markers) in layers.items():
+        layers[not gl_points][0].visible = False
+        layer.visible = True
+        shots[gl_points] = _shot(viewer)
+        assert markers._method == ("points" if gl_points else "instanced")
+    assert P._GUARD_SCALE in layers[True][1].shared_program._vcode
+    points, quads = shots[True], shots[False]
+    lit = quads.sum(-1) > 60
+    assert lit[:, :3].any() and lit[:3, :].any()  # cells cut by the left and the top edges
+    assert (np.abs(quads - points).max(-1) <= 8).mean() > 0.999
+
+
+@pytest.mark.gui
+def test_gl_points_wider_than_gl_allows_are_drawn_as_quads(make_napari_viewer, monkeypatch):
+    """GL clamps a point to its largest size (255 px in llvmpipe): zoomed in further, the layer is
+    drawn as quads (the cell at its size), and as points again once zoomed out."""
+    monkeypatch.setattr(P, "_GL_LIMITS", [(64.0, 16384)])  # a small GL limit: small screenshots
+    viewer = make_napari_viewer(show=True)
+    layer, markers = _grid_layer(viewer, monkeypatch, size=40.0)
+    viewer.scene.camera.center = (1000.0, 1000.0)  # on a cell
+
+    def centre_cell_width() -> int:  # the lit run through the canvas' centre, in pixels
+        row = _shot(viewer)
+        row = row[row.shape[0] // 2].sum(-1) > 60
+        middle = len(row) // 2
+        left = middle - np.argmin(row[middle::-1])
+        return int(middle + np.argmin(row[middle:]) - left)
+
+    viewer.scene.camera.zoom = 1.0  # 40 px: points
+    assert 36 <= centre_cell_width() <= 44 and markers._method == "points"
+    viewer.scene.camera.zoom = 2.5  # 100 px: wider than GL's largest point
+    assert 95 <= centre_cell_width() <= 105  # at its size, not 64 px
+    assert markers._method == "instanced"
+    viewer.scene.camera.zoom = 1.0
+    assert 36 <= centre_cell_width() <= 44 and markers._method == "points"
+
+
+def test_guard_margin():
+    assert P._guard_margin(0.0, 255.0, 10_000) == 1
+    assert P._guard_margin(40.0, 255.0, 10_000) == 21
+    assert P._guard_margin(4000.0, 255.0, 10_000) == 129  # no point is wider than GL draws
+    assert P._guard_margin(40.0, 255.0, 20) == 10  # within GL's largest viewport
+    assert P._guard_margin(40.0, 255.0, -5) == 0
+
+
+def test_quads_only_back_on_a_switched_visual():
+    assert not P._use_quads(object())
 
 
 @pytest.mark.gui

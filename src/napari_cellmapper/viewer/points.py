@@ -49,9 +49,11 @@ public ``face_color`` setter triggers twice, and drawing 2-3 frames per add. Her
   extra passes through the transform chain for data-scaled sizes, on 4 vertices per cell; as
   points it runs once per cell. Measured at 1M cells under Xvfb/llvmpipe: 1.05 s -> 0.6 s per
   frame, with identical pixels (``tests/test_viewer_points.py`` compares the two renderings).
-  The price: GL clamps a point to the implementation's largest point size (llvmpipe and some
-  Intel GPUs: 255 px, most others 2047+), so a cell zoomed to more than that is drawn at that
-  size. ``add_cell_points(..., gl_points=False)`` keeps napari's quads.
+  GL discards a point whose centre is outside the viewport (a cell half over the canvas' edge
+  vanished) and clamps it to the implementation's largest point size (llvmpipe and some Intel
+  GPUs: 255 px, most others 2047+): the points are drawn with a guard band around the viewport,
+  and as napari's quads again while a cell is wider on screen than that (``_draw_guarded``).
+  ``add_cell_points(..., gl_points=False)`` keeps napari's quads.
 
 What remains is the GL frame itself (see ``benchmarks/bench_points_layer.py``). While the cells
 are a few pixels wide on screen, large layers draw a coloured raster of them instead of their
@@ -86,8 +88,14 @@ Private napari/vispy attributes used (each guarded, each with a public fallback;
     own disc function alone while every symbol of the layer is a disc (``discs_only``), put back
     when the public ``layer.events.symbol`` says otherwise.
 ``Markers._shaders["vertex"]`` and the setter of ``shared_program.vert``  for GL_POINTS layers,
-    vispy's own vertex shader less one line (``_without_edge_floor``); left as it is when the line
-    is not found.
+    vispy's own vertex shader less one line, and with a scale after the line that sets
+    ``gl_Position`` (``_points_vertex_shader``); each left as it is where the line is not found.
+``Markers.draw`` (an instance attribute replacing the class' method), ``canvas._vp_stack``
+    (the viewport being drawn) and ``shared_program._vcode``  a GL_POINTS layer is drawn with a
+    guard band (``_draw_guarded``: a wider viewport for that draw, a scissor box, the scale
+    above), since GL drops a point whose centre leaves the viewport, and as vispy's quads while
+    a cell is wider on screen than GL's largest point (255 px in llvmpipe). Without the
+    viewport stack it is drawn as vispy does.
 """
 
 from __future__ import annotations
@@ -95,7 +103,7 @@ from __future__ import annotations
 import re
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -469,11 +477,13 @@ _POINTS_SETUP_TEXCOORD = "void setup_texcoord() {}"
 _POINTS_APPLY_OFFSET = "vec4 apply_offset(vec4 fb_pos, float total_size) { return fb_pos; }"
 
 
-def _use_gl_points(markers: Any) -> bool:
+def _use_gl_points(markers: Any, update: bool = True) -> bool:
     """Switch a vispy ``Markers`` visual from instanced quads to ``GL_POINTS`` (module docstring).
 
     Returns whether the visual now draws points. Does the same as vispy's own
-    ``Markers(method="points")`` set-up, on a visual napari built with ``method="instanced"``.
+    ``Markers(method="points")`` set-up, on a visual napari built with ``method="instanced"``,
+    and draws it through :func:`_draw_guarded` (a guard band; quads again while a cell is wider
+    than GL's largest point). ``update``: ask the canvas for a frame (not while it draws one).
     """
     method = getattr(markers, "_method", None)
     if method == "points":
@@ -484,41 +494,189 @@ def _use_gl_points(markers: Any) -> bool:
         if method != "instanced" or getattr(markers, "_draw_mode", None) != "triangle_strip":
             return False
         program = markers.shared_program
-        for hook in ("setup_texcoord", "apply_offset"):
-            program.vert[hook]  # the hooks vispy's instanced set-up filled (KeyError if not)
-        program.frag["pointcoord"]
+        quads = tuple(program.vert[hook] for hook in ("setup_texcoord", "apply_offset"))
+        quads += (program.frag["pointcoord"],)
         markers._vbo  # noqa: B018
     except Exception:  # pragma: no cover - vispy changed
         return False
+    _QUADS.setdefault(markers, quads)  # vispy's instanced set-up, to go back to (``_use_quads``)
     program.vert["setup_texcoord"] = Function(_POINTS_SETUP_TEXCOORD)
     program.vert["apply_offset"] = Function(_POINTS_APPLY_OFFSET)
     program.frag["pointcoord"] = None  # drop the varying that replaced gl_PointCoord
     program.frag["pointcoord"] = "gl_PointCoord"
     markers._method, markers._draw_mode = "points", "points"
-    _without_edge_floor(markers)
+    _points_vertex_shader(markers)
+    _set_divisors(markers, None)  # one vertex per cell
+    _guard(markers)
+    if update:
+        markers.update()
+    return True
+
+
+def _use_quads(markers: Any, update: bool = True) -> bool:
+    """Put back vispy's instanced quads on a visual :func:`_use_gl_points` switched (the vertex
+    shader keeps its changes; the guard band's scale is 1 there). False if it was never switched."""
+    try:
+        quads = _QUADS.get(markers)
+    except TypeError:  # no weak reference to it: not a visual
+        return False
+    if quads is None or getattr(markers, "_method", None) != "points":
+        return False
+    program = markers.shared_program
+    program.vert["setup_texcoord"], program.vert["apply_offset"] = quads[0], quads[1]
+    program.frag["pointcoord"] = None
+    program.frag["pointcoord"] = quads[2]
+    markers._method, markers._draw_mode = "instanced", "triangle_strip"
+    if _GUARD_SCALE in program._vcode:
+        program.vert[_GUARD_SCALE] = (1.0, 1.0)
+    _set_divisors(markers, 1)  # one instance per cell
+    if update:
+        markers.update()
+    return True
+
+
+def _set_divisors(markers: Any, divisor: int | None) -> None:
     data = getattr(markers, "_data", None)
-    if data is not None and data.dtype.names:  # already uploaded: one vertex per cell, no divisor
+    if data is not None and data.dtype.names:  # already uploaded
         for name in data.dtype.names:
             view = markers._vbo[name]
-            view.divisor = None
-            program[name] = view
-    markers.update()
-    return True
+            view.divisor = divisor
+            markers.shared_program[name] = view
 
 
-def _without_edge_floor(markers: Any) -> bool:
-    """Give a GL_POINTS ``Markers`` visual vispy's vertex shader without its edge floor
-    (``_EDGE_FLOOR``). The floor exists to keep a border visible on a clamped marker; the cells'
-    borders follow their faces, so it only made every clamped cell 3 px wide. At whole-tissue zoom,
-    where every cell is clamped, a frame of 100k cells in llvmpipe takes about a third less
-    (``benchmarks/README.md``). Markers above the minimum are drawn as before. Returns False where
-    vispy's shader has no such line (then nothing changes)."""
+#: vispy's instanced set-up of each visual switched to GL_POINTS (``_use_quads`` restores it)
+_QUADS: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
+
+#: the line of vispy's marker vertex shader that places a cell, and the guard band's scale after
+#: it (``_draw_guarded``)
+_GL_POSITION = "gl_Position = $framebuffer_to_render(final_fb_pos);"
+_GUARD_SCALE = "guard_scale"
+_GUARDED_POSITION = _GL_POSITION + f" gl_Position.xy *= ${_GUARD_SCALE};"
+
+
+def _points_vertex_shader(markers: Any) -> tuple[bool, bool]:
+    """vispy's marker vertex shader for GL_POINTS: without its edge floor (``_EDGE_FLOOR``) and
+    with the guard band's scale (``_draw_guarded``). The floor exists to keep a border visible on
+    a clamped marker; the cells' borders follow their faces, so it only made every clamped cell 3
+    px wide. At whole-tissue zoom, where every cell is clamped, a frame of 100k cells in llvmpipe
+    takes about a third less (``benchmarks/README.md``). Returns (floor removed, guard band in);
+    where vispy's shader has neither line nothing changes."""
     code = getattr(markers, "_shaders", {}).get("vertex") if hasattr(markers, "shared_program") else None
-    if not isinstance(code, str) or _EDGE_FLOOR not in code:
-        return False
-    markers.shared_program.vert = code.replace(_EDGE_FLOOR, "")
-    markers.update()
-    return True
+    if not isinstance(code, str):
+        return False, False
+    floor, guard = _EDGE_FLOOR in code, _GL_POSITION in code
+    if floor or guard:
+        markers.shared_program.vert = code.replace(_EDGE_FLOOR, "").replace(_GL_POSITION, _GUARDED_POSITION)
+        if guard:
+            markers.shared_program.vert[_GUARD_SCALE] = (1.0, 1.0)
+    return floor, guard
+
+
+def _guard(markers: Any) -> None:
+    """Draw ``markers`` through :func:`_draw_guarded` (once per visual; vispy's visuals take no new
+    attributes, but ``draw`` is one they have)."""
+    if markers in _GUARDED:
+        return
+    ref = weakref.ref(markers)
+    draw = type(markers).draw
+
+    def guarded() -> None:
+        visual = ref()
+        if visual is not None:
+            _draw_guarded(visual, draw)
+
+    markers.draw = guarded
+    _GUARDED.add(markers)
+
+
+_GUARDED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _draw_guarded(markers: Any, draw: Callable[[Any], None]) -> None:
+    """Draw a visual switched to GL_POINTS with a guard band, or as quads while its widest cell
+    is wider on screen than GL's largest point.
+
+    GL discards a point whose centre is outside the viewport, so a cell half over the canvas'
+    edge vanished, and it clamps a point to the implementation's largest size (255 px in
+    llvmpipe). While the points are drawn, the viewport is widened by half the widest cell on
+    every side (:func:`_guard_margin`), the positions are scaled back by as much
+    (``guard_scale``: nothing moves) and a scissor box keeps the drawing inside the real
+    viewport. Once a cell would be clamped, vispy's quads draw the layer (frames 7-9x slower, at
+    zooms that show a few cells). Anything unexpected in vispy's canvas: drawn as vispy does."""
+    try:
+        canvas = markers.transforms.canvas
+        stack = canvas._vp_stack  # empty while the canvas draws to the screen: all of it
+        x, y, w, h = (int(v) for v in (stack[-1] if stack else (0, 0, *canvas.physical_size)))
+        context = canvas.context
+        guarded = _GUARD_SCALE in markers.shared_program._vcode
+        widest = _widest_on_screen(markers)
+    except Exception:  # noqa: BLE001 - vispy changed: its own drawing
+        draw(markers)
+        return
+    largest_point, largest_viewport = _gl_limits()
+    if widest > largest_point:
+        _use_quads(markers, update=False)
+    else:
+        _use_gl_points(markers, update=False)
+    margin = _guard_margin(widest, largest_point, largest_viewport - max(w, h))
+    if markers._method != "points" or not guarded or margin <= 0:
+        draw(markers)
+        return
+    markers.shared_program.vert[_GUARD_SCALE] = (w / (w + 2.0 * margin), h / (h + 2.0 * margin))
+    context.set_viewport(x - margin, y - margin, w + 2 * margin, h + 2 * margin)
+    context.set_scissor(x, y, w, h)
+    context.set_state(scissor_test=True)
+    try:
+        draw(markers)
+    finally:
+        context.set_state(scissor_test=False)
+        context.set_viewport(x, y, w, h)
+
+
+def _guard_margin(widest: float, largest_point: float, room: int) -> int:
+    """Pixels added on each side of the viewport: half the widest point drawn (GL draws none wider
+    than ``largest_point``), within ``room`` (GL's largest viewport less the canvas)."""
+    return int(max(0, min(np.ceil(min(widest, largest_point) / 2.0) + 1, room // 2)))
+
+
+def _widest_on_screen(markers: Any) -> float:
+    """The widest cell of the visual in framebuffer pixels: its largest size through the visual's
+    transform to the framebuffer, within vispy's ``u_canvas_size_max``."""
+    data = getattr(markers, "_data", None)
+    if data is None or not len(data) or "a_size" not in (data.dtype.names or ()):
+        return 0.0
+    key = (id(data), len(data))
+    largest = _LARGEST_SIZE.get(markers)
+    if largest is None or largest[0] != key:
+        largest = (key, float(np.nanmax(data["a_size"])))
+        _LARGEST_SIZE[markers] = largest
+    size = largest[1]
+    if getattr(markers, "scaling", "fixed") != "fixed":  # sizes in data units
+        transform = markers.transforms.get_transform("visual", "framebuffer")
+        ends = np.asarray(transform.map(np.array([[0.0, 0.0], [size, 0.0], [0.0, size]])), dtype=float)
+        ends = ends[:, :2] / ends[:, 3:4]
+        size = float(max(np.hypot(*(ends[1] - ends[0])), np.hypot(*(ends[2] - ends[0]))))
+    cap = markers.shared_program["u_canvas_size_max"]
+    return min(size, float(cap)) if cap is not None and float(cap) > 0 else size
+
+
+_LARGEST_SIZE: weakref.WeakKeyDictionary[Any, tuple[tuple[int, int], float]] = weakref.WeakKeyDictionary()
+_GL_LIMITS: list[tuple[float, int]] = []
+
+
+def _gl_limits() -> tuple[float, int]:
+    """(GL's largest point size, its largest viewport side), asked once while a canvas draws;
+    llvmpipe's (255, 16384) where GL does not say."""
+    if not _GL_LIMITS:
+        try:
+            from vispy.gloo import gl
+
+            point = float(np.ravel(gl.glGetParameter(gl.GL_ALIASED_POINT_SIZE_RANGE))[-1])
+            viewport = int(np.ravel(gl.glGetParameter(gl.GL_MAX_VIEWPORT_DIMS))[0])
+            _GL_LIMITS.append((point, viewport) if point > 1 and viewport > 1 else (255.0, 16384))
+        except Exception:  # noqa: BLE001 - no GL answer: llvmpipe's limits
+            _GL_LIMITS.append((255.0, 16384))
+    return _GL_LIMITS[0]
 
 
 def replace_points(layer: Any, coords: np.ndarray) -> None:

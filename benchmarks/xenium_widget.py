@@ -146,11 +146,8 @@ def _log_full_collections(probe: Probe) -> None:
             return
         t = started.pop(ident, None)
         if t is not None:
-            name = threading.current_thread().name
-            print(
-                f"    full collection in {name}: +{t - probe.t0:6.2f} s, {(time.perf_counter() - t) * 1e3:.0f} ms",
-                flush=True,
-            )
+            name, ms = threading.current_thread().name, (time.perf_counter() - t) * 1e3
+            print(f"    full collection in {name}: +{t - probe.t0:6.2f} s, {ms:.0f} ms", flush=True)
 
     gc.callbacks.append(callback)
 

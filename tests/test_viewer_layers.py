@@ -205,3 +205,73 @@ def test_image_pixel_centre_matches_spatialdata_convention():
     layer = Image(data, affine=meta["affine"])
     centre_um = 4.0 * np.array([3.5, 4.5])  # centre of pixel (3, 4), in micrometres
     np.testing.assert_allclose(layer.world_to_data(centre_um), [3.0, 4.0])
+
+
+@pytest.fixture(scope="module")
+def xenium_like():
+    """A 300-cell Xenium-like store (benchmarks/xenium_store.py) whose table annotates the circles."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import xenium_store
+
+    return xenium_store.make_sdata(300, n_genes=60, region="cell_circles")
+
+
+def test_a_table_draws_as_every_element_of_its_cells(xenium_like):
+    """A stock Xenium table annotates one element (circles or labels); the same cells are drawn
+    as the others too, through the column naming them in each (issue 15)."""
+    from napari_cellmapper.viewer.spatial_layers import cell_elements, link_column
+
+    sdata = xenium_like
+    assert cell_elements(sdata, "table") == ["cell_circles", "cell_boundaries", "cell_labels"]
+    assert [link_column(sdata, "table", e) for e in cell_elements(sdata, "table")] == [
+        "cell_id",
+        "cell_id",
+        "cell_labels",
+    ]
+    circles = cell_geometry(sdata, "table", "cell_circles", "global")
+    for element, kind in (("cell_boundaries", "polygons"), ("cell_labels", "labels")):
+        geometry = cell_geometry(sdata, "table", element, "global")
+        assert (geometry.kind, geometry.element) == (kind, element)
+        np.testing.assert_array_equal(geometry.rows, circles.rows)
+        np.testing.assert_allclose(geometry.coords_yx, circles.coords_yx, atol=1.5)  # the same cells
+
+
+def test_linked_shapes_in_another_order_and_unrelated_elements(xenium_like):
+    import geopandas as gpd
+    import spatialdata as sd
+    from spatialdata.models import ShapesModel
+
+    from napari_cellmapper.viewer.spatial_layers import cell_elements, link_column
+
+    sdata = sd.SpatialData(
+        labels=dict(xenium_like.labels), shapes=dict(xenium_like.shapes), tables=dict(xenium_like.tables)
+    )
+    boundaries = sdata.shapes["cell_boundaries"]
+    shuffled = boundaries.iloc[np.random.default_rng(1).permutation(len(boundaries))]
+    sdata.shapes["shuffled"] = ShapesModel.parse(shuffled.copy())
+    sdata.shapes["fields"] = ShapesModel.parse(
+        gpd.GeoDataFrame({"radius": [5.0, 5.0]}, geometry=gpd.points_from_xy([0, 10], [0, 10]))
+    )
+    assert link_column(sdata, "table", "shuffled") == "cell_id"
+    assert link_column(sdata, "table", "fields") is None
+    assert "shuffled" in cell_elements(sdata, "table") and "fields" not in cell_elements(sdata, "table")
+    ordered = cell_geometry(sdata, "table", "cell_boundaries", "global")
+    np.testing.assert_allclose(
+        cell_geometry(sdata, "table", "shuffled", "global").coords_yx, ordered.coords_yx
+    )
+    with pytest.raises(ValueError, match="does not annotate 'fields'.*'cell_circles'"):
+        cell_geometry(sdata, "table", "fields", "global")
+
+
+def test_only_a_one_element_table_links_others(io_toy):
+    from napari_cellmapper.viewer.spatial_layers import cell_elements, table_attrs
+
+    for name, table in io_toy.tables.items():
+        _, _, regions = table_attrs(table)
+        if len(regions) > 1:
+            assert cell_elements(io_toy, name) == [r for r in regions if r in io_toy]
+            return
+    pytest.fail("the toy store has no table annotating several elements")

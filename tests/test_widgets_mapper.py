@@ -713,6 +713,38 @@ def test_all_regions_of_a_table_map_in_one_run(demo, qtbot, tmp_path, errors):
     assert written.obs["cell_type_pred"].notna().all() and written.n_obs == table.n_obs
 
 
+def test_a_xenium_table_is_drawn_as_each_element_of_its_cells(demo, errors):
+    """A stock Xenium table annotates one element; the element box offers the store's other
+    elements of the same cells, and each is drawn (issue 15)."""
+    import sys
+    from pathlib import Path
+
+    from napari_cellmapper.widgets.sources import QuerySource
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import xenium_store
+
+    viewer, widget = demo
+    widget.add_query(QuerySource("xenium", xenium_store.make_sdata(300, n_genes=60, region="cell_circles")))
+    items = [widget.element_combo.itemText(i) for i in range(widget.element_combo.count())]
+    assert items == ["cell_circles", "cell_boundaries", "cell_labels"]
+    assert not widget.all_regions_check.isEnabled()  # one region: the others are the same cells
+    centres = widget.scene.geometry.coords_yx.copy()
+    for element, kind in (
+        ("cell_boundaries", "polygons"),
+        ("cell_labels", "labels"),
+        ("cell_circles", "circles"),
+    ):
+        widget.element_combo.setCurrentText(element)
+        widget.scene.finish_drawing()
+        geometry = widget.scene.geometry
+        assert (geometry.element, geometry.kind) == (element, kind)
+        np.testing.assert_allclose(geometry.coords_yx, centres, atol=1.5)
+        assert widget.scene.cells_layer is not None and widget.scene.cells_layer in viewer.layers
+    assert len(widget.build_job().rows) == 300
+    assert not errors, errors
+
+
 # ------------------------------------------------------------------ background reads and exports
 class _Ticks:
     """Counts the ticks of a 10 ms QTimer: they only come while the interface thread is free."""

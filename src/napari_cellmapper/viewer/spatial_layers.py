@@ -155,11 +155,80 @@ def table_rows(table: Any, element: str) -> np.ndarray:
     return np.flatnonzero(table.obs[region_key].astype(str).to_numpy() == element)
 
 
-def _instance_ids(table: Any, rows: np.ndarray) -> np.ndarray:
+def _instance_ids(table: Any, rows: np.ndarray, column: str | None = None) -> np.ndarray:
+    """The ids of the cells at ``rows`` in their element: the table's instance key, or
+    ``column`` (an element the table does not annotate, :func:`link_column`)."""
     _, instance_key, _ = table_attrs(table)
-    if instance_key is not None and instance_key in table.obs:
-        return table.obs[instance_key].to_numpy()[rows]
+    key = column or instance_key
+    if key is not None and key in table.obs:
+        return table.obs[key].to_numpy()[rows]
     return rows.copy()
+
+
+#: values of a table's column looked up in an element's ids to tell whether they link (a sample)
+LINK_SAMPLE = 2000
+
+
+def link_column(sdata: Any, table_name: str, element: str) -> str | None:
+    """The obs column of ``table_name`` that names the cells of ``element``: its instance key
+    when the table annotates the element; for another shapes or labels element of the same
+    cells (spatialdata-io's Xenium store: a table annotating ``cell_circles`` or ``cell_labels``,
+    the same cells in ``cell_boundaries``, ``cell_circles``, ``nucleus_boundaries``,
+    ``cell_labels``) when the table annotates that one element only: for shapes, the first
+    column of ids (the instance key first) whose values are in the element's index (a sample of
+    ``LINK_SAMPLE``, all of it found); for labels, an integer column named as the element. None
+    when nothing links."""
+    table = sdata.tables[table_name]
+    _, instance_key, regions = table_attrs(table)
+    if element in regions:
+        return instance_key
+    if len(regions) != 1 or element not in sdata:
+        return None
+    obs = table.obs
+    if element in sdata.labels:
+        column = obs.get(element)
+        return element if column is not None and pd.api.types.is_integer_dtype(column.dtype) else None
+    if element not in sdata.shapes or not len(obs):
+        return None
+    index = sdata.shapes[element].index
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(len(obs), size=min(LINK_SAMPLE, len(obs)), replace=False))
+    candidates = [instance_key] if instance_key in obs else []
+    candidates += [c for c in obs.columns if c != instance_key]
+    columns = []
+    for name in candidates:
+        column = obs[name]
+        if isinstance(column.dtype, pd.CategoricalDtype) and len(column.cat.categories) < 0.5 * len(column):
+            continue  # a grouping, not ids
+        if pd.api.types.is_float_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+            continue
+        columns.append((str(name), column))
+    if len(index) == len(obs):  # the same cells in the same order (spatialdata-io's Xenium)
+        ids = np.asarray(index[sample], dtype=object)
+        for name, column in columns:
+            if (ids == np.asarray(column.iloc[sample], dtype=object)).all():
+                return name
+    integer_index = pd.api.types.is_integer_dtype(index.dtype)
+    for name, column in columns:  # the same cells in another order
+        if pd.api.types.is_integer_dtype(column.dtype) != integer_index:
+            continue
+        try:  # the index' hash table is built once and kept (drawing the element uses it too)
+            if (index.get_indexer_for(column.iloc[sample]) >= 0).all():
+                return name
+        except (TypeError, ValueError):  # values that do not compare with the index
+            continue
+    return None
+
+
+def cell_elements(sdata: Any, table_name: str) -> list[str]:
+    """Elements the cells of ``table_name`` can be drawn as: those it annotates, then the other
+    shapes and labels elements of the same cells (:func:`link_column`)."""
+    _, _, regions = table_attrs(sdata.tables[table_name])
+    annotated = [r for r in regions if r in sdata]
+    if len(regions) != 1:
+        return annotated
+    others = [name for name in [*sdata.shapes, *sdata.labels] if name not in annotated]
+    return annotated + [name for name in others if link_column(sdata, table_name, name) is not None]
 
 
 def _is_pyramid(element: Any) -> bool:
@@ -196,11 +265,22 @@ def _polygon_yx(geom: Any) -> np.ndarray:
 
 
 def cell_geometry(sdata: Any, table_name: str, element: str, coordinate_system: str) -> CellGeometry:
-    """Geometry of the cells of ``table_name`` that live in ``element``, in table row order."""
+    """Geometry of the cells of ``table_name`` that live in ``element``, in table row order; an
+    element the table does not annotate through the column that names its cells
+    (:func:`link_column`)."""
     table = sdata.tables[table_name]
     kind = element_kind(sdata, element)
-    rows = table_rows(table, element)
-    ids = _instance_ids(table, rows)
+    _, _, regions = table_attrs(table)
+    column = None
+    if element not in regions:  # another element of the same cells
+        column = link_column(sdata, table_name, element)
+        if column is None:
+            raise ValueError(
+                f"Table {table_name!r} does not annotate {element!r}, and none of its columns names "
+                f"that element's cells: draw one of {', '.join(map(repr, regions))}."
+            )
+    rows = table_rows(table, element) if column is None else np.arange(table.n_obs)
+    ids = _instance_ids(table, rows, column)
     elem = sdata[element]
     affine = affine_yx(elem, coordinate_system)
     if kind == "labels":

@@ -63,6 +63,7 @@ from napari_cellmapper.widgets.rows import row as _row
 from napari_cellmapper.widgets.sources import (
     QuerySource,
     ReferenceSource,
+    drawable_elements,
     element_coordinate_systems,
     load_reference,
     queries_in_layers,
@@ -657,10 +658,10 @@ class CellMapperWidget(QWidget):
 
     def _on_table_changed(self, *_: Any) -> None:
         query, name = self.query, self.table_combo.currentText()
-        elements = table_elements(query.sdata, name) if query and name else []
-        self._refill(self.element_combo, elements)
-        self.all_regions_check.setEnabled(len(elements) > 1)
-        if len(elements) < 2:
+        regions = table_elements(query.sdata, name) if query and name else []
+        self._refill(self.element_combo, drawable_elements(query.sdata, name) if regions else [])
+        self.all_regions_check.setEnabled(len(regions) > 1)
+        if len(regions) < 2:
             self.all_regions_check.setChecked(False)
         self._on_element_changed()
 
@@ -895,7 +896,9 @@ class CellMapperWidget(QWidget):
             widget.setEnabled(not running)
         self._update_enabled()  # the Open and Export buttons
         self.niches_spin.setEnabled(not running and self.niches_check.isChecked())
-        self.all_regions_check.setEnabled(not running and self.element_combo.count() > 1)
+        query, name = self.query, self.table_combo.currentText()
+        regions = table_elements(query.sdata, name) if query is not None and name else []
+        self.all_regions_check.setEnabled(not running and len(regions) > 1)
 
     def _job_controls(self) -> tuple[QWidget, ...]:
         """The fields a run reads: frozen while it runs (its job was built at Run)."""

@@ -220,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         help="print every interface stall longer than MS milliseconds and every full garbage collection",
     )
     parser.add_argument("--open-only", action="store_true", help="stop after the open step")
+    parser.add_argument(
+        "--elements",
+        action="store_true",
+        help="after the open, draw the cells as each other element the element box offers, then back",
+    )
     args = parser.parse_args(argv)
 
     import napari
@@ -266,8 +271,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         kind = widget.scene.cells_layer.__class__.__name__
         print(f"  element {widget.element_combo.currentText()!r} drawn as a {kind} layer", flush=True)
-        if args.open_only:
+        if args.open_only and not args.elements:
             return 0
+        if args.elements:
+            combo = widget.element_combo
+            first = combo.currentText()
+            others = [combo.itemText(i) for i in range(combo.count()) if combo.itemText(i) != first]
+            for element in [*others, first]:
+                record(
+                    f"draw as {element}",
+                    step(
+                        clock,
+                        probe,
+                        lambda element=element: combo.setCurrentText(element),
+                        lambda element=element: (
+                            widget.scene.geometry is not None
+                            and widget.scene.geometry.element == element
+                            and not widget.busy()
+                            and not widget.scene.drawing
+                        ),
+                        args.timeout,
+                    ),
+                )
+            if args.open_only:
+                return 0
         widget.presence_check.setChecked(True)
         widget.niches_check.setChecked(True)
         widget.niches_spin.setValue(8)

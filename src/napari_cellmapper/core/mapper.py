@@ -121,6 +121,14 @@ def _to_all_rows(
     return indices, distances
 
 
+def _iter_until_done(future: Future[Any], stage: str) -> Steps[Any]:
+    """``future``'s result, yielding ``stage``'s progress every 0.1 s until it is done."""
+    while not future.done():
+        yield Progress(stage, 0, 1)
+        wait([future], timeout=0.1)
+    return future.result()
+
+
 def _check_joint_options(scaling: str, normalize: object, n_top_genes: object) -> None:
     val.check_choice("scaling", scaling, SCALINGS)
     check_normalize(normalize)
@@ -405,12 +413,8 @@ class CellMapper:
     def _iter_vote_graph(self) -> Steps[Neighbors]:
         """The reference graph for the graph vote: the one being searched in the background, the one
         already computed (presence, hnoca kernel), or a search now."""
-        pending = self._pending_graph
-        if pending is not None:
-            while not pending.done():
-                yield Progress("reference neighbour graph", 0, 1)
-                wait([pending], timeout=0.1)
-            return pending.result()
+        if self._pending_graph is not None:
+            return (yield from _iter_until_done(self._pending_graph, "reference neighbour graph"))
         if self.reference_neighbors is not None:
             return self.reference_neighbors
         return (yield from self.iter_compute_reference_neighbors(graph_voting.GRAPH_VOTE_K))
@@ -918,12 +922,12 @@ class CellMapper:
         self.reference_graph_result = None
         self._pending_graph = None
         if background is not None:
-            while not background.done():
-                yield Progress("reference neighbour graph", 0, 1)
-                wait([background], timeout=0.1)
-            self.reference_neighbors, self.reference_graph_result = background.result()
+            found = yield from _iter_until_done(background, "reference neighbour graph")
+            self.reference_neighbors, self.reference_graph_result = found
             yield Progress("reference neighbour graph", 1, 1)
-        elif reference_graph and (self.reference_neighbors is None or kernel != "hnoca"):  # no-op at its k
+        elif reference_graph and (self.reference_neighbors is None or kernel != "hnoca"):
+            # the hnoca kernel's own graph is kept; any other is searched again unless it has
+            # reference_k neighbours already (the graph vote's has GRAPH_VOTE_K)
             yield from self.iter_compute_reference_neighbors(reference_k)
         return self
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_cellmapper.viewer.spatial_layers import ROLE, cell_elements, table_attrs
+from napari_cellmapper.viewer.spatial_layers import ROLE, table_attrs
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,13 +103,6 @@ def table_elements(sdata: Any, table_name: str) -> list[str]:
     """Elements a table annotates that exist in ``sdata``."""
     _, _, regions = table_attrs(sdata.tables[table_name])
     return [r for r in regions if r in sdata]
-
-
-def drawable_elements(sdata: Any, table_name: str) -> list[str]:
-    """Elements the table's cells can be drawn as: those it annotates, then the other shapes and
-    labels elements of the same cells (``viewer.spatial_layers.cell_elements``: a Xenium table
-    annotating ``cell_circles`` is drawn as ``cell_boundaries`` or ``cell_labels`` too)."""
-    return cell_elements(sdata, table_name)
 
 
 def element_coordinate_systems(sdata: Any, element: str) -> list[str]:

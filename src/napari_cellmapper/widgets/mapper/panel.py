@@ -44,6 +44,7 @@ from napari_cellmapper.viewer.points import LARGE_LAYER
 from napari_cellmapper.viewer.samples import Samples, side_by_side
 from napari_cellmapper.viewer.scene import CellMapperScene
 from napari_cellmapper.viewer.selection import cell_info
+from napari_cellmapper.viewer.spatial_layers import cell_elements
 from napari_cellmapper.widgets.background import (
     BackgroundTask,
     ExportJob,
@@ -63,7 +64,6 @@ from napari_cellmapper.widgets.rows import row as _row
 from napari_cellmapper.widgets.sources import (
     QuerySource,
     ReferenceSource,
-    drawable_elements,
     element_coordinate_systems,
     load_reference,
     queries_in_layers,
@@ -657,13 +657,21 @@ class CellMapperWidget(QWidget):
         self._on_table_changed()
 
     def _on_table_changed(self, *_: Any) -> None:
-        query, name = self.query, self.table_combo.currentText()
-        regions = table_elements(query.sdata, name) if query and name else []
-        self._refill(self.element_combo, drawable_elements(query.sdata, name) if regions else [])
+        regions = self._regions()
+        # the regions it annotates, then the store's other elements of the same cells
+        self._refill(
+            self.element_combo,
+            cell_elements(self.query.sdata, self.table_combo.currentText()) if regions else [],
+        )
         self.all_regions_check.setEnabled(len(regions) > 1)
         if len(regions) < 2:
             self.all_regions_check.setChecked(False)
         self._on_element_changed()
+
+    def _regions(self) -> list[str]:
+        """The elements the chosen table annotates (its regions: 'all' maps them in one run)."""
+        query, name = self.query, self.table_combo.currentText()
+        return table_elements(query.sdata, name) if query is not None and name else []
 
     def _on_element_changed(self, *_: Any) -> None:
         query, element = self.query, self.element_combo.currentText()
@@ -896,9 +904,7 @@ class CellMapperWidget(QWidget):
             widget.setEnabled(not running)
         self._update_enabled()  # the Open and Export buttons
         self.niches_spin.setEnabled(not running and self.niches_check.isChecked())
-        query, name = self.query, self.table_combo.currentText()
-        regions = table_elements(query.sdata, name) if query is not None and name else []
-        self.all_regions_check.setEnabled(not running and len(regions) > 1)
+        self.all_regions_check.setEnabled(not running and len(self._regions()) > 1)
 
     def _job_controls(self) -> tuple[QWidget, ...]:
         """The fields a run reads: frozen while it runs (its job was built at Run)."""
